@@ -1,0 +1,38 @@
+# fedinfra — `make demo` runs the main job, `make test` runs lint, types and tests.
+# Both create .venv on first use (torch's CPU build first, then the project with dev extras)
+# and reuse it afterwards: the stamp file is only rebuilt when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fedinfra-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck unit bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fedinfra demo $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check fedinfra tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py $(if $(QUICK),--quick,)
+
+clean:
+	rm -rf runs build dist .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,235 @@
+"""Seconds per round on Flower's deployment engine: plain Flower FedAvg vs fedinfra.
+
+One loopback federation (SuperLink with TLS + SuperNode auth, three SuperNodes, each with
+its own CSV partition) serves both apps. Baseline: a plain Flower app (FedAvg strategy from
+``flwr.serverapp.strategy``, a torch logistic regression trained on the site's CSV).
+Figure: the fedinfra app (coordinator + site ClientApp) on the same data and model with the
+full stack: DP-SGD (Opacus, target epsilon), packed BFV secure aggregation, the GDPR and
+HIPAA policy packs, the signed audit log and the site's receipt checks. A fedinfra round
+is two message waves (train, then federated evaluation of the encrypted aggregate, which
+only the sites can open); a plain FedAvg round here is one.
+Seconds per round = (wall time of an R-round run - wall time of a 1-round run) / (R - 1),
+which cancels run start-up (FAB install, ServerApp process start) out of the figure.
+
+    python bench/deploy.py [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Report, parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+SITES = ["site0", "site1", "site2"]
+
+PLAIN_PYPROJECT = """
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "plainfed"
+version = "0.1.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "bench"
+
+[tool.flwr.app.components]
+serverapp = "plainfed.apps:server"
+clientapp = "plainfed.apps:client"
+
+[tool.flwr.app.config]
+num-server-rounds = 1
+"""
+
+PLAIN_APPS = '''
+"""Plain Flower FedAvg: torch logistic regression on the site's CSV (benchmark baseline)."""
+import csv
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+NUM_FEATURES, NUM_CLASSES = 30, 2
+client = ClientApp()
+server = ServerApp()
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Linear(NUM_FEATURES, NUM_CLASSES)
+
+
+def _data(manifest):
+    doc = tomllib.loads(Path(manifest).read_text())
+    path = Path(manifest).parent / doc["dataset"]["path"]
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    label = doc["dataset"]["label_column"]
+    x = np.array([[float(r[k]) for k in r if k != label] for r in rows], dtype=np.float32)
+    y = np.array([int(r[label]) for r in rows], dtype=np.int64)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+@client.train()
+def train(msg: Message, context: Context) -> Message:
+    model = _model()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    x, y = _data(str(context.node_config["site-manifest"]))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = torch.tensor(0.0)
+    for _ in range(2):
+        for i in range(0, len(y), 32):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x[i:i + 32]), y[i:i + 32])
+            loss.backward()
+            opt.step()
+    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                               "metrics": MetricRecord({"loss": float(loss), "num-examples": len(y)})}),
+                   reply_to=msg)
+
+
+@server.main()
+def main(grid: Grid, context: Context) -> None:
+    rounds = int(context.run_config["num-server-rounds"])
+    FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=3, min_train_nodes=3).start(
+        grid=grid, initial_arrays=ArrayRecord(_model().state_dict()),
+        train_config=ConfigRecord({"lr": 0.1}), num_rounds=rounds, timeout=600)
+'''
+
+
+def _plain_app(root: Path) -> Path:
+    app = root / "plainfed"
+    (app / "plainfed").mkdir(parents=True)
+    (app / "pyproject.toml").write_text(PLAIN_PYPROJECT)
+    (app / "plainfed" / "__init__.py").write_text("")
+    (app / "plainfed" / "apps.py").write_text(PLAIN_APPS)
+    return app
+
+
+def _wait(flower_run_id: str, flwr_home: Path) -> None:
+    from fedinfra.runtime.deploy import CONNECTION
+    from fedinfra.runtime.procs import flower_bin, flower_env
+    from fedinfra.runtime.submit import run_status
+
+    subprocess.run([flower_bin("flwr"), "log", flower_run_id, CONNECTION, "--stream"], env=flower_env(flwr_home),
+                   capture_output=True, timeout=1800, check=False)
+    status = run_status(flower_run_id, flwr_home=flwr_home)
+    if status != "finished:completed":
+        raise RuntimeError(f"run {flower_run_id} ended {status}")
+
+
+def _time_plain(app: Path, rounds: int, flwr_home: Path) -> float:
+    from fedinfra.runtime.deploy import CONNECTION, flwr_cli
+
+    start = time.perf_counter()
+    answer = flwr_cli(["run", str(app), CONNECTION, "--run-config", f"num-server-rounds={rounds}"], flwr_home=flwr_home)
+    _wait(str(answer["run-id"]), flwr_home)
+    return time.perf_counter() - start
+
+
+def _time_fedinfra(rounds: int, flwr_home: Path, runs: Path) -> float:
+    from fedinfra.coordinator.app import new_run_id
+    from fedinfra.runtime.submit import submit
+
+    job = full_stack_job(rounds)
+    start = time.perf_counter()
+    run_id = new_run_id()
+    sub = submit(job, run_id=run_id, runs_dir=runs, app_dir=REPO / "server", flwr_home=flwr_home,
+                 kit=runs.parent / "kits" / "coordinator", report_formats=())
+    try:
+        _wait(sub.flower_run_id, flwr_home)
+    except RuntimeError as exc:
+        error = runs / run_id / "error.json"
+        raise RuntimeError(f"{exc}: {error.read_text() if error.exists() else 'no error.json'}") from exc
+    return time.perf_counter() - start
+
+
+def full_stack_job(rounds: int) -> object:
+    """DP-SGD (target epsilon 4, noise multiplier 3.0 fixed: no per-site planning) + packed BFV + GDPR/HIPAA."""
+    from fedinfra.config import JobSpec
+
+    return JobSpec(
+        rounds=rounds, sites={"count": 3, "min_sites": 3}, timeout_s=600, policy_packs=["gdpr", "hipaa"],
+        training={"local_epochs": 2},
+        privacy={"mechanism": "dp-sgd", "epsilon": 4.0, "noise_multiplier": 3.0, "accountant": "rdp"},
+        secure_aggregation={"mode": "bfv"},
+    )
+
+
+def _per_round(timer: object, rounds: int, repeats: int) -> dict[str, float]:
+    samples = []
+    for _ in range(repeats):
+        one = timer(1)  # type: ignore[operator]
+        many = timer(rounds)  # type: ignore[operator]
+        samples.append((many - one) / (rounds - 1))
+    return {"median_s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples),
+            "repeats": float(repeats)}
+
+
+def main() -> None:
+    args = parse_args(__doc__ or "")
+    rounds, repeats = (2, 1) if args.quick else (3, 3)
+    from fedinfra.config import JobSpec
+    from fedinfra.config.consortium import ConsortiumConfig
+    from fedinfra.config.server import ServerConfig
+    from fedinfra.runtime.deploy import start_superlink, start_supernode
+    from fedinfra.runtime.env import harden
+    from fedinfra.runtime.kit import load_coordinator_transport, load_site_transport
+    from fedinfra.runtime.loopback import write_demo_sites
+    from fedinfra.runtime.preflight import preflight
+    from fedinfra.runtime.procs import free_port
+    from fedinfra.runtime.provision import provision
+
+    with tempfile.TemporaryDirectory(prefix="fedinfra-bench-deploy-") as tmp:
+        root = Path(tmp)
+        harden(flwr_home=root / "flwr-home")
+        os.environ["FLWR_HOME"] = str(root / "flwr-home")
+        port = free_port()
+        provision(ConsortiumConfig(name="bench", sites=SITES, coordinator={"address": f"127.0.0.1:{port}"},
+                                   secure_aggregation={"mode": "bfv"}), root / "kits")
+        manifests = write_demo_sites(JobSpec(), SITES, root / "sites")
+        cfg = ServerConfig(port=port, state_dir=root / "state", runs_dir=root / "runs").resolved(root)
+        link = start_superlink(cfg, load_coordinator_transport(root / "kits" / "coordinator"))
+        nodes = []
+        try:
+            for name in SITES:
+                nodes.append(start_supernode(manifests[name], preflight(manifests[name]),
+                                             load_site_transport(root / "kits" / "sites" / name),
+                                             state_dir=root / "site-state" / name, port=free_port()))
+            app = _plain_app(root)
+            report = Report("deploy", "seconds per round, 3 sites on one loopback deployment (TLS + node auth)",
+                            params={"sites": 3, "rounds": rounds, "repeats": repeats,
+                                    "task_poll_interval_s": os.environ.get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL")})
+            report.baseline("plain", _per_round(lambda r: _time_plain(app, r, link.flwr_home), rounds, repeats),
+                            label="plain Flower FedAvg round")
+            report.figure("fedinfra", _per_round(lambda r: _time_fedinfra(r, link.flwr_home, root / "runs"),
+                                                 rounds, repeats),
+                          label="fedinfra round", against=["plain"])
+            report.goal("round-latency", ratio="fedinfra/plain", at_most=1.2)
+            report.save(args.out)
+        finally:
+            for node in nodes:
+                node.stop()
+            link.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Where a verifier reads a log from: a live store, or an export directory.
+
+An export (``fedinfra audit export``) is three plain files an auditor can archive and check
+offline: ``entries.jsonl`` (one canonical entry per line, exactly the leaf data),
+``checkpoints.jsonl`` (one signed note per line) and ``manifest.json`` (origin, public key),
+plus ``log.vkey`` holding the public key alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from fedinfra.audit.store import FORMAT, Store, is_url
+from fedinfra.errors import StoreError
+
+EXPORT_FORMAT = "fedinfra-audit-export/1"
+ENTRIES_FILE = "entries.jsonl"
+CHECKPOINTS_FILE = "checkpoints.jsonl"
+MANIFEST_FILE = "manifest.json"
+VKEY_FILE = "log.vkey"
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A checkpoint row as stored, before verification."""
+
+    size: int
+    note: str
+
+
+class LogSource(Protocol):
+    """What the verifier needs from a log."""
+
+    display: str
+
+    def meta(self) -> dict[str, str]:
+        """Return ``format``, ``origin`` and ``vkey``."""
+        ...
+
+    def checkpoints(self) -> list[StoredCheckpoint]:
+        """Return the stored checkpoints by tree size."""
+        ...
+
+    def entries(self) -> Iterator[tuple[int, bytes, bytes | None]]:
+        """Yield ``(seq, data, stored leaf hash or None)`` in order."""
+        ...
+
+    def close(self) -> None:
+        """Release resources."""
+        ...
+
+
+class StoreSource:
+    """A SQLite file or PostgreSQL database written by :class:`~fedinfra.audit.log.AuditLog`."""
+
+    def __init__(self, target: str | Path) -> None:
+        self._store = Store.open(target, create=False)
+        self.display = self._store.display
+        self.target = target
+
+    def count(self) -> int:
+        """Return the number of entry rows."""
+        return self._store.count()
+
+    def meta(self) -> dict[str, str]:  # noqa: D102 - documented on the protocol
+        return self._store.meta()
+
+    def checkpoints(self) -> list[StoredCheckpoint]:  # noqa: D102
+        return [StoredCheckpoint(size, note) for size, _, note, _ in self._store.checkpoints()]
+
+    def entries(self) -> Iterator[tuple[int, bytes, bytes | None]]:  # noqa: D102
+        yield from self._store.iter_entries()
+
+    def close(self) -> None:  # noqa: D102
+        self._store.close()
+
+
+class ExportSource:
+    """A directory written by :func:`fedinfra.audit.export.export_log`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.display = str(directory)
+        self._dir = directory
+        manifest_path = directory / MANIFEST_FILE
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise StoreError(f"{directory}: not an audit export (no {MANIFEST_FILE})") from exc
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{manifest_path}: unreadable export manifest") from exc
+        if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
+            raise StoreError(f"{manifest_path}: not a {EXPORT_FORMAT} manifest")
+        self._meta = {
+            "format": FORMAT,
+            "origin": str(manifest.get("origin", "")),
+            "vkey": str(manifest.get("vkey", "")),
+        }
+
+    def meta(self) -> dict[str, str]:  # noqa: D102
+        return dict(self._meta)
+
+    def checkpoints(self) -> list[StoredCheckpoint]:  # noqa: D102
+        path = self._dir / CHECKPOINTS_FILE
+        rows: list[StoredCheckpoint] = []
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot read checkpoints") from exc
+        for number, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line)
+                rows.append(StoredCheckpoint(int(row["tree_size"]), str(row["note"])))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise StoreError(f"{path}:{number}: malformed checkpoint line") from exc
+        return sorted(rows, key=lambda r: r.size)
+
+    def entries(self) -> Iterator[tuple[int, bytes, bytes | None]]:  # noqa: D102
+        path = self._dir / ENTRIES_FILE
+        try:
+            with path.open("rb") as fh:
+                for seq, line in enumerate(fh):
+                    yield seq, line.rstrip(b"\n"), None
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot read entries") from exc
+
+    def close(self) -> None:  # noqa: D102
+        return None
+
+
+def open_source(target: str | Path) -> LogSource:
+    """Open a store (path or URL) or an export directory for reading.
+
+    Raises
+    ------
+    StoreError
+        If ``target`` does not exist or is neither an audit store nor an export.
+    """
+    if not is_url(target) and Path(target).is_dir():
+        return ExportSource(Path(target))
+    return StoreSource(target)

@@ -1,0 +1,303 @@
+"""The append-only SQL store under an audit log: SQLite (default) or PostgreSQL.
+
+Three tables: ``audit_meta`` (format, origin, the origin's verifier key), ``audit_entries``
+(one row per leaf: canonical bytes and leaf hash) and ``audit_checkpoints`` (signed notes).
+Database triggers refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL) on all three, so
+an honest process cannot rewrite history by mistake; a dishonest one that drops the
+triggers is caught by the Merkle tree and the signatures, which is what
+:func:`fedinfra.audit.verify.verify_store` checks (tamper *evidence*, RFC 9162 §1).
+
+SQLite runs in WAL mode with ``synchronous=FULL``: readers never block the writer and a
+committed append survives power loss (https://sqlite.org/wal.html, https://sqlite.org/pragma.html#pragma_synchronous).
+PostgreSQL targets are SQLAlchemy URLs; put the tables in a schema of your choice with
+libpq's ``options=-csearch_path=NAME``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from fedinfra.errors import StoreError
+
+EntryRow = tuple[int, str, str | None, int | None, str, bytes, bytes]
+"""One ``audit_entries`` row: seq, ts, run_id, round, type, leaf_hash, data."""
+
+FORMAT = "fedinfra-audit/1"
+"""Value of ``audit_meta.format`` in every store this version writes."""
+
+metadata = sa.MetaData()
+
+meta_table = sa.Table(
+    "audit_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+entries_table = sa.Table(
+    "audit_entries",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("ts", sa.String(32), nullable=False),
+    sa.Column("run_id", sa.String(128), nullable=True, index=True),
+    sa.Column("round", sa.BigInteger, nullable=True),
+    sa.Column("type", sa.String(64), nullable=False, index=True),
+    sa.Column("leaf_hash", sa.LargeBinary, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+checkpoints_table = sa.Table(
+    "audit_checkpoints",
+    metadata,
+    sa.Column("tree_size", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("root_hash", sa.LargeBinary, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("published_at", sa.String(32), nullable=False),
+)
+
+_TABLES = ("audit_meta", "audit_entries", "audit_checkpoints")
+
+_SQLITE_TRIGGERS = [
+    f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
+    f"BEGIN SELECT RAISE(ABORT, 'fedinfra audit store is append-only: {op} on {table} refused'); END"
+    for table in _TABLES
+    for op in ("UPDATE", "DELETE")
+]
+
+_PG_FUNCTION = """
+CREATE OR REPLACE FUNCTION fedinfra_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'fedinfra audit store is append-only: % on % refused', TG_OP, TG_TABLE_NAME
+    USING ERRCODE = 'insufficient_privilege';
+END $$
+"""
+
+_PG_TRIGGERS = [
+    stmt
+    for table in _TABLES
+    for stmt in (
+        f"CREATE OR REPLACE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
+        "FOR EACH ROW EXECUTE FUNCTION fedinfra_audit_append_only()",
+        f"CREATE OR REPLACE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+        "FOR EACH STATEMENT EXECUTE FUNCTION fedinfra_audit_append_only()",
+    )
+]
+
+
+def is_url(target: str | Path) -> bool:
+    """Return whether ``target`` is a database URL rather than a file path."""
+    return isinstance(target, str) and "://" in target
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def make_engine(target: str | Path, *, create: bool) -> tuple[Engine, str]:
+    """Return an engine for ``target`` and a printable name for it (no password).
+
+    Raises
+    ------
+    StoreError
+        If ``target`` is a path that does not exist and ``create`` is false, or names
+        an unsupported database.
+    """
+    if is_url(target):
+        url_text = str(target)
+        if url_text.startswith("postgresql://"):
+            url_text = "postgresql+psycopg://" + url_text[len("postgresql://") :]
+        try:
+            url = sa.make_url(url_text)
+        except sa.exc.ArgumentError as exc:
+            raise StoreError(f"{target}: not a database URL") from exc
+        if url.drivername not in ("postgresql+psycopg", "sqlite"):
+            raise StoreError(f"{url.drivername}: unsupported audit store; use a SQLite path or postgresql+psycopg://")
+        display = url.render_as_string(hide_password=True)
+        if url.drivername == "sqlite":
+            return make_engine(Path(url.database or ""), create=create)
+        return sa.create_engine(url, pool_pre_ping=True), display
+    path = Path(target)
+    if path.is_dir():
+        raise StoreError(f"{path}: is a directory, not an audit store")
+    if not create and not path.is_file():
+        raise StoreError(f"{path}: no such audit store")
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(f"sqlite:///{path}")
+    sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine, str(path)
+
+
+def _translate(display: str, exc: sa.exc.SQLAlchemyError) -> StoreError:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    if "file is not a database" in text:
+        return StoreError(f"{display}: not an audit store (not a SQLite database)")
+    return StoreError(f"{display}: audit store error: {text}")
+
+
+class Store:
+    """Thin SQL access for one audit store; no Merkle logic lives here."""
+
+    def __init__(self, engine: Engine, display: str) -> None:
+        self.engine = engine
+        self.display = display
+        self.dialect = engine.dialect.name
+
+    @classmethod
+    def open(cls, target: str | Path, *, create: bool) -> Store:
+        """Open (and with ``create``, initialise) the store at ``target``."""
+        engine, display = make_engine(target, create=create)
+        store = cls(engine, display)
+        try:
+            with engine.begin() as conn:
+                present = set(sa.inspect(conn).get_table_names())
+                if not create and "audit_meta" not in present:
+                    raise StoreError(f"{display}: not a fedinfra audit store (no audit_meta table)")
+                if create:
+                    store._create_schema(conn)
+        except sa.exc.SQLAlchemyError as exc:
+            engine.dispose()
+            raise _translate(display, exc) from exc
+        except StoreError:
+            engine.dispose()
+            raise
+        return store
+
+    def _create_schema(self, conn: Connection) -> None:
+        metadata.create_all(conn, checkfirst=True)
+        if self.dialect == "postgresql":
+            conn.execute(sa.text(_PG_FUNCTION))
+            for stmt in _PG_TRIGGERS:
+                conn.execute(sa.text(stmt))
+        else:
+            for stmt in _SQLITE_TRIGGERS:
+                conn.execute(sa.text(stmt))
+
+    def close(self) -> None:
+        """Release every connection."""
+        self.engine.dispose()
+
+    def guard(self, exc: sa.exc.SQLAlchemyError) -> StoreError:
+        """Translate a database error into a one-line :class:`StoreError`."""
+        return _translate(self.display, exc)
+
+    # -- reads -------------------------------------------------------------------------
+    def meta(self) -> dict[str, str]:
+        """Return the ``audit_meta`` key/value pairs."""
+        try:
+            with self.engine.connect() as conn:
+                return {row.key: row.value for row in conn.execute(sa.select(meta_table))}
+        except sa.exc.SQLAlchemyError as exc:
+            raise self.guard(exc) from exc
+
+    def size(self, conn: Connection | None = None) -> int:
+        """Return ``max(seq) + 1`` (the log size if seq is contiguous), 0 when empty."""
+        stmt = sa.select(sa.func.max(entries_table.c.seq))
+        if conn is not None:
+            top = conn.execute(stmt).scalar()
+        else:
+            with self.engine.connect() as own:
+                top = own.execute(stmt).scalar()
+        return 0 if top is None else int(top) + 1
+
+    def leaf_hashes(self) -> Iterator[bytes]:
+        """Yield every stored leaf hash in seq order."""
+        stmt = sa.select(entries_table.c.leaf_hash).order_by(entries_table.c.seq)
+        with self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=50_000).execute(stmt)
+            for (leaf,) in result:
+                yield bytes(leaf)
+
+    def count(self) -> int:
+        """Return the number of entry rows."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(entries_table)).scalar() or 0)
+
+    def iter_entries(self, *, lo: int = 0, limit: int | None = None) -> Iterator[tuple[int, bytes, bytes]]:
+        """Yield ``(seq, data, leaf_hash)`` for entries with ``seq >= lo`` in order, streaming.
+
+        Reads through the driver's own cursor (a server-side cursor on PostgreSQL): at a
+        million rows SQLAlchemy's row objects would cost more than the verification.
+        """
+        raw = self.engine.raw_connection()
+        try:
+            if self.dialect == "sqlite":
+                cur: Any = raw.cursor()
+                cur.execute(
+                    "SELECT seq, data, leaf_hash FROM audit_entries WHERE seq >= ? ORDER BY seq LIMIT ?",
+                    (lo, -1 if limit is None else limit),
+                )
+            else:
+                cur = raw.driver_connection.cursor(name=f"fedinfra_audit_scan_{os.getpid()}_{lo}")  # type: ignore[union-attr]
+                cur.execute(
+                    "SELECT seq, data, leaf_hash FROM audit_entries WHERE seq >= %s ORDER BY seq LIMIT %s",
+                    (lo, limit),
+                )
+            while rows := cur.fetchmany(20_000):
+                for seq, data, leaf in rows:
+                    yield seq, bytes(data), bytes(leaf)
+            cur.close()
+        finally:
+            raw.close()
+
+    def entry_data(self, seq: int) -> bytes | None:
+        """Return the canonical bytes of entry ``seq``, or ``None``."""
+        stmt = sa.select(entries_table.c.data).where(entries_table.c.seq == seq)
+        with self.engine.connect() as conn:
+            data = conn.execute(stmt).scalar()
+        return None if data is None else bytes(data)
+
+    def select_entries(self, *, run_id: str | None, type_: str | None, limit: int | None) -> list[bytes]:
+        """Return the canonical bytes of the entries matching the filters, in seq order."""
+        stmt = sa.select(entries_table.c.data).order_by(entries_table.c.seq)
+        if run_id is not None:
+            stmt = stmt.where(entries_table.c.run_id == run_id)
+        if type_ is not None:
+            stmt = stmt.where(entries_table.c.type == type_)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.engine.connect() as conn:
+            return [bytes(data) for (data,) in conn.execute(stmt)]
+
+    def checkpoints(self) -> list[tuple[int, bytes, str, str]]:
+        """Return ``(tree_size, root_hash, note, published_at)`` rows by tree size."""
+        stmt = sa.select(checkpoints_table).order_by(checkpoints_table.c.tree_size)
+        with self.engine.connect() as conn:
+            return [(int(r.tree_size), bytes(r.root_hash), r.note, r.published_at) for r in conn.execute(stmt)]
+
+    # -- writes (inside a caller's transaction) ------------------------------------------
+    @staticmethod
+    def insert_meta(conn: Connection, values: dict[str, str]) -> None:
+        """Insert ``audit_meta`` rows."""
+        conn.execute(sa.insert(meta_table), [{"key": k, "value": v} for k, v in values.items()])
+
+    def insert_entries(self, conn: Connection, rows: Sequence[EntryRow]) -> None:
+        """Insert entry rows ``(seq, ts, run_id, round, type, leaf_hash, data)``.
+
+        Goes straight to the driver's ``executemany``: SQLAlchemy's per-value type
+        processing costs more than the insert itself at tens of thousands of rows a second.
+        """
+        if rows:
+            mark = "?" if self.dialect == "sqlite" else "%s"
+            columns = "seq, ts, run_id, round, type, leaf_hash, data"
+            sql = f"INSERT INTO audit_entries ({columns}) VALUES ({', '.join([mark] * 7)})"  # noqa: S608 - constant
+            conn.exec_driver_sql(sql, list(rows))
+
+    @staticmethod
+    def insert_checkpoint(conn: Connection, *, size: int, root: bytes, note: str, published_at: str) -> None:
+        """Insert one signed checkpoint."""
+        conn.execute(
+            sa.insert(checkpoints_table),
+            [{"tree_size": size, "root_hash": root, "note": note, "published_at": published_at}],
+        )

@@ -1,0 +1,328 @@
+"""Replaying a whole log: every entry, every leaf, every checkpoint.
+
+:func:`verify_store` reads every entry once and checks, in order, that
+
+* each entry is canonical RFC 8785 JSON whose ``seq`` is its position (no gap, no swap),
+  whose event type is known and whose time does not go backwards;
+* each stored leaf hash is ``SHA-256(0x00 || entry)`` (RFC 9162 §2.1.1);
+* each checkpoint is signed by the log's key (C2SP signed-note), names the log's origin,
+  and its root equals the root recomputed from the entries before it, which also proves
+  every checkpoint consistent with the next (both are prefixes of one replayed tree);
+* each ``checkpoint.published`` entry is followed by the checkpoint it announces, so a
+  dropped checkpoint is found, and no checkpoint reaches past the last entry (truncation).
+
+The per-entry checks run in :mod:`fedinfra.audit.scan`, on several processes for a large
+store (each scans a seq range and returns 32 bytes per entry); the Merkle roots are then
+recomputed in order through a :class:`CompactRange`. The first failure in log order stops
+the replay and is reported with its position, whatever the number of processes. Without a pinned
+key the store's own key is used: that proves the log is intact under *its* key, but a
+wholesale fork re-signed with another key is only caught when the key is pinned.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fedinfra.audit.checkpoint import Checkpoint
+from fedinfra.audit.merkle import HASH_SIZE
+from fedinfra.audit.note import Verifier
+from fedinfra.audit.scan import Chunk, Failure, scan_entries, scan_store_range
+from fedinfra.audit.sources import LogSource, StoredCheckpoint, StoreSource, open_source
+from fedinfra.audit.store import FORMAT
+from fedinfra.audit.tree import CompactRange
+from fedinfra.errors import ConfigError, VerificationError
+
+PARALLEL_MIN_ENTRIES = 100_000
+"""Below this many entries one process verifies faster than starting workers."""
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of replaying a log; ``ok`` only if every check held."""
+
+    ok: bool
+    target: str
+    origin: str | None
+    key: str | None
+    key_pinned: bool
+    entries: int
+    checkpoints: int
+    head_size: int
+    head_root: str | None
+    unsigned_tail: int
+    position: str | None = None
+    problem: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """Return the result as a JSON-ready dict."""
+        return asdict(self)
+
+    def raise_for_problem(self) -> None:
+        """Raise :class:`VerificationError` naming the first problem, if any."""
+        if not self.ok:
+            raise VerificationError(f"{self.target}: {self.position}: {self.problem}")
+
+
+def load_held_checkpoint(path: Path) -> str:
+    """Read a checkpoint held outside the store: a signed note, or JSON with a ``checkpoint`` note.
+
+    Receipts (:class:`~fedinfra.audit.receipt.Receipt`) have that field.
+
+    Raises
+    ------
+    ConfigError
+        If the file cannot be read or holds neither form.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read checkpoint file") from exc
+    if text.lstrip().startswith("{"):
+        try:
+            note = json.loads(text).get("checkpoint")
+        except (ValueError, AttributeError) as exc:
+            raise ConfigError(f"{path}: not JSON with a 'checkpoint' field") from exc
+        if not isinstance(note, str):
+            raise ConfigError(f"{path}: JSON has no 'checkpoint' note")
+        return note
+    return text
+
+
+def load_public_key(path: Path, *, origin: str | None = None) -> Verifier:
+    """Read a pinned public key: a C2SP verifier key text, or a PEM key named ``origin``.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or holds no Ed25519 public key.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read public key ({exc.strerror})") from exc
+    if data.lstrip().startswith(b"-----BEGIN"):
+        if origin is None:
+            raise ConfigError(f"{path}: a PEM public key needs the log origin as its key name")
+        return Verifier.from_public_pem(origin, data)
+    try:
+        return Verifier.from_vkey(data.decode("utf-8"))
+    except (UnicodeDecodeError, ConfigError) as exc:
+        raise ConfigError(f"{path}: not a verifier key (name+hash+base64) or PEM public key") from exc
+
+
+def verify_store(
+    target: str | Path,
+    *,
+    public_key: Verifier | str | Path | None = None,
+    held_checkpoints: Sequence[str] = (),
+    workers: int | None = None,
+) -> VerifyResult:
+    """Replay the log at ``target`` (store path, PostgreSQL URL or export directory).
+
+    ``public_key`` pins the key checkpoints must be signed with (a :class:`Verifier`, a
+    verifier key text or a key file); by default the key recorded in the store is used.
+    ``held_checkpoints`` are signed checkpoint notes kept outside the store (a site's last
+    receipt, the run's ``metrics.json``): the log must contain each of their trees, which
+    also catches a tail cut off together with its checkpoints (RFC 9162 §8.1.4 gossip).
+
+    Raises
+    ------
+    StoreError
+        If ``target`` is missing or not an audit store (bad input, not a failed check).
+    ConfigError
+        If the pinned public key cannot be read.
+    """
+    from concurrent.futures.process import BrokenProcessPool
+
+    count = _workers(workers)
+    source = open_source(target)
+    try:
+        return _verify(source, public_key, held_checkpoints, count)
+    except BrokenProcessPool:  # workers could not start (e.g. no importable __main__): one process
+        return _verify(source, public_key, held_checkpoints, 1)
+    finally:
+        source.close()
+
+
+def _workers(requested: int | None) -> int:
+    if requested is not None:
+        if requested < 1:
+            raise ConfigError(f"workers must be >= 1, got {requested}")
+        return requested
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _verify(
+    source: LogSource, public_key: Verifier | str | Path | None, held_checkpoints: Sequence[str], workers: int
+) -> VerifyResult:
+    meta = source.meta()
+    origin = meta.get("origin")
+    partial: dict[str, object] = {
+        "target": source.display,
+        "origin": origin,
+        "key": meta.get("vkey"),
+        "key_pinned": public_key is not None,
+    }
+    progress: dict[str, object] = {
+        "entries": 0,
+        "checkpoints": 0,
+        "head_size": 0,
+        "head_root": None,
+        "unsigned_tail": 0,
+    }
+    try:
+        verifier = _key(meta, public_key)
+        checkpoints = _checkpoints(source.checkpoints(), verifier)
+        held = _held(held_checkpoints, verifier)
+        _replay(_chunks(source, workers), checkpoints, held, progress)
+    except Failure as failure:
+        return VerifyResult(ok=False, **partial, **progress, position=failure.position, problem=failure.problem)  # type: ignore[arg-type]
+    return VerifyResult(ok=True, **partial, **progress)  # type: ignore[arg-type]
+
+
+def _key(meta: dict[str, str], public_key: Verifier | str | Path | None) -> Verifier:
+    if meta.get("format") != FORMAT:
+        raise Failure("metadata", f"unsupported store format {meta.get('format')!r}")
+    try:
+        stored = Verifier.from_vkey(meta.get("vkey", ""))
+    except ConfigError as exc:
+        raise Failure("metadata", "the store's public key is malformed") from exc
+    if stored.name != meta.get("origin"):
+        raise Failure("metadata", "the store's public key is not named after its origin")
+    if public_key is None:
+        return stored
+    if isinstance(public_key, Path):
+        pinned = load_public_key(public_key, origin=stored.name)
+    elif isinstance(public_key, str):
+        pinned = Verifier.from_vkey(public_key)
+    else:
+        pinned = public_key
+    if pinned != stored:
+        raise Failure(
+            "metadata",
+            f"the store is signed by key {stored.name}+{stored.key_id}, not by the pinned key "
+            f"{pinned.name}+{pinned.key_id} (a re-signed fork or the wrong key file)",
+        )
+    return pinned
+
+
+def _checkpoints(rows: list[StoredCheckpoint], verifier: Verifier) -> list[Checkpoint]:
+    parsed: list[Checkpoint] = []
+    for number, row in enumerate(rows, start=1):
+        where = f"checkpoint {number} (tree size {row.size})"
+        try:
+            checkpoint = Checkpoint.from_note(row.note, verifier)
+        except VerificationError as exc:
+            raise Failure(where, "signature or format does not verify with the log's public key") from exc
+        if checkpoint.size != row.size:
+            raise Failure(where, f"signed tree size {checkpoint.size} differs from the stored size")
+        parsed.append(checkpoint)
+    return parsed
+
+
+def _held(notes: Sequence[str], verifier: Verifier) -> dict[int, bytes]:
+    held: dict[int, bytes] = {}
+    for number, note in enumerate(notes, start=1):
+        try:
+            checkpoint = Checkpoint.from_note(note, verifier)
+        except VerificationError as exc:
+            raise Failure(f"held checkpoint {number}", "does not verify with the log's public key") from exc
+        if held.setdefault(checkpoint.size, checkpoint.root_hash) != checkpoint.root_hash:
+            raise Failure(f"held checkpoint {number}", "two signed checkpoints of one size differ (split view)")
+    return held
+
+
+def _chunks(source: LogSource, workers: int) -> Iterator[Chunk]:
+    """Scan the entries, over ``workers`` processes for a large store, in seq order."""
+    if not isinstance(source, StoreSource) or workers < 2:
+        yield scan_entries(source.entries(), 0)
+        return
+    total = source.count()
+    if total < PARALLEL_MIN_ENTRIES:
+        yield scan_entries(source.entries(), 0)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    step = -(-total // (workers * 4))  # a few ranges per worker, so merging overlaps scanning
+    bounds = [(lo, min(lo + step, total)) for lo in range(0, total, step)]
+    bounds[-1] = (bounds[-1][0], total + 1)  # the last range also sees any row past the count
+    context = multiprocessing.get_context("spawn")  # no fork of a possibly threaded parent
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(scan_store_range, source.target, lo, hi) for lo, hi in bounds]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _replay(
+    chunks: Iterator[Chunk], checkpoints: list[Checkpoint], held: dict[int, bytes], progress: dict[str, object]
+) -> None:
+    """The ordered half: Merkle roots, checkpoints, announcements, timestamps across chunks."""
+    tree = CompactRange()
+    expected = 0
+    last_ts = ""
+    announced = 0
+    next_cp = 0
+    n_cp = len(checkpoints)
+    next_size = checkpoints[0].size if n_cp else -1
+    for chunk in chunks:
+        if chunk.lo != expected:
+            break  # an earlier chunk stopped short: its failure was raised below
+        if chunk.first_ts is not None and chunk.first_ts < last_ts:
+            raise Failure(f"entry {chunk.lo}", "timestamp is malformed or earlier than the previous entry's")
+        marks = set(chunk.announcements)
+        leaves = chunk.leaves
+        for offset in range(0, chunk.count * HASH_SIZE, HASH_SIZE):
+            if expected in marks:
+                announced = expected + 1
+            tree.append(leaves[offset : offset + HASH_SIZE])
+            expected += 1
+            if expected in held and tree.root() != held[expected]:
+                raise Failure(
+                    f"held checkpoint (tree size {expected})", "the log's tree of this size differs (history rewritten)"
+                )
+            if announced == expected and next_size != expected:
+                raise Failure(
+                    f"entry {expected - 1}", f"announces a checkpoint of tree size {expected} that is missing (dropped)"
+                )
+            if next_size == expected:
+                cp_where = f"checkpoint {next_cp + 1} (tree size {expected})"
+                if announced != expected:
+                    raise Failure(cp_where, "no checkpoint.published entry announces it")
+                root = tree.root()
+                if root != checkpoints[next_cp].root_hash:
+                    first = checkpoints[next_cp - 1].size if next_cp else 0
+                    raise Failure(
+                        cp_where,
+                        f"root hash does not match entries 0..{expected - 1} "
+                        f"(an entry in {first}..{expected - 1} was altered)",
+                    )
+                next_cp += 1
+                next_size = checkpoints[next_cp].size if next_cp < n_cp else -1
+                progress.update(checkpoints=next_cp, head_size=expected, head_root=base64.b64encode(root).decode())
+        progress["entries"] = expected
+        if chunk.failure is not None:
+            raise Failure(*chunk.failure)
+        if chunk.count:
+            last_ts = chunk.last_ts
+    beyond = sorted(size for size in held if size > expected)
+    if beyond:
+        raise Failure(
+            f"held checkpoint (tree size {beyond[0]})",
+            f"the log holds only {expected} entries (tail truncated together with its checkpoints)",
+        )
+    if next_cp < n_cp:
+        checkpoint = checkpoints[next_cp]
+        raise Failure(
+            f"checkpoint {next_cp + 1} (tree size {checkpoint.size})",
+            f"covers {checkpoint.size} entries but the log holds only {expected} (tail truncated)",
+        )
+    progress["unsigned_tail"] = expected - int(str(progress["head_size"]))

@@ -1,0 +1,86 @@
+"""``fedinfra server start|status``: the coordinator's SuperLink."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import typer
+
+from fedinfra.cli._common import OutputFormat, console, guarded, print_json
+from fedinfra.errors import ConfigError
+
+server_app = typer.Typer(name="server", help="Run the coordinator (Flower SuperLink).", no_args_is_help=True)
+
+
+@server_app.command("start")
+def start_cmd(
+    config: Path = typer.Option(Path("server/server.toml"), "--config", help="server.toml of this coordinator."),
+    kit: Path | None = typer.Option(None, "--kit", help="The coordinator kit (default: 'kit' in server.toml)."),
+) -> None:
+    """Start the SuperLink with TLS and SuperNode authentication; stop with Ctrl-C or SIGTERM."""
+    from fedinfra.config.server import load_server
+    from fedinfra.runtime.deploy import start_superlink
+    from fedinfra.runtime.env import harden
+    from fedinfra.runtime.kit import load_coordinator_transport
+
+    def _start() -> object:
+        cfg = load_server(config)
+        kit_dir = kit or cfg.kit
+        if kit_dir is None:
+            raise ConfigError(f"{config}: no coordinator kit; pass --kit or set 'kit'")
+        harden(flwr_home=cfg.state_dir / "flwr")
+        return start_superlink(cfg, load_coordinator_transport(kit_dir))
+
+    link = guarded(_start)
+    from fedinfra.runtime.deploy import SuperLink
+
+    assert isinstance(link, SuperLink)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    console.print(
+        f"SuperLink listening on {link.address} (TLS, {len(link.sites)} site keys registered); "
+        f"log {link.process.log_path}; Ctrl-C stops it",
+        highlight=False,
+    )
+    try:
+        while not stop.wait(1.0):
+            if not link.process.alive():
+                link.stop()
+                console.print(f"[bold red]error:[/] SuperLink died: {link.process.last_error()}", highlight=False)
+                raise typer.Exit(1)
+    finally:
+        link.stop()
+    console.print("SuperLink stopped", highlight=False)
+
+
+@server_app.command("status")
+def status_cmd(
+    config: Path = typer.Option(Path("server/server.toml"), "--config", help="server.toml of this coordinator."),
+    fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
+) -> None:
+    """Say whether the SuperLink runs, where, and which sites are registered."""
+    from fedinfra.config.server import load_server
+    from fedinfra.runtime.deploy import read_status
+
+    status = guarded(lambda: read_status(load_server(config).state_dir))
+    if fmt is OutputFormat.json:
+        print_json(status)
+        return
+    console.print(
+        f"SuperLink running (pid {status['pid']}) on {status['address']}, bound {status['bind']}; "
+        f"sites: {', '.join(sorted(status['sites'])) or 'none'}",
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``server`` to the root application."""
+    app.add_typer(server_app)

@@ -1,0 +1,106 @@
+"""The federation job (:class:`JobSpec`), loaded from ``job.toml``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from fedinfra.config._load import StrictModel, load_model
+from fedinfra.config.privacy import PrivacySpec
+from fedinfra.config.secagg import SecureAggSpec
+
+Scenario = Literal["hospital", "bank", "edge"]
+Dataset = Literal["breast_cancer", "digits", "wine", "caravan"]
+
+
+class ModelSpec(StrictModel):
+    """The model trained: logistic regression or a small MLP."""
+
+    kind: Literal["logreg", "mlp"] = "logreg"
+    hidden: list[int] = Field(default_factory=lambda: [32], description="MLP hidden widths")
+
+
+class DataSpec(StrictModel):
+    """Which data and how it is split among sites (simulation) or read (deployment)."""
+
+    dataset: Dataset = "breast_cancer"
+    alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration of label skew")
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+
+
+class SitesSpec(StrictModel):
+    """How many sites take part and how many must reply for a round to count."""
+
+    count: int = Field(default=4, ge=1, le=100_000)
+    fraction: float = Field(default=1.0, gt=0, le=1, description="share of sites sampled per round")
+    min_sites: int = Field(default=1, ge=1, description="fewest replies a round accepts")
+    devices: int = Field(default=0, ge=0, description="how many of the sites are edge devices (mixed federation)")
+
+    @model_validator(mode="after")
+    def _min_le_count(self) -> SitesSpec:
+        if self.min_sites > self.count:
+            raise ValueError(f"min_sites ({self.min_sites}) exceeds count ({self.count})")
+        if self.devices > self.count:
+            raise ValueError(f"devices ({self.devices}) exceeds count ({self.count})")
+        return self
+
+
+class TrainingSpec(StrictModel):
+    """Local training at each site."""
+
+    local_epochs: int = Field(default=2, ge=1, le=1000)
+    batch_size: int = Field(default=32, ge=1, le=100_000)
+    lr: float = Field(default=0.1, gt=0, le=100)
+    server_lr: float = Field(default=1.0, gt=0, le=100)
+    server_momentum: float = Field(default=0.0, ge=0, lt=1)
+
+
+class CompressionSpec(StrictModel):
+    """Update compression for constrained links (edge devices): clip, quantize, sparsify.
+
+    Clip to ``clip`` (L2), optional top-k with error feedback (Stich et al. 2018), then
+    unbiased stochastic quantization to ``bits`` (Alistarh et al. 2017, QSGD).
+    """
+
+    bits: int = Field(default=8, ge=2, le=16)
+    clip: float = Field(default=1.0, gt=0)
+    topk_fraction: float | None = Field(default=None, gt=0, le=1)
+
+
+def simulated_site_name(scenario: str, index: int, count: int, devices: int) -> str:
+    """Name of simulated site ``index``: the last ``devices`` of ``count`` are edge devices."""
+    if scenario != "edge" and index >= count - devices:
+        return f"device-{index}"
+    return f"{scenario}-{index}"
+
+
+class JobSpec(StrictModel):
+    """One federated training job."""
+
+    name: str = Field(default="fedinfra-job", min_length=1, max_length=128)
+    scenario: Scenario = "hospital"
+    purpose: str = Field(default="medical-research", min_length=1)
+    rounds: int = Field(default=5, ge=1, le=10_000)
+    seed: int = Field(default=0, ge=0)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    sites: SitesSpec = Field(default_factory=SitesSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+    secure_aggregation: SecureAggSpec = Field(default_factory=SecureAggSpec)
+    compression: CompressionSpec | None = None
+    policy_packs: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(default=600.0, gt=0, description="per-round reply timeout")
+
+    @model_validator(mode="after")
+    def _compatible(self) -> JobSpec:
+        if self.compression is not None and self.secure_aggregation.mode != "none":
+            raise ValueError("compression and secure_aggregation are exclusive in this version; choose one")
+        return self
+
+
+def load_job(path: Path | str) -> JobSpec:
+    """Load and validate a ``job.toml``."""
+    return load_model(JobSpec, path)

@@ -1,0 +1,93 @@
+"""Wire schemas between coordinator and sites (carried in Flower records).
+
+Everything a site or the coordinator receives from the other side is validated against
+these models before use; a reply that does not validate is rejected, never guessed at.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from fedinfra.config._load import StrictModel
+
+#: Record keys inside a Flower ``RecordDict``.
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+#: Key of the JSON document inside the ``config`` ConfigRecord.
+DOC = "doc"
+
+
+#: ConfigRecord keys for binary payloads (HE ciphertexts) beside the JSON doc.
+HE_UPDATE = "he.update"
+COMPRESSED_UPDATE = "update.compressed"
+HE_AGGREGATES = "he.aggregates"
+
+
+class SiteHello(StrictModel):
+    """A site's answer to the admission QUERY.
+
+    ``num_examples`` is withheld (``None``) under HE secure aggregation, where example
+    counts travel only encrypted.
+    """
+
+    site: str = Field(min_length=1, max_length=64)
+    num_examples: int | None = Field(default=None, ge=1)
+    num_features: int = Field(ge=1)
+    dataset_fingerprint: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    manifest: dict[str, object] = Field(default_factory=dict)
+    scan: dict[str, object] | None = None
+    preflight_passed: bool = True
+    preflight_reason: str = ""
+    epsilon_spent_lifetime: float | None = Field(default=None, ge=0)
+    epsilon_remaining_run: float | None = Field(default=None, ge=0)
+    checkpoint_size: int = Field(default=0, ge=0, description="tree size of the newest checkpoint the site holds")
+
+
+class TrainInstruction(StrictModel):
+    """What the coordinator asks of a site for one round (or, round 0, at admission/close).
+
+    ``receipts`` are audit receipts (JSON) for the site's earlier updates, to verify
+    before training again. ``sync_from`` is the first round whose encrypted aggregate is
+    attached (HE mode); ``phase`` says whether to train or only verify/evaluate.
+    """
+
+    run_id: str = Field(min_length=1, max_length=128)
+    round: int = Field(ge=0)
+    job: dict[str, object]
+    phase: Literal["admit", "train", "evaluate", "close"] = "train"
+    receipts: list[str] = Field(default_factory=list)
+    sync_from: int | None = Field(default=None, ge=1)
+    sampled: int = Field(default=1, ge=1, description="sites sampled this round (user-level DP noise share)")
+
+
+class TrainReport(StrictModel):
+    """What a site reports with its update (no personal data: counts and losses only).
+
+    ``status`` is ``refused`` when the site's own checks (policy, budget, receipt) deny
+    the round; ``reason`` then says why and no update is attached.
+    """
+
+    site: str = Field(min_length=1, max_length=64)
+    round: int = Field(ge=1)
+    status: Literal["ok", "refused"] = "ok"
+    reason: str = ""
+    code: Literal["", "budget", "policy", "receipt", "crypto", "error"] = ""
+    num_examples: int = Field(ge=0)
+    train_loss: float = 0.0
+    details: dict[str, object] = Field(default_factory=dict)
+
+
+class EvalReport(StrictModel):
+    """A site's evaluation of the current global model on its local test shard."""
+
+    site: str = Field(min_length=1, max_length=64)
+    round: int = Field(ge=0)
+    status: Literal["ok", "refused"] = "ok"
+    reason: str = ""
+    loss_sum: float = 0.0
+    correct: int = Field(default=0, ge=0)
+    count: int = Field(default=0, ge=0)
+    receipts_verified: int = Field(default=0, ge=0)

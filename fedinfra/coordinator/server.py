@@ -1,0 +1,638 @@
+"""The coordinator's run loop: admission, rounds, aggregation, receipts, close.
+
+It drives sites through a Flower ``Grid`` with the Message API. It never sees site data,
+only updates - and with HE secure aggregation not even those, nor their sum: it adds
+ciphertexts and forwards the encrypted aggregate, and the sites evaluate (federated
+evaluation) and report counts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedinfra.aggregation import StreamingFedAvg, arrays_from_record
+from fedinfra.aggregation.server_opt import ServerOptimizer
+from fedinfra.config import JobSpec
+from fedinfra.config.wire import (
+    ARRAYS,
+    COMPRESSED_UPDATE,
+    CONFIG,
+    DOC,
+    HE_AGGREGATES,
+    HE_UPDATE,
+    EvalReport,
+    SiteHello,
+    TrainInstruction,
+    TrainReport,
+)
+from fedinfra.coordinator.admission import GateContext, evaluate_job, evaluate_site, record_evaluation, site_details
+from fedinfra.coordinator.artifacts import RunArtifacts
+from fedinfra.coordinator.events import NullReporter, Reporter, RoundResult
+from fedinfra.coordinator.persist import RunState, SiteBook, load_aggregate, load_state, save_state
+from fedinfra.coordinator.trail import AuditTrail, codes, sha256_hex
+from fedinfra.errors import ConfigError, FedinfraError, PolicyViolation, RuntimeLaunchError
+from fedinfra.models import build_model, get_weights, set_weights
+from fedinfra.site.data import load_split
+from fedinfra.site.training import evaluate
+from fedinfra.site.weights import weights_to_arrays
+from fedinfra.types import NDArrays
+
+if TYPE_CHECKING:
+    from fedinfra.audit import Signer
+    from fedinfra.crypto import PublicParams
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    """How the coordinator runs: its audit store and key, transport facts, HE parameters."""
+
+    store: str
+    signer: Signer
+    tls: bool = False
+    in_process: bool = False
+    audit_retention_days: int = 2192  # HIPAA 164.316(b)(2): six years
+    he_public: PublicParams | None = None
+    report_formats: tuple[str, ...] = ("html", "pdf", "json")
+    resume: bool = False
+    node_wait_s: float = 120.0
+
+
+@dataclass
+class Site:
+    """An admitted site."""
+
+    node_id: int
+    hello: SiteHello
+
+
+class Coordinator:
+    """Runs one job over a Flower grid."""
+
+    def __init__(
+        self,
+        job: JobSpec,
+        *,
+        run_id: str,
+        run_dir: Path,
+        settings: CoordinatorSettings,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.job = job
+        self.run_id = run_id
+        self.settings = settings
+        self.artifacts = RunArtifacts(run_dir)
+        self.state_dir = run_dir / "state"
+        self.reporter: Reporter = reporter or NullReporter()
+        self.he = job.secure_aggregation.mode != "none"
+        if self.he and settings.he_public is None:
+            raise ConfigError("secure_aggregation is on but the coordinator kit has no HE parameters")
+        split = load_split(job)
+        self.test_x, self.test_y = split.x_test, split.y_test
+        self.num_classes = split.num_classes
+        self.num_features = split.num_features
+        self.gate = GateContext(
+            tls=settings.tls, in_process=settings.in_process, audit_retention_days=settings.audit_retention_days
+        )
+        self._rng = np.random.default_rng(job.seed)
+        self.trail: AuditTrail | None = None
+        self._packs: list[Any] = []
+
+    # -- plumbing ----------------------------------------------------------------------
+    def _doc(self, rnd: int, phase: str, **extra: Any) -> TrainInstruction:
+        return TrainInstruction(
+            run_id=self.run_id,
+            round=rnd,
+            job=self.job.model_dump(mode="json"),
+            phase=phase,
+            **extra,
+        )
+
+    def _send(self, grid: Grid, messages: list[Message]) -> Iterable[Message]:
+        return grid.send_and_receive(messages, timeout=self.job.timeout_s)
+
+    def _wait_for_nodes(self, grid: Grid) -> list[int]:
+        deadline = time.monotonic() + self.settings.node_wait_s
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= self.job.sites.count:
+                return nodes
+            if time.monotonic() > deadline:
+                raise RuntimeLaunchError(
+                    f"only {len(nodes)} of {self.job.sites.count} sites connected within "
+                    f"{self.settings.node_wait_s:.0f} s; start the missing sites or lower sites.count"
+                )
+            time.sleep(0.5)
+
+    # -- admission ---------------------------------------------------------------------
+    def admit(self, grid: Grid, trail: AuditTrail, packs: list[Any]) -> list[Site]:
+        """Ask every node for its hello; admit those that pass their own and our site gate."""
+        nodes = self._wait_for_nodes(grid)
+        doc = self._doc(0, "admit").model_dump_json()
+        messages = [
+            Message(RecordDict({CONFIG: ConfigRecord({DOC: doc})}), dst_node_id=n, message_type=MessageType.QUERY)
+            for n in nodes
+        ]
+        admitted: list[Site] = []
+        for reply in self._send(grid, messages):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                reason = (reply.error.reason or "no answer") if reply.error else "no answer"
+                trail.event("site.rejected", outcome="denied", details={"node": str(node), "reason": reason})
+                continue
+            try:
+                hello = SiteHello.model_validate_json(str(reply.content.config_records[CONFIG][DOC]))
+                evaluation, manifest = evaluate_site(self.job, packs, self.gate, hello)
+            except (ValueError, KeyError, FedinfraError) as exc:
+                trail.event("site.rejected", outcome="denied", details={"node": str(node), "reason": str(exc)})
+                continue
+            record_evaluation(trail, evaluation, gate="site", round=0, site=hello.site)
+            details = site_details(hello, manifest)
+            reason = ""
+            if not hello.preflight_passed:
+                reason = f"site's own preflight refused: {hello.preflight_reason}"
+            elif evaluation.blocking:
+                reason = evaluation.reason()
+            elif hello.num_features != self.num_features:
+                reason = f"site has {hello.num_features} features, the model {self.num_features}"
+            if reason:
+                trail.event("site.rejected", outcome="denied", site=hello.site, details={**details, "reason": reason})
+                continue
+            trail.event("site.admitted", site=hello.site, details=details)
+            admitted.append(Site(node, hello))
+        if len(admitted) < self.job.sites.min_sites:
+            raise PolicyViolation(
+                f"only {len(admitted)} sites passed admission; the job needs sites.min_sites={self.job.sites.min_sites}"
+            )
+        return sorted(admitted, key=lambda s: s.hello.site)
+
+    # -- one round ---------------------------------------------------------------------
+    def _sample(self, sites: list[Site]) -> list[Site]:
+        k = max(self.job.sites.min_sites, round(self.job.sites.fraction * len(sites)))
+        if k >= len(sites):
+            return sites
+        chosen = self._rng.choice(len(sites), size=k, replace=False)
+        return [sites[i] for i in sorted(chosen)]
+
+    def _payload(self, state: RunState, site: Site, rnd: int, phase: str, sampled: int) -> RecordDict:
+        """The message to one site: receipts owed to it, and the model (or HE aggregates)."""
+        assert self.trail is not None
+        book = state.books.setdefault(site.hello.site, SiteBook())
+        head = self.trail.log.latest_checkpoint
+        # Only entries a signed checkpoint already covers can get a receipt now.
+        book.sent = [seq for seq in book.pending if head is not None and seq < head.size]
+        receipts = [self.trail.receipt(seq, since=book.seen_size) for seq in book.sent]
+        config: dict[str, Any] = {}
+        records: dict[str, Any] = {}
+        sync_from = None
+        if not self.he:
+            records[ARRAYS] = weights_to_arrays(state.weights)
+        else:
+            sync_from = book.synced + 1
+            if book.synced == 0:
+                records[ARRAYS] = weights_to_arrays(state.weights)
+            config[HE_AGGREGATES] = [load_aggregate(self.state_dir, r) for r in range(sync_from, state.round + 1)]
+        doc = self._doc(rnd, phase, receipts=receipts, sync_from=sync_from, sampled=sampled)
+        config[DOC] = doc.model_dump_json()
+        records[CONFIG] = ConfigRecord(config)
+        if receipts and head is not None:
+            book.seen_size = head.size
+        return RecordDict(records)
+
+    def _delivered(self, state: RunState, site: str) -> None:
+        """A site answered: receipts reached it and (HE) it holds the current model."""
+        book = state.books[site]
+        book.pending = [seq for seq in book.pending if seq not in book.sent]
+        book.sent = []
+        book.synced = state.round
+
+    def run_round(self, grid: Grid, rnd: int, sites: list[Site], state: RunState) -> RoundResult:
+        """Send the model to a sample of sites, aggregate valid replies, evaluate."""
+        assert self.trail is not None
+        trail = self.trail
+        start = time.monotonic()
+        sample = self._sample(sites)
+        trail.event("round.started", round=rnd, details={"sites": [s.hello.site for s in sample]})
+        by_node = {s.node_id: s for s in sample}
+        messages = [
+            Message(
+                self._payload(state, s, rnd, "train", len(sample)),
+                dst_node_id=s.node_id,
+                message_type=MessageType.TRAIN,
+            )
+            for s in sample
+        ]
+        plain = StreamingFedAvg()
+        enc = None
+        if self.he:
+            from fedinfra.crypto import EncryptedSum
+
+            assert self.settings.he_public is not None
+            enc = EncryptedSum(self.settings.he_public, run_id=self.run_id, round_id=rnd)
+        received: dict[str, int] = {}
+        refused: dict[str, str] = {}
+        loss_sum, loss_n = 0.0, 0
+        max_eps = 0.0
+        for reply in self._send(grid, messages):
+            site = by_node.get(reply.metadata.src_node_id)
+            if site is None:
+                continue
+            name = site.hello.site
+            try:
+                if reply.has_error():
+                    raise ConfigError(f"site error: {(reply.error.reason or '')[:200]}")
+                report = TrainReport.model_validate_json(str(reply.content.config_records[CONFIG][DOC]))
+                if report.site != name or report.round != rnd:
+                    raise ConfigError("reply names another site or round")
+                self._delivered(state, name)
+                if report.status != "ok":
+                    refused[name] = report.code or "error"
+                    trail.event(
+                        "update.rejected",
+                        round=rnd,
+                        site=name,
+                        outcome="denied",
+                        details={"site": name, "reason": report.reason, "code": report.code},
+                    )
+                    continue
+                if enc is not None:
+                    blob = bytes(reply.content.config_records[CONFIG][HE_UPDATE])  # type: ignore[arg-type]
+                    enc.add(blob)
+                    subject: tuple[str, bytes] = ("update.ciphertext", blob)
+                elif self.job.compression is not None:
+                    from fedinfra.aggregation.compression import decompress, layout_of
+
+                    blob = bytes(reply.content.config_records[CONFIG][COMPRESSED_UPDATE])  # type: ignore[arg-type]
+                    spec = self.job.compression
+                    update = decompress(blob, layout_of(state.weights), clip=spec.clip, bits=spec.bits)
+                    self._check_update(update, state.weights)
+                    plain.add(update, self._weight(report))
+                    subject = ("update.compressed", blob)
+                else:
+                    update = arrays_from_record(reply.content.array_records[ARRAYS])
+                    self._check_update(update, state.weights)
+                    plain.add(update, self._weight(report))
+                    subject = ("update", b"".join(np.ascontiguousarray(update[k]).tobytes() for k in sorted(update)))
+            except (ValueError, KeyError, TypeError, FedinfraError) as exc:
+                refused[name] = "invalid"
+                trail.event(
+                    "update.rejected",
+                    round=rnd,
+                    site=name,
+                    outcome="denied",
+                    details={"site": name, "reason": str(exc), "code": "invalid"},
+                )
+                continue
+            entry = trail.event(
+                "update.received",
+                round=rnd,
+                site=name,
+                subject=subject,
+                details={
+                    "site": name,
+                    "receipt_verified": bool(report.details.get("receipts_verified")),
+                    "bytes_sent": len(subject[1]),
+                },
+            )
+            received[name] = entry.seq
+            book = state.books[name]
+            book.pending.append(entry.seq)
+            book.rounds_joined += 1
+            loss_sum += report.train_loss
+            loss_n += 1
+            if "epsilon_total" in report.details:
+                total = float(report.details["epsilon_total"])  # type: ignore[arg-type]
+                trail.event(
+                    "budget.spent",
+                    round=rnd,
+                    site=name,
+                    details={
+                        **{k: v for k, v in report.details.items() if k != "receipts_verified"},
+                        "site": name,
+                        "epsilon": max(0.0, total - book.epsilon_total),
+                        "epsilon_total": total,
+                    },
+                )
+                book.epsilon_total = total
+                max_eps = max(max_eps, total)
+        return self._finish_round(
+            grid, rnd, sites, state, plain, enc, received, refused, loss_sum / max(loss_n, 1), max_eps, start
+        )
+
+    def _finish_round(
+        self,
+        grid: Grid,
+        rnd: int,
+        sites: list[Site],
+        state: RunState,
+        plain: StreamingFedAvg,
+        enc: Any,
+        received: dict[str, int],
+        refused: dict[str, str],
+        train_loss: float,
+        max_eps: float,
+        start: float,
+    ) -> RoundResult:
+        assert self.trail is not None
+        trail = self.trail
+        count = len(received)
+        if count < self.job.sites.min_sites:
+            if refused and all(code == "budget" for code in refused.values()):
+                raise _BudgetExhausted(rnd)
+            raise PolicyViolation(
+                f"round {rnd}: {count} valid replies, fewer than sites.min_sites={self.job.sites.min_sites}"
+            )
+        from fedinfra.coordinator.admission import job_facts
+        from fedinfra.policy import Facts, evaluate
+        from fedinfra.policy._facts import RoundFacts
+
+        round_eval = evaluate(
+            self._packs,
+            "round",
+            Facts(
+                job=job_facts(self.job, self.gate),
+                round=RoundFacts(
+                    round=rnd,
+                    participants=count,
+                    epsilon_spent=max_eps if self.job.privacy.mechanism != "none" else 0.0,
+                    audit_verified=True,
+                ),
+            ),
+        )
+        record_evaluation(trail, round_eval, gate="round", round=rnd)
+        if round_eval.blocking:
+            raise PolicyViolation(f"round {rnd} denied: {round_eval.reason()}")
+        aggregate: bytes | None = None
+        if enc is not None:
+            aggregate = enc.to_bytes()
+            state.round = rnd
+            save_state(self.state_dir, state, aggregate)
+            test_loss, test_acc = self._federated_eval(grid, rnd, sites, state)
+            subject: tuple[str, bytes] = ("aggregate.ciphertext", aggregate)
+        else:
+            opt = ServerOptimizer(lr=self.job.training.server_lr, momentum=self.job.training.server_momentum)
+            opt.load_state(state.optimizer)
+            state.weights = opt.step(state.weights, plain.result())
+            state.optimizer = opt.state()
+            state.round = rnd
+            test_loss, test_acc = self._evaluate(state.weights)
+            subject = ("model", b"".join(state.weights[k].tobytes() for k in sorted(state.weights)))
+        result = RoundResult(
+            round=rnd,
+            test_loss=test_loss,
+            test_accuracy=test_acc,
+            train_loss=train_loss,
+            replies=count,
+            refused=len(refused),
+            seconds=time.monotonic() - start,
+            details={"epsilon_max": max_eps},
+        )
+        state.results.append(result)
+        state.rng = dict(self._rng.bit_generator.state)
+        save_state(self.state_dir, state, aggregate)
+        trail.event(
+            "aggregation.completed",
+            round=rnd,
+            subject=subject,
+            details={
+                "replies": count,
+                "test_loss": test_loss,
+                "test_accuracy": test_acc,
+                "train_loss": train_loss,
+                "mode": self.job.secure_aggregation.mode,
+            },
+        )
+        trail.checkpoint(rnd)
+        return result
+
+    def _federated_eval(
+        self, grid: Grid, rnd: int, sites: list[Site], state: RunState, phase: str = "evaluate"
+    ) -> tuple[float, float]:
+        """HE mode: every site opens the aggregate and evaluates on its test shard."""
+        messages = [
+            Message(self._payload(state, s, rnd, phase, 1), dst_node_id=s.node_id, message_type=MessageType.EVALUATE)
+            for s in sites
+        ]
+        by_node = {s.node_id: s.hello.site for s in sites}
+        loss, correct, count = 0.0, 0, 0
+        for reply in self._send(grid, messages):
+            name = by_node.get(reply.metadata.src_node_id)
+            if name is None or reply.has_error():
+                continue
+            try:
+                report = EvalReport.model_validate_json(str(reply.content.config_records[CONFIG][DOC]))
+            except (ValueError, KeyError):
+                continue
+            if report.status != "ok" or report.site != name:
+                assert self.trail is not None
+                self.trail.event(
+                    "update.rejected",
+                    round=rnd,
+                    site=name,
+                    outcome="denied",
+                    details={"site": name, "reason": report.reason, "code": "evaluation"},
+                )
+                continue
+            self._delivered(state, name)
+            loss += report.loss_sum
+            correct += report.correct
+            count += report.count
+        if count == 0:
+            return float("nan"), float("nan")
+        return loss / count, correct / count
+
+    def _weight(self, report: TrainReport) -> float:
+        """Weigh a reply: by examples, except under user-level DP.
+
+        There every site weighs the same, so one site's influence on the mean is bounded by
+        the clip (McMahan et al. 2018).
+        """
+        if self.job.privacy.mechanism == "user-dp":
+            return 1.0
+        return float(report.num_examples)
+
+    @staticmethod
+    def _check_update(update: NDArrays, reference: NDArrays) -> None:
+        if update.keys() != reference.keys():
+            raise ConfigError("update tensors do not match the model")
+        for k, v in update.items():
+            if v.shape != reference[k].shape or not np.all(np.isfinite(v)):
+                raise ConfigError(f"update tensor {k!r} has a wrong shape or non-finite values")
+
+    def _evaluate(self, weights: NDArrays) -> tuple[float, float]:
+        model = build_model(self.job.model, num_features=self.num_features, num_classes=self.num_classes, seed=0)
+        set_weights(model, weights)
+        return evaluate(model, self.test_x, self.test_y)
+
+    # -- the whole run -----------------------------------------------------------------
+    def _open(self) -> AuditTrail:
+        from fedinfra.audit import AuditLog
+
+        log = AuditLog.open(self.settings.store, origin=self.settings.signer.name, signer=self.settings.signer)
+        return AuditTrail(log, run_id=self.run_id, key_id=self.settings.signer.key_id)
+
+    def _start(self, trail: AuditTrail) -> RunState:
+        """Admit the job (fresh run) or find where to continue (resume)."""
+        from fedinfra import __version__
+
+        if self.settings.resume:
+            done = [e.round or 0 for e in trail.log.entries(run_id=self.run_id, type="aggregation.completed")]
+            if not trail.log.entries(run_id=self.run_id, type="run.created"):
+                raise ConfigError(f"run {self.run_id} is not in the audit store; cannot resume")
+            if not done:
+                return self._fresh_state()
+            state = load_state(self.state_dir, max(done))
+            if state.rng:
+                self._rng.bit_generator.state = state.rng
+            trail.event(
+                "run.created",
+                round=state.round,
+                details={"resumed_after_round": state.round, "fedinfra_version": __version__},
+            )
+            return state
+        self.artifacts.write_job(self.job, self.run_id)
+        job_eval = evaluate_job(self.job, self._packs, self.gate)
+        job_bytes = self.job.model_dump_json().encode()
+        trail.event(
+            "run.created",
+            round=0,
+            subject=("job", job_bytes),
+            details={
+                "fedinfra_version": __version__,
+                "job_name": self.job.name,
+                "scenario": self.job.scenario,
+                "purpose": self.job.purpose,
+                "job_sha256": sha256_hex(job_bytes),
+                "tls": self.settings.tls,
+                "transport": "in-process" if self.settings.in_process else ("tls" if self.settings.tls else "insecure"),
+                "audit_retention_days": self.settings.audit_retention_days,
+                "rounds": self.job.rounds,
+                "sites": self.job.sites.count,
+                "policy_packs": [{"name": p.name, "sha256": p.sha256} for p in self._packs],
+                "privacy": self.job.privacy.model_dump(mode="json"),
+                "secure_aggregation": self.job.secure_aggregation.model_dump(mode="json"),
+            },
+        )
+        record_evaluation(trail, job_eval, gate="job", round=0)
+        if job_eval.blocking:
+            raise PolicyViolation(f"job refused by policy: {job_eval.reason()}")
+        trail.checkpoint(0)
+        return self._fresh_state()
+
+    def _fresh_state(self) -> RunState:
+        model = build_model(
+            self.job.model, num_features=self.num_features, num_classes=self.num_classes, seed=self.job.seed
+        )
+        return RunState(round=0, weights=get_weights(model))
+
+    def run(self, grid: Grid) -> RunState:
+        """Admit, run every round, close; every step is audited."""
+        from fedinfra.policy import load_packs
+
+        t0 = time.monotonic()
+        self._packs = load_packs(self.job.policy_packs)
+        trail = self.trail = self._open()
+        try:
+            state = self._start(trail)
+            sites = self.admit(grid, trail, self._packs)
+            for site in sites:
+                # After a resume a site may hold a newer checkpoint than the saved state
+                # knows of: consistency proofs must start from what the site really holds.
+                book = state.books.setdefault(site.hello.site, SiteBook())
+                if book.seen_size <= site.hello.checkpoint_size <= trail.log.size:
+                    book.seen_size = site.hello.checkpoint_size
+            trail.checkpoint(state.round)
+            self.reporter.run_started(self.run_id, self.job.rounds, len(sites))
+            stop_reason = "completed"
+            for rnd in range(state.round + 1, self.job.rounds + 1):
+                try:
+                    result = self.run_round(grid, rnd, sites, state)
+                except _BudgetExhausted:
+                    stop_reason = "budget-exhausted"
+                    break
+                self.reporter.round_done(result)
+                self.artifacts.write_metrics(
+                    self.run_id, state.results, [s.hello.site for s in sites], time.monotonic() - t0
+                )
+            self._close(grid, trail, sites, state, stop_reason, time.monotonic() - t0)
+            return state
+        except FedinfraError as exc:
+            trail.event("run.failed", outcome="failure", details={"reason": str(exc), "error": type(exc).__name__})
+            trail.checkpoint(None)
+            raise
+        finally:
+            trail.log.close()
+
+    def _close(
+        self, grid: Grid, trail: AuditTrail, sites: list[Site], state: RunState, stop: str, seconds: float
+    ) -> None:
+        from fedinfra.coordinator.admission import job_facts
+        from fedinfra.policy import Facts, evaluate
+        from fedinfra.policy._facts import CloseFacts
+
+        loss, acc = self._federated_eval(grid, state.round, sites, state, phase="close")
+        if not self.he and state.results:
+            loss, acc = state.results[-1].test_loss, state.results[-1].test_accuracy
+        max_eps = max((b.epsilon_total for b in state.books.values()), default=0.0)
+        close_eval = evaluate(
+            self._packs,
+            "close",
+            Facts(
+                job=job_facts(self.job, self.gate),
+                close=CloseFacts(rounds_completed=state.round, epsilon_spent=max_eps, audit_verified=True),
+            ),
+        )
+        record_evaluation(trail, close_eval, gate="close", round=state.round)
+        if self.he:
+            model_bytes = load_aggregate(self.state_dir, state.round) if state.round else b""
+            self.artifacts.write_bytes("model.enc", model_bytes)
+            artifact = ("model.ciphertext", model_bytes)
+        else:
+            self.artifacts.write_model(state.weights)
+            artifact = ("model", self.artifacts.model_path.read_bytes())
+        trail.event(
+            "run.completed",
+            round=state.round,
+            subject=artifact,
+            details={
+                "stop_reason": stop,
+                "rounds": state.round,
+                "final_accuracy": acc,
+                "final_loss": loss,
+                "epsilon_max": max_eps,
+            },
+        )
+        final = trail.checkpoint(state.round)
+        extra: dict[str, object] = {
+            "final_checkpoint": {"tree_size": final.size, "note": final.note},
+            "stop_reason": stop,
+            "privacy": {
+                "mechanism": self.job.privacy.mechanism,
+                "accountant": self.job.privacy.accountant,
+                "epsilon_per_site": {k: b.epsilon_total for k, b in sorted(state.books.items())},
+            },
+            "secure_aggregation": self.job.secure_aggregation.mode,
+            "audit_store": str(self.settings.store),
+        }
+        names = [s.hello.site for s in sites]
+        # Under HE the final figures come from the federated close evaluation, not round results.
+        extra.update(final_accuracy=acc, final_loss=loss)
+        self.artifacts.write_metrics(self.run_id, state.results, names, seconds, extra=extra)
+        self.artifacts.write_sites({s.hello.site: s.hello.manifest for s in sites})
+
+
+class _BudgetExhausted(Exception):
+    """No admitted site can spend more: the run ends cleanly."""
+
+    def __init__(self, rnd: int) -> None:
+        super().__init__(f"round {rnd}: every site refused for budget")
+
+
+__all__ = ["Coordinator", "CoordinatorSettings", "codes"]

@@ -1,0 +1,166 @@
+"""Report charts as inline SVG: epsilon against caps, participation grid, loss and accuracy.
+
+Drawn with matplotlib's object API (``Figure`` + the Agg/SVG canvases, never pyplot, so no
+global figure state and no display is needed). Output is deterministic: the SVG id salt is
+fixed and the date metadata dropped, so the same report data gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from fedinfra.report.model import ReportData
+
+#: Participation states, drawn in this order and colour (colour-blind-safe Okabe-Ito hues).
+GRID_STATES: dict[str, str] = {
+    "admitted": "#009E73",
+    "dropped": "#E69F00",
+    "rejected": "#D55E00",
+    "not-sampled": "#E5E5E5",
+}
+_RC = {
+    "svg.hashsalt": "fedinfra-report",
+    "svg.fonttype": "path",
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+_MAX_LEGEND = 12
+
+
+def _svg(fig: Any) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight")
+    text = buf.getvalue()
+    start = text.find("<svg")
+    return text[start:] if start >= 0 else text
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def epsilon_chart(report: ReportData) -> str | None:
+    """Cumulative epsilon per site over rounds, with each distinct per-run cap as a dashed line."""
+    import matplotlib
+
+    budgets = [b for b in report.controls.budgets if b.points]
+    if not budgets:
+        return None
+    with matplotlib.rc_context(_RC):
+        fig = _figure(7.0, 3.0)
+        ax = fig.add_subplot()
+        for b in budgets:
+            ax.plot(
+                [p.round for p in b.points],
+                [p.cumulative for p in b.points],
+                marker="o",
+                markersize=3,
+                linewidth=1.4,
+                label=b.site,
+            )
+        caps = sorted({b.cap_run for b in budgets if b.cap_run is not None})
+        for cap in caps:
+            ax.axhline(cap, color="#D55E00", linestyle="--", linewidth=1)
+            ax.annotate(
+                f"cap {cap:g}",
+                xy=(1, cap),
+                xycoords=("axes fraction", "data"),
+                xytext=(-4, 3),
+                textcoords="offset points",
+                ha="right",
+                fontsize=8,
+                color="#D55E00",
+            )
+        if report.controls.epsilon_target is not None:
+            ax.axhline(report.controls.epsilon_target, color="#555555", linestyle=":", linewidth=1)
+        ax.set_xlabel("round")
+        ax.set_ylabel("cumulative ε")
+        ax.set_ylim(bottom=0, top=max([*caps, *(b.total for b in budgets)]) * 1.12)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(axis="y", color="#DDDDDD", linewidth=0.6)
+        if len(budgets) <= _MAX_LEGEND:
+            ax.legend(loc="upper left", fontsize=8, frameon=False, ncols=min(4, len(budgets)))
+        return _svg(fig)
+
+
+def participation_chart(report: ReportData) -> str | None:
+    """Site x round grid coloured by admitted / dropped / rejected / not sampled."""
+    import matplotlib
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    sites = sorted(report.participation)
+    rounds = report.round_numbers
+    if not sites or not rounds:
+        return None
+    states = list(GRID_STATES)
+    grid = np.array([[states.index(s) for s in report.participation[site]] for site in sites], dtype=float)
+    with matplotlib.rc_context(_RC):
+        fig = _figure(7.0, min(8.0, 1.0 + 0.28 * len(sites)))
+        ax = fig.add_subplot()
+        ax.imshow(
+            grid,
+            cmap=ListedColormap(list(GRID_STATES.values())),
+            vmin=0,
+            vmax=len(states) - 1,
+            aspect="auto",
+            interpolation="nearest",
+        )
+        ax.set_xlabel("round")
+        step = max(1, len(rounds) // 20)
+        ax.set_xticks(range(0, len(rounds), step), [str(r) for r in rounds[::step]])
+        if len(sites) <= 40:
+            ax.set_yticks(range(len(sites)), sites)
+        else:
+            ax.set_yticks([])
+            ax.set_ylabel(f"{len(sites)} sites")
+        for side in ("top", "right", "left", "bottom"):
+            ax.spines[side].set_visible(False)
+        ax.tick_params(length=0)
+        handles = [Patch(color=c, label=s) for s, c in GRID_STATES.items()]
+        ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=4, frameon=False, fontsize=8)
+        return _svg(fig)
+
+
+def metrics_chart(report: ReportData) -> str | None:
+    """Test loss (left axis) and accuracy (right axis) of the global model after each round."""
+    import matplotlib
+
+    pts = [m for m in report.metrics if m.test_loss is not None or m.test_accuracy is not None]
+    if not pts:
+        return None
+    with matplotlib.rc_context(_RC):
+        fig = _figure(7.0, 2.8)
+        ax = fig.add_subplot()
+        loss = [(m.round, m.test_loss) for m in pts if m.test_loss is not None]
+        acc = [(m.round, m.test_accuracy) for m in pts if m.test_accuracy is not None]
+        lines = []
+        if loss:
+            lines += ax.plot(*zip(*loss, strict=True), color="#0072B2", marker="o", markersize=3, label="test loss")
+        ax.set_xlabel("round")
+        ax.set_ylabel("loss")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if acc:
+            ax2 = ax.twinx()
+            ax2.spines["right"].set_visible(True)
+            ax2.spines["top"].set_visible(False)
+            lines += ax2.plot(*zip(*acc, strict=True), color="#009E73", marker="s", markersize=3, label="test accuracy")
+            ax2.set_ylabel("accuracy")
+            ax2.set_ylim(0, 1.02)
+        ax.legend(handles=lines, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, frameon=False, fontsize=8)
+        return _svg(fig)
+
+
+def all_charts(report: ReportData) -> dict[str, str | None]:
+    """Every chart by name (``epsilon``, ``participation``, ``metrics``); ``None`` when no data."""
+    return {
+        "epsilon": epsilon_chart(report),
+        "participation": participation_chart(report),
+        "metrics": metrics_chart(report),
+    }

@@ -1,0 +1,162 @@
+"""Provisioning kits: the transport and signing part (TLS, SuperNode auth, audit keys).
+
+:func:`provision` builds every kit of a consortium in memory (the HE part registered in
+:mod:`fedinfra.crypto.kits`, then :func:`add_transport_part`) and writes them with
+:func:`fedinfra.crypto.kits.write_kits` (directories 0700, secrets 0600, nothing replaced
+without ``force``). What each kit gets, and why:
+
+* ``ca.crt`` everywhere: sites trust only the consortium CA (certificate pinning to a
+  private root, RFC 5280 section 6 path validation from that anchor).
+* coordinator: ``superlink.crt`` / ``superlink.key`` (SANs from ``coordinator.address`` and
+  ``coordinator.sans``), one ``supernode_<site>.pub`` per site (registered with the
+  SuperLink at start: only these keys may join), and ``audit_signing.key``, the Ed25519 key
+  that signs audit checkpoints (C2SP signed-note key text, RFC 8032).
+* site: ``supernode_auth.key`` (EC P-384, OpenSSH, the format Flower 1.41 loads), the
+  coordinator's audit verifier key (in ``kit.toml``) and, if the HE part did not make one,
+  ``update_signing.key`` (raw Ed25519) whose public half the coordinator kit lists.
+* ``ca/ca.key`` stays with the provisioning host, offline: it is needed only to renew
+  the coordinator certificate; a stolen CA key lets an attacker impersonate the coordinator.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedinfra.config.consortium import ConsortiumConfig
+from fedinfra.crypto import KitSet, _sign, build_kits, write_kits
+from fedinfra.crypto.kits import SIGNING_FILE
+from fedinfra.crypto.tls import PemPair, generate_ca, generate_node_auth_key, issue_server_certificate
+from fedinfra.errors import ConfigError
+
+CA_FILE = "ca.crt"
+SERVER_CERT_FILE = "superlink.crt"
+SERVER_KEY_FILE = "superlink.key"
+NODE_KEY_FILE = "supernode_auth.key"
+NODE_PUB_FILE = "supernode_auth.pub"
+AUDIT_KEY_FILE = "audit_signing.key"
+README_FILE = "README.md"
+
+
+def node_pub_file(site: str) -> str:
+    """File name of a site's SuperNode public key inside the coordinator kit."""
+    return f"supernode_{site}.pub"
+
+
+def audit_key_name(consortium: str) -> str:
+    """The audit log's key name (origin): no spaces or '+' (C2SP signed-note)."""
+    return "fedinfra-audit." + re.sub(r"[^A-Za-z0-9._-]", "-", consortium)
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """What :func:`provision` built and wrote."""
+
+    kits: KitSet
+    written: list[Path]
+
+
+def add_transport_part(kits: KitSet, consortium: ConsortiumConfig, ca: PemPair) -> None:
+    """Add TLS, SuperNode-authentication and signing material to ``kits`` (in memory)."""
+    from fedinfra.audit.note import Signer
+
+    coord = consortium.coordinator
+    server = issue_server_certificate(
+        ca, common_name=coord.host, sans=coord.all_sans(), valid_days=coord.cert_valid_days
+    )
+    audit = Signer.generate(audit_key_name(consortium.name))
+    c = kits.coordinator
+    c.files[CA_FILE] = (ca.public, False)
+    c.files[SERVER_CERT_FILE] = (server.public, False)
+    c.files[SERVER_KEY_FILE] = (server.private, True)
+    c.files[AUDIT_KEY_FILE] = ((audit.skey + "\n").encode(), True)
+    c.tables["tls"] = {
+        "ca_file": CA_FILE,
+        "cert_file": SERVER_CERT_FILE,
+        "key_file": SERVER_KEY_FILE,
+        "address": coord.address,
+    }
+    c.tables["audit"] = {"key_file": AUDIT_KEY_FILE, "vkey": audit.vkey}
+    auth_files: dict[str, str] = {}
+    verify: dict[str, str] = dict(c.tables.get("he.site_keys", {}))
+    for site, kit in kits.sites.items():
+        node = generate_node_auth_key()
+        kit.files[CA_FILE] = (ca.public, False)
+        kit.files[NODE_KEY_FILE] = (node.private, True)
+        kit.files[NODE_PUB_FILE] = (node.public, False)
+        kit.tables["tls"] = {"ca_file": CA_FILE, "superlink": coord.address}
+        kit.tables["supernode"] = {"auth_key_file": NODE_KEY_FILE, "auth_public_file": NODE_PUB_FILE}
+        kit.tables["audit"] = {"vkey": audit.vkey}
+        if SIGNING_FILE not in kit.files:
+            private_raw, public_raw = _sign.new_signing_key()
+            kit.files[SIGNING_FILE] = (private_raw, True)
+            verify[site] = public_raw.hex()
+        kit.tables["signing"] = {"key_file": SIGNING_FILE}
+        c.files[node_pub_file(site)] = (node.public, False)
+        auth_files[site] = node_pub_file(site)
+    c.tables["supernode.sites"] = auth_files
+    c.tables["signing.site_keys"] = verify
+    for kit in (c, *kits.sites.values()):
+        kit.files[README_FILE] = (_readme(kit.role, kit.name, consortium).encode(), False)
+
+
+def provision(consortium: ConsortiumConfig, out_dir: Path, force: bool = False) -> Provisioned:
+    """Write one kit per participant under ``out_dir`` (``coordinator/``, ``sites/<id>/``, ``ca/``).
+
+    Nothing existing is overwritten unless ``force``: re-running on a provisioned directory
+    raises :class:`ConfigError` and leaves every key in place.
+    """
+    ca_dir = out_dir / "ca"
+    if (ca_dir / "ca.key").exists() and not force:
+        raise ConfigError(f"{ca_dir / 'ca.key'}: a CA already exists; pass --force to replace every kit")
+    kits = build_kits(consortium.he_spec())
+    ca = generate_ca(f"{consortium.name} fedinfra CA", valid_days=consortium.coordinator.ca_valid_days)
+    add_transport_part(kits, consortium, ca)
+    written = write_kits(kits, out_dir, force=force)
+    written += _write_ca(ca_dir, ca, force=force)
+    return Provisioned(kits, written)
+
+
+def _write_ca(ca_dir: Path, ca: PemPair, *, force: bool) -> list[Path]:
+    ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca_dir.chmod(0o700)
+    out: list[Path] = []
+    for name, data, mode in (("ca.crt", ca.public, 0o644), ("ca.key", ca.private, 0o600)):
+        path = ca_dir / name
+        if force:
+            path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        out.append(path)
+    return out
+
+
+def _readme(role: str, name: str, consortium: ConsortiumConfig) -> str:
+    head = f"# fedinfra kit: {name} ({consortium.name})\n\n"
+    if role == "coordinator":
+        return head + (
+            "Copy this whole directory to the coordinator host (e.g. /etc/fedinfra/kit, owner the\n"
+            "service account, mode 0700) and start the server with\n"
+            "`fedinfra server start --config server.toml --kit <this dir>`.\n\n"
+            "Secret, never leaves this host: `superlink.key` (TLS key), `audit_signing.key`\n"
+            "(signs audit checkpoints).\n"
+            "Public: `ca.crt`, `superlink.crt`, `supernode_<site>.pub` (the only SuperNode keys\n"
+            "the server admits), `kit.toml`.\n"
+            "This kit holds no HE secret key: the coordinator must never have one.\n"
+        )
+    return head + (
+        f"Copy this whole directory to the machine of site `{name}` (mode 0700) and start it with\n"
+        "`fedinfra client start --site site.toml --kit <this dir>`.\n\n"
+        "Secret, never leaves the site: `supernode_auth.key` (proves the site's identity to the\n"
+        "coordinator), `update_signing.key` (signs updates), `he_secret.key` if present (shared\n"
+        "HE secret key: never give it to the coordinator).\n"
+        f"Public: `ca.crt` (the only CA the site trusts for {consortium.coordinator.address}),\n"
+        "`supernode_auth.pub`, `kit.toml`.\n"
+        "If a secret leaks, tell the consortium operator: the site is unregistered and re-provisioned.\n"
+    )
+
+
+__all__ = ["Provisioned", "add_transport_part", "audit_key_name", "node_pub_file", "provision"]

@@ -1,0 +1,207 @@
+"""The fedinfra ``ClientApp``: what runs at a hospital, a bank or an edge device.
+
+Message flow (Flower Message API):
+
+* ``query`` - admission: the site runs its own policy preflight and answers with its
+  :class:`~fedinfra.config.wire.SiteHello` (manifest, scan summary, dataset fingerprint,
+  privacy budget) - never any records.
+* ``train`` - one round: verify audit receipts, check policy and budget, train, protect
+  the update (DP, HE) and reply with it and a :class:`~fedinfra.config.wire.TrainReport`.
+* ``evaluate`` - verify receipts, (HE) open the aggregate, evaluate on the local test shard.
+
+A site that refuses (its policy, budget or a receipt check fails) replies
+``status="refused"`` with the reason and nothing else: fail closed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedinfra.config import JobSpec
+from fedinfra.config.wire import (
+    ARRAYS,
+    COMPRESSED_UPDATE,
+    CONFIG,
+    DOC,
+    HE_AGGREGATES,
+    HE_UPDATE,
+    EvalReport,
+    SiteHello,
+    TrainInstruction,
+    TrainReport,
+)
+from fedinfra.errors import CryptoError, FedinfraError, PolicyViolation, PrivacyBudgetExceeded, VerificationError
+from fedinfra.site.context import SiteContext, site_context
+from fedinfra.site.receipts import current_size, verify_and_store
+from fedinfra.site.round import check_job, run_round
+from fedinfra.site.sync import current_model
+from fedinfra.site.training import evaluate as evaluate_model
+from fedinfra.site.weights import arrays_to_weights, weights_to_arrays
+from fedinfra.types import NDArrays
+
+app = ClientApp()
+
+
+def _instruction(msg: Message) -> TrainInstruction:
+    raw = msg.content.config_records[CONFIG][DOC]
+    doc = json.loads(str(raw))
+    if not isinstance(doc, dict):
+        raise ValueError("config doc is not a JSON object")
+    return TrainInstruction.model_validate(doc)
+
+
+def _context(msg: Message, context: Context) -> tuple[TrainInstruction, SiteContext]:
+    instruction = _instruction(msg)
+    job = JobSpec.model_validate(instruction.job)
+    return instruction, site_context(dict(context.node_config), job)
+
+
+def refusal_code(exc: BaseException) -> Literal["budget", "policy", "receipt", "crypto", "error"]:
+    """Classify why a site refused, for the coordinator's bookkeeping."""
+    if isinstance(exc, PrivacyBudgetExceeded):
+        return "budget"
+    if isinstance(exc, PolicyViolation):
+        return "policy"
+    if isinstance(exc, VerificationError):
+        return "receipt"
+    if isinstance(exc, CryptoError):
+        return "crypto"
+    return "error"
+
+
+def _tls(context: Context) -> bool | None:
+    return True if str(context.node_config.get("tls", "")).lower() == "true" else None
+
+
+def _reply(msg: Message, doc: str, blob: bytes | None = None, key: str = HE_UPDATE) -> Message:
+    values: dict[str, int | float | str | bytes | bool | list[int] | list[float] | list[str] | list[bytes] | list[bool]]
+    values = {DOC: doc}
+    if blob is not None:
+        values[key] = blob
+    return Message(RecordDict({CONFIG: ConfigRecord(values)}), reply_to=msg)
+
+
+def _weights(msg: Message, ctx: SiteContext, instruction: TrainInstruction) -> NDArrays:
+    """The global model: sent in plaintext, or (HE) rebuilt from encrypted aggregates."""
+    base = arrays_to_weights(msg.content.array_records[ARRAYS]) if ARRAYS in msg.content.array_records else None
+    if ctx.job.secure_aggregation.mode == "none":
+        if base is None:
+            raise ValueError("plaintext round without the global model")
+        return base
+    cfg = msg.content.config_records[CONFIG]
+    raw = cfg.get(HE_AGGREGATES, [])
+    aggregates = [b for b in raw if isinstance(b, bytes)] if isinstance(raw, list) else []
+    return current_model(ctx, instruction, base, aggregates)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Admission: answer with identity, data summary, budget and own preflight verdict."""
+    try:
+        instruction, ctx = _context(msg, context)
+    except FedinfraError as exc:  # refused before its data is even loaded (fail closed)
+        return Message(Error(code=403, reason=str(exc)[:500]), reply_to=msg)
+    reason = ""
+    try:
+        check_job(ctx, tls=_tls(context))
+    except FedinfraError as exc:
+        reason = str(exc)
+    spent = remaining = None
+    if ctx.job.privacy.mechanism != "none":
+        from fedinfra.privacy import PrivacyLedger
+
+        ledger = PrivacyLedger(ctx.home.ledger)
+        try:
+            spent = ledger.spent(dataset_fingerprint=ctx.data.fingerprint)
+        finally:
+            ledger.close()
+        remaining = max(0.0, min(ctx.manifest.budget.epsilon_per_run, ctx.manifest.budget.epsilon_lifetime - spent))
+    hello = SiteHello(
+        site=ctx.name,
+        num_examples=None if ctx.job.secure_aggregation.mode != "none" else len(ctx.data.y),
+        num_features=int(ctx.data.x.shape[1]),
+        dataset_fingerprint=ctx.data.fingerprint,
+        manifest=ctx.manifest.model_dump(mode="json"),
+        scan=ctx.scan.model_dump(mode="json"),
+        preflight_passed=not reason,
+        preflight_reason=reason[:240],
+        epsilon_spent_lifetime=spent,
+        epsilon_remaining_run=remaining,
+        checkpoint_size=current_size(ctx.receipts_dir(instruction.run_id), ctx.audit_key()),
+    )
+    return _reply(msg, hello.model_dump_json())
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train one round and reply with the protected update, or refuse with a reason."""
+    instruction, ctx = _context(msg, context)
+    try:
+        weights = _weights(msg, ctx, instruction)
+        out = run_round(ctx, instruction, weights, tls=_tls(context), sampled=instruction.sampled)
+    except (FedinfraError, ValueError) as exc:
+        refused = TrainReport(
+            site=ctx.name,
+            round=instruction.round,
+            status="refused",
+            reason=str(exc)[:240],
+            code=refusal_code(exc),
+            num_examples=0,
+        )
+        return _reply(msg, refused.model_dump_json())
+    if out.ciphertext is not None:
+        return _reply(msg, out.report.model_dump_json(), out.ciphertext)
+    if out.compressed is not None:
+        return _reply(msg, out.report.model_dump_json(), out.compressed, key=COMPRESSED_UPDATE)
+    assert out.update is not None
+    content = RecordDict(
+        {
+            ARRAYS: weights_to_arrays(out.update),
+            "metrics": MetricRecord({"num-examples": out.report.num_examples, "train-loss": out.report.train_loss}),
+            CONFIG: ConfigRecord({DOC: out.report.model_dump_json()}),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Verify receipts, bring the model up to date, evaluate on the local test shard."""
+    instruction, ctx = _context(msg, context)
+    try:
+        verified = verify_and_store(
+            instruction.receipts, directory=ctx.receipts_dir(instruction.run_id), verifier_key=ctx.audit_key()
+        )
+        weights = _weights(msg, ctx, instruction)
+        from fedinfra.models import build_model, set_weights
+
+        num_classes = int(weights[next(reversed(weights))].shape[0])
+        model = build_model(
+            ctx.job.model, num_features=int(ctx.data.x.shape[1]), num_classes=num_classes, seed=ctx.job.seed
+        )
+        set_weights(model, weights)
+        tx, ty = ctx.data.test_x, ctx.data.test_y
+        if tx is None or ty is None or len(ty) == 0:
+            loss, acc, count = 0.0, 0.0, 0
+        else:
+            loss, acc = evaluate_model(model, tx, ty)
+            count = len(ty)
+        if instruction.phase == "close":
+            ctx.home.save_weights(instruction.run_id, "final-model", weights)
+    except (FedinfraError, ValueError) as exc:
+        refused = EvalReport(site=ctx.name, round=instruction.round, status="refused", reason=str(exc)[:240])
+        return _reply(msg, refused.model_dump_json())
+    report = EvalReport(
+        site=ctx.name,
+        round=instruction.round,
+        loss_sum=loss * count,
+        correct=int(np.rint(acc * count)),
+        count=count,
+        receipts_verified=verified,
+    )
+    return _reply(msg, report.model_dump_json())

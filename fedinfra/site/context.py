@@ -1,0 +1,147 @@
+"""Everything a site needs to handle one message: data, private home, keys, policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fedinfra.config import JobSpec, SiteManifest
+from fedinfra.errors import ConfigError
+from fedinfra.site.data import SiteData, resolve_site_data
+from fedinfra.site.home import SiteHome, resolve_home
+from fedinfra.site.simulated import simulated_manifest
+
+if TYPE_CHECKING:
+    from fedinfra.crypto import SiteKeys
+    from fedinfra.policy import Evaluation
+    from fedinfra.policy.scan import ScanSummary
+
+
+@dataclass(frozen=True)
+class SiteContext:
+    """One site, ready to act on a job."""
+
+    job: JobSpec
+    data: SiteData
+    home: SiteHome
+    manifest: SiteManifest
+
+    @property
+    def name(self) -> str:
+        """The site's id."""
+        return self.data.name
+
+    def receipts_dir(self, run_id: str) -> Path:
+        """Where this run's verified receipts are kept.
+
+        One directory per run: consistency is checked along one run's checkpoints, so a
+        store kept per run (the demo's) never meets another store's tree heads.
+        """
+        return self.home.receipts / run_id
+
+    def he_keys(self) -> SiteKeys:
+        """The site's HE kit (shared secret key); refuses when there is none."""
+        if self.home.kit is None:
+            raise ConfigError(f"site {self.name}: secure aggregation is on but no kit was given (node config 'kit')")
+        return _site_keys(str(self.home.kit))
+
+    def audit_key(self) -> str | None:
+        """The coordinator's audit verifier key (``[audit] vkey`` in the kit), if any."""
+        if self.home.kit is None:
+            return None
+        return _audit_vkey(str(self.home.kit))
+
+    @property
+    def scan(self) -> ScanSummary:
+        """The PHI/PII scan summary of the site's training table."""
+        return _scans[self.name]
+
+    def preflight(self, *, tls: bool | None) -> Evaluation:
+        """The site's own policy check of the job (cached per job)."""
+        return _preflight(self.manifest.model_dump_json(), self.job.model_dump_json(), self.name, tls)
+
+
+@lru_cache(maxsize=8)
+def _site_keys(kit: str) -> SiteKeys:
+    from fedinfra.crypto import load_site_kit
+
+    return load_site_kit(kit)
+
+
+@lru_cache(maxsize=8)
+def _audit_vkey(kit: str) -> str | None:
+    from fedinfra.config import read_toml
+
+    path = Path(kit) / "kit.toml"
+    if not path.exists():
+        return None
+    vkey = read_toml(path).get("audit", {}).get("vkey")
+    return str(vkey) if vkey else None
+
+
+@lru_cache(maxsize=32)
+def _preflight(manifest_json: str, job_json: str, site: str, tls: bool | None) -> Evaluation:
+    from fedinfra.policy import preflight
+
+    manifest = SiteManifest.model_validate_json(manifest_json)
+    job = JobSpec.model_validate_json(job_json)
+    return preflight(manifest, job, scan=_scans[site], tls=tls)
+
+
+_scans: dict[str, ScanSummary] = {}
+
+
+def _scan(data: SiteData) -> ScanSummary:
+    """Scan the site's training table for identifiers (HIPAA 164.514(b)(2) Safe Harbor).
+
+    A deployed site scans the file its manifest declares; a simulated site scans its
+    partition's feature table (first 1,000 rows).
+    """
+    from fedinfra.policy import scan_site_data, scan_table
+
+    if data.manifest is not None and data.manifest.dataset is not None:
+        return scan_site_data(data.manifest, data.source)
+    rows = min(len(data.y), 1000)
+    table: dict[str, list[str | None]] = {
+        name: [f"{float(v):.6g}" for v in data.x[:rows, i]] for i, name in enumerate(data.feature_names)
+    }
+    table["label"] = [str(int(v)) for v in data.y[:rows]]
+    return scan_table(table, source=f"{data.name}:training-table")
+
+
+@lru_cache(maxsize=16)
+def _deployed_preflight(manifest_path: str, job_json: str, tls: bool) -> None:
+    """Scan the declared table and run the site's own gates *before* loading it for training.
+
+    A table with an identifier among its training columns (HIPAA 164.514(b)(2), GDPR
+    Art. 5(1)(c)) is refused here, so it is never parsed into features at all.
+    """
+    from fedinfra.config import load_site
+    from fedinfra.errors import PolicyViolation
+    from fedinfra.policy import preflight, scan_site_data
+
+    manifest = load_site(manifest_path)
+    if manifest.dataset is None:
+        return
+    path = Path(manifest.dataset.path)
+    if not path.is_absolute():
+        path = Path(manifest_path).parent / path
+    job = JobSpec.model_validate_json(job_json)
+    evaluation = preflight(manifest, job, scan=scan_site_data(manifest, path), tls=tls or None)
+    if evaluation.blocking:
+        raise PolicyViolation(f"site {manifest.name} refuses the job: {evaluation.reason()}")
+
+
+def site_context(node_config: dict[str, object], job: JobSpec) -> SiteContext:
+    """Build the context of the site this process serves."""
+    if "site-manifest" in node_config:
+        tls = str(node_config.get("tls", "")).lower() == "true"
+        _deployed_preflight(str(node_config["site-manifest"]), job.model_dump_json(), tls)
+    data = resolve_site_data(node_config, job)
+    home = resolve_home(node_config, data.name)
+    manifest = data.manifest or simulated_manifest(job, data.name)
+    if data.name not in _scans:
+        _scans[data.name] = _scan(data)
+    return SiteContext(job=job, data=data, home=home, manifest=manifest)

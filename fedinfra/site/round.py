@@ -1,0 +1,317 @@
+"""One training round at a site.
+
+The steps between receiving the global model and replying, in the order that keeps the
+site safe: verify receipts -> own policy check -> reserve the privacy spend (write-ahead)
+-> train -> protect the update (clip/noise/encrypt) -> reply. Any failing step refuses the
+round and nothing leaves the site.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedinfra.config.wire import TrainInstruction, TrainReport
+from fedinfra.errors import PolicyViolation
+from fedinfra.models import build_model, get_weights, set_weights
+from fedinfra.site.context import SiteContext
+from fedinfra.site.receipts import verify_and_store
+from fedinfra.site.training import train_local
+from fedinfra.types import NDArrays
+
+
+@dataclass
+class RoundOutput:
+    """What a site sends back: a plaintext update or a ciphertext, plus its report."""
+
+    report: TrainReport
+    update: NDArrays | None = None
+    ciphertext: bytes | None = None
+    compressed: bytes | None = None
+
+
+def check_job(ctx: SiteContext, *, tls: bool | None) -> None:
+    """Run the site's own policy check; raise :class:`PolicyViolation` when it blocks."""
+    evaluation = ctx.preflight(tls=tls)
+    if evaluation.blocking:
+        raise PolicyViolation(f"site {ctx.name} refuses the job: {evaluation.reason()}")
+
+
+def _dp_state_path(ctx: SiteContext, run_id: str) -> Path:
+    return ctx.home.run_dir(run_id) / "dp_state.json"
+
+
+def _load_dp_state(ctx: SiteContext, run_id: str) -> dict[str, float]:
+    path = _dp_state_path(ctx, run_id)
+    return {k: float(v) for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
+
+
+def _save_dp_state(ctx: SiteContext, run_id: str, state: dict[str, float]) -> None:
+    path = _dp_state_path(ctx, run_id)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(path)
+
+
+def _plan_sigma(ctx: SiteContext, run_id: str, q: float, steps: int) -> float:
+    """The run's noise multiplier, planned once per run and kept in the site's home.
+
+    Planned under the RDP accountant (Mironov 2017), whose epsilon upper-bounds the PRV
+    accountant's (Gopi et al. 2021): the multiplier then meets the target under either,
+    and planning costs a fraction of a PRV bisection. Spends are accounted with the job's
+    accountant.
+    """
+    from fedinfra.privacy import plan_noise_multiplier, resolve_noise_multiplier
+
+    p = ctx.job.privacy
+    state = _load_dp_state(ctx, run_id)
+    if "sigma" not in state:
+        if p.noise_multiplier is None and p.epsilon is not None:
+            # 5% tolerance: the plan still never exceeds the target, in fewer bisections.
+            sigma = plan_noise_multiplier(
+                target_epsilon=p.epsilon, delta=p.delta, sample_rate=q, steps=steps, accountant="rdp", tolerance=0.05
+            )
+        else:
+            sigma = resolve_noise_multiplier(
+                target_epsilon=p.epsilon,
+                noise_multiplier=p.noise_multiplier,
+                delta=p.delta,
+                sample_rate=q,
+                steps=steps,
+                accountant="rdp",
+            )
+        state["sigma"] = sigma
+        state.setdefault("steps", 0)
+        _save_dp_state(ctx, run_id, state)
+    return state["sigma"]
+
+
+def _reserve(
+    ctx: SiteContext, instruction: TrainInstruction, mechanism: str, params: Mapping[str, object], epsilon: float
+) -> None:
+    """Record the run's cumulative epsilon after this round in the site's ledger, first.
+
+    Write-ahead: the spend is durable before any result leaves the site, so a crash can
+    over-count but never under-count; a spend over a cap raises PrivacyBudgetExceeded.
+    """
+    from fedinfra.privacy import PrivacyLedger
+
+    p, caps = ctx.job.privacy, ctx.manifest.budget
+    ledger = PrivacyLedger(ctx.home.ledger)
+    try:
+        ledger.reserve(
+            run_id=instruction.run_id,
+            round=instruction.round,
+            mechanism=mechanism,
+            accountant=p.accountant,
+            params=params,
+            epsilon=epsilon,
+            delta=p.delta,
+            dataset_fingerprint=ctx.data.fingerprint,
+            run_cap=caps.epsilon_per_run,
+            lifetime_cap=caps.epsilon_lifetime,
+            delta_cap=caps.delta,
+        )
+    finally:
+        ledger.close()
+
+
+def _train_dp_sgd(ctx: SiteContext, model: object, instruction: TrainInstruction) -> tuple[float, dict[str, object]]:
+    """Train with DP-SGD (Abadi et al. 2016) and record the spend write-ahead."""
+    from fedinfra.privacy import (
+        compute_epsilon,
+        make_private_compatible,
+        sample_rate_for,
+        steps_for,
+        train_dp_sgd,
+    )
+
+    job, p = ctx.job, ctx.job.privacy
+    n = len(ctx.data.y)
+    q = sample_rate_for(batch_size=job.training.batch_size, dataset_size=n)
+    per_round = steps_for(epochs=job.training.local_epochs, sample_rate=q)
+    sigma = _plan_sigma(ctx, instruction.run_id, q, per_round * job.rounds)
+    before = int(_load_dp_state(ctx, instruction.run_id).get("steps", 0))
+    eps_after = compute_epsilon(
+        noise_multiplier=sigma, sample_rate=q, steps=before + per_round, delta=p.delta, accountant=p.accountant
+    )
+    caps = ctx.manifest.budget
+    params = {"noise_multiplier": sigma, "sample_rate": q, "steps": before + per_round, "clip": p.max_grad_norm}
+    _reserve(ctx, instruction, "dp-sgd", params, eps_after)
+    import torch
+
+    assert isinstance(model, torch.nn.Module)
+    private_model, changes = make_private_compatible(model)
+    result = train_dp_sgd(
+        private_model,
+        ctx.data.x,
+        ctx.data.y,
+        epochs=job.training.local_epochs,
+        batch_size=job.training.batch_size,
+        lr=job.training.lr,
+        noise_multiplier=sigma,
+        max_grad_norm=p.max_grad_norm,
+        delta=p.delta,
+        steps_before=before,
+        accountant=p.accountant,
+    )
+    _save_dp_state(ctx, instruction.run_id, {"sigma": sigma, "steps": result.total_steps})
+    if private_model is not model:
+        model.load_state_dict(private_model.state_dict())
+    details: dict[str, object] = {
+        "mechanism": "dp-sgd",
+        "epsilon_total": result.epsilon,
+        "delta": result.delta,
+        "accountant": result.accountant,
+        "noise_multiplier": result.noise_multiplier,
+        "max_grad_norm": result.max_grad_norm,
+        "sample_rate": result.sample_rate,
+        "steps": result.total_steps,
+        "clipping_mode": result.mode,
+        "model_changes": list(result.model_changes or changes),
+        "epsilon_cap_run": caps.epsilon_per_run,
+        "epsilon_cap_lifetime": caps.epsilon_lifetime,
+    }
+    return result.loss, details
+
+
+def _user_level(
+    ctx: SiteContext, update: NDArrays, instruction: TrainInstruction, sampled: int
+) -> tuple[NDArrays, dict[str, object]]:
+    """Clip the whole update and add this site's share of the Gaussian noise.
+
+    DP-FedAvg (McMahan et al. 2018): each of the ``sampled`` sites adds N(0, z^2 S^2 / n),
+    so the sum carries N(0, z^2 S^2) without any party seeing an un-noised sum - which is
+    what lets it compose with encrypted aggregation. Accounting is the sampled Gaussian
+    mechanism with q = sampled / total sites over every round so far (amplification by
+    sampling covers the rounds a site sat out); the spend is reserved write-ahead.
+    """
+    from fedinfra.privacy import (
+        clip_update,
+        noise_site_share,
+        secure_generator,
+        user_level_caveats,
+        user_level_epsilon,
+    )
+
+    p, total = ctx.job.privacy, ctx.job.sites.count
+    z = p.noise_multiplier
+    if z is None:
+        # Every site plans the same z from the job alone (deterministic), so the summed
+        # noise shares add up to N(0, z^2 S^2).
+        from fedinfra.privacy import plan_noise_multiplier
+
+        assert p.epsilon is not None  # PrivacySpec requires epsilon or noise_multiplier
+        z = plan_noise_multiplier(
+            target_epsilon=p.epsilon,
+            delta=p.delta,
+            sample_rate=min(sampled, total) / total,
+            steps=ctx.job.rounds,
+            accountant="rdp",
+        )
+    eps = user_level_epsilon(
+        noise_multiplier=z,
+        sites_per_round=min(sampled, total),
+        total_sites=total,
+        rounds=instruction.round,
+        delta=p.delta,
+        accountant=p.accountant,
+    )
+    caps = ctx.manifest.budget
+    params = {"noise_multiplier": z, "clip": p.max_grad_norm, "sampled": sampled, "total": total}
+    _reserve(ctx, instruction, "user-dp", params, eps)
+    clipped, norm = clip_update(update, p.max_grad_norm)
+    noised = noise_site_share(
+        clipped, noise_multiplier=z, clip=p.max_grad_norm, num_sites=sampled, rng=secure_generator()
+    )
+    details: dict[str, object] = {
+        "mechanism": "user-dp",
+        "epsilon_total": eps,
+        "delta": p.delta,
+        "accountant": p.accountant,
+        "noise_multiplier": z,
+        "max_grad_norm": p.max_grad_norm,
+        "sample_rate": min(sampled, total) / total,
+        "update_norm": norm,
+        "caveats": user_level_caveats(total_sites=total, sites_per_round=min(sampled, total)),
+        "epsilon_cap_run": caps.epsilon_per_run,
+        "epsilon_cap_lifetime": caps.epsilon_lifetime,
+    }
+    return noised, details
+
+
+def _compress(ctx: SiteContext, update: NDArrays, run_id: str) -> tuple[bytes, dict[str, object]]:
+    """Quantize (and optionally sparsify, with error feedback kept in the site's home)."""
+    from fedinfra.aggregation.compression import UpdateCompressor, dense_bytes, encode, layout_of
+    from fedinfra.privacy import secure_generator
+
+    spec = ctx.job.compression
+    assert spec is not None
+    path = ctx.home.run_dir(run_id) / "residual.npy"
+    residual = np.load(path) if path.exists() else None
+    comp = UpdateCompressor(
+        clip=spec.clip, bits=spec.bits, topk_fraction=spec.topk_fraction, rng=secure_generator(), residual=residual
+    )
+    blob = encode(comp.compress(update))
+    if comp.residual is not None:
+        np.save(path, comp.residual)
+    return blob, {"bytes_sent": len(blob), "bytes_dense": dense_bytes(layout_of(update))}
+
+
+def run_round(
+    ctx: SiteContext, instruction: TrainInstruction, global_weights: NDArrays, *, tls: bool | None, sampled: int
+) -> RoundOutput:
+    """Train from ``global_weights``; return the (protected) update and the report."""
+    verified = verify_and_store(
+        instruction.receipts, directory=ctx.receipts_dir(instruction.run_id), verifier_key=ctx.audit_key()
+    )
+    check_job(ctx, tls=tls)
+    job = ctx.job
+    num_classes = int(global_weights[next(reversed(global_weights))].shape[0])
+    model = build_model(job.model, num_features=int(ctx.data.x.shape[1]), num_classes=num_classes, seed=job.seed)
+    set_weights(model, global_weights)
+    details: dict[str, object] = {"receipts_verified": verified}
+    if job.privacy.mechanism == "dp-sgd":
+        loss, dp = _train_dp_sgd(ctx, model, instruction)
+        details.update(dp)
+    else:
+        loss = train_local(
+            model,
+            ctx.data.x,
+            ctx.data.y,
+            epochs=job.training.local_epochs,
+            batch_size=job.training.batch_size,
+            lr=job.training.lr,
+            seed=job.seed * 100_003 + instruction.round,
+        )
+    local = get_weights(model)
+    update = {k: (local[k] - global_weights[k]).astype(np.float32) for k in global_weights}
+    if job.privacy.mechanism == "user-dp":
+        update, dp = _user_level(ctx, update, instruction, sampled)
+        details.update(dp)
+    blob = None
+    if job.compression is not None:
+        blob, sizes = _compress(ctx, update, instruction.run_id)
+        details.update(sizes)
+    he = job.secure_aggregation.mode != "none"
+    report = TrainReport(
+        site=ctx.name,
+        round=instruction.round,
+        num_examples=0 if he else len(ctx.data.y),
+        train_loss=loss,
+        details=details,
+    )
+    if blob is not None:
+        return RoundOutput(report=report, compressed=blob)
+    if not he:
+        return RoundOutput(report=report, update=update)
+    from fedinfra.crypto import seal_update
+
+    ciphertext = seal_update(
+        update, len(ctx.data.y), ctx.he_keys(), run_id=instruction.run_id, round_id=instruction.round
+    )
+    return RoundOutput(report=report, ciphertext=ciphertext)

@@ -1,0 +1,204 @@
+"""The main job end to end: real Flower simulation (Ray) in a child process."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def _is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is loopback too
+    return bool(addr.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+class SocketWatcher:
+    """Polls the sockets of a process tree; records any non-loopback address."""
+
+    def __init__(self, root_pid: int) -> None:
+        self.root = psutil.Process(root_pid)
+        self.bad: set[str] = set()
+        self.seen = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _procs(self) -> list[psutil.Process]:
+        try:
+            return [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for proc in self._procs():
+                try:
+                    conns = proc.net_connections(kind="inet")
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+                for c in conns:
+                    self.seen += 1
+                    for addr in (c.laddr, c.raddr):
+                        if addr and not _is_loopback(addr.ip):
+                            self.bad.add(f"{proc.name()}[{proc.pid}] {c.status} {c.laddr} -> {c.raddr}")
+            time.sleep(0.1)
+
+    def __enter__(self) -> SocketWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_demo_runs_two_rounds_on_loopback_and_writes_artifacts(fedinfra_bin: str, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [fedinfra_bin, "demo", "--rounds", "2", "--out", str(tmp_path), "--format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with SocketWatcher(proc.pid) as watcher:
+        out, err = proc.communicate(timeout=300)
+
+    assert proc.returncode == 0, err
+    assert watcher.seen > 0, "the watcher saw no sockets at all; it would not catch a leak"
+    assert sorted(watcher.bad) == []
+    metrics = json.loads(out)
+    run_dir = tmp_path / metrics["run_id"]
+    job = json.loads((run_dir / "job.json").read_text())["job"]
+    assert job["rounds"] == 2
+    assert job["privacy"]["mechanism"] == "dp-sgd"
+    assert job["secure_aggregation"]["mode"] == "bfv"
+    # HE mode: the coordinator holds only the encrypted aggregate, never the model.
+    assert (run_dir / "model.enc").stat().st_size > 0
+    assert not (run_dir / "model.pt").exists()
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["run_id"] == metrics["run_id"]
+    assert len(saved["rounds"]) == 2
+    assert saved["final_accuracy"] >= 0.85
+    assert saved["final_checkpoint"]["tree_size"] > 0
+    assert all(0 < eps <= 3.0 for eps in saved["privacy"]["epsilon_per_site"].values())
+    for fmt in ("html", "pdf", "json"):
+        assert (run_dir / f"report-{metrics['run_id']}.{fmt}").stat().st_size > 0
+    verify = subprocess.run(
+        [fedinfra_bin, "audit", "verify", str(run_dir / "audit.sqlite")], capture_output=True, text=True, check=False
+    )
+    assert verify.returncode == 0, verify.stderr
+
+
+def test_demo_without_protection_is_refused_by_policy_and_audited(fedinfra_bin: str, tmp_path: Path) -> None:
+    res = subprocess.run(
+        [fedinfra_bin, "demo", "--privacy", "none", "--rounds", "1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode == 1
+    assert "hipaa.update-protection" in res.stderr
+    assert "Traceback" not in res.stderr
+    (run_dir,) = list(tmp_path.iterdir())
+    verify = subprocess.run(
+        [fedinfra_bin, "audit", "show", str(run_dir / "audit.sqlite"), "--type", "run.failed", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert "run.failed" in verify.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--sites", "0"], "--sites"),
+        (["--sites", "-3"], "--sites"),
+        (["--sites", "400"], "--sites"),
+        (["--rounds", "0"], "--rounds"),
+    ],
+)
+def test_demo_rejects_bad_flags_with_one_line_and_writes_nothing(
+    fedinfra_bin: str, tmp_path: Path, args: list[str], needle: str
+) -> None:
+    out = tmp_path / "runs"
+    res = subprocess.run(
+        [fedinfra_bin, "demo", *args, "--out", str(out)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+def test_edge_demo_federates_devices_with_user_level_dp_and_compressed_updates(
+    fedinfra_bin: str, tmp_path: Path
+) -> None:
+    res = subprocess.run(
+        [
+            fedinfra_bin,
+            "demo",
+            "--scenario",
+            "edge",
+            "--devices",
+            "10",
+            "--rounds",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads(res.stdout)
+    run_dir = tmp_path / metrics["run_id"]
+    job = json.loads((run_dir / "job.json").read_text())["job"]
+    assert job["privacy"]["mechanism"] == "user-dp"
+    assert job["compression"]["bits"] == 8
+    assert all(r["replies"] == 2 for r in metrics["rounds"])  # 20% of 10 devices per round
+    from fedinfra.audit import AuditLog
+
+    with AuditLog.open(run_dir / "audit.sqlite") as log:
+        received = log.entries(type="update.received")
+        spent = log.entries(type="budget.spent")
+    assert received
+    assert spent
+    sizes = [int(e.details["bytes_sent"]) for e in received]
+    assert max(sizes) < 3000  # an 8-bit update of the 64-32-10 MLP (2,410 params) is ~2.4 kB, not 9.6 kB
+    assert all(e.details["mechanism"] == "user-dp" for e in spent)
+
+
+def test_mixed_federation_of_hospitals_and_bedside_devices_reports_both_kinds(
+    fedinfra_bin: str, tmp_path: Path
+) -> None:
+    res = subprocess.run(
+        [fedinfra_bin, "demo", "--sites", "2", "--devices", "2", "--rounds", "1", "--out", str(tmp_path),
+         "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads(res.stdout)
+    assert sorted(metrics["sites"]) == ["device-2", "device-3", "hospital-0", "hospital-1"]
+    report = json.loads((tmp_path / metrics["run_id"] / f"report-{metrics['run_id']}.json").read_text())
+    organisations = {p["site"]: p["organisation"] for p in report["participants"]}
+    assert organisations["device-2"].startswith("Simulated device")
+    assert organisations["hospital-0"].startswith("Simulated hospital")

@@ -18,6 +18,7 @@ import numpy as np
 from fedinfra.config.wire import TrainInstruction, TrainReport
 from fedinfra.errors import PolicyViolation
 from fedinfra.models import build_model, get_weights, set_weights
+from fedinfra.site import replay
 from fedinfra.site.context import SiteContext
 from fedinfra.site.receipts import verify_and_store
 from fedinfra.site.training import train_local
@@ -265,11 +266,37 @@ def _compress(ctx: SiteContext, update: NDArrays, run_id: str) -> tuple[bytes, d
 def run_round(
     ctx: SiteContext, instruction: TrainInstruction, global_weights: NDArrays, *, tls: bool | None, sampled: int
 ) -> RoundOutput:
-    """Train from ``global_weights``; return the (protected) update and the report."""
+    """Train from ``global_weights``; return the (protected) update and the report.
+
+    A round asked again from the same model (a resumed coordinator) gets the reply
+    already released, so a retry neither trains nor spends again (see :mod:`.replay`).
+    """
     verified = verify_and_store(
         instruction.receipts, directory=ctx.receipts_dir(instruction.run_id), verifier_key=ctx.audit_key()
     )
     check_job(ctx, tls=tls)
+    digest = replay.model_digest(global_weights)
+    stored = replay.load(ctx.home, instruction.run_id, instruction.round, digest)
+    if stored is not None:  # a retried round: re-send the same release, spend nothing more
+        report, update, blob, kind = stored
+        details = {**report.details, "receipts_verified": verified, "replayed": True}
+        report = report.model_copy(update={"details": details})
+        return RoundOutput(
+            report=report,
+            update=update,
+            ciphertext=blob if kind == "ciphertext" else None,
+            compressed=blob if kind == "compressed" else None,
+        )
+    out = _train_round(ctx, instruction, global_weights, verified=verified, sampled=sampled)
+    blob = out.ciphertext if out.ciphertext is not None else out.compressed
+    kind = "ciphertext" if out.ciphertext is not None else "compressed" if out.compressed is not None else ""
+    replay.store(ctx.home, instruction.run_id, digest, out.report, update=out.update, blob=blob, blob_kind=kind)
+    return out
+
+
+def _train_round(
+    ctx: SiteContext, instruction: TrainInstruction, global_weights: NDArrays, *, verified: int, sampled: int
+) -> RoundOutput:
     job = ctx.job
     num_classes = int(global_weights[next(reversed(global_weights))].shape[0])
     model = build_model(job.model, num_features=int(ctx.data.x.shape[1]), num_classes=num_classes, seed=job.seed)

@@ -13,7 +13,8 @@ from the matching built-in, so callers may catch either::
     │                                       which check failed, as Fernet's InvalidToken)
     ├── StoreError (OSError)                audit / ledger store unreadable            -> exit 2
     ├── RuntimeLaunchError (RuntimeError)   a Flower process could not start or died   -> exit 1
-    └── ResourceLimitExceeded (RuntimeError) an edge round broke its CPU/memory limit  -> exit 1
+    ├── ResourceLimitExceeded (RuntimeError) an edge round broke its CPU/memory limit  -> exit 1
+    └── MissingExtra (ImportError)          a feature of an extra that is not installed -> exit 2
 
 Only :mod:`fedinfra.cli` maps these to exit codes; library code raises and never exits.
 """
@@ -83,3 +84,13 @@ class ResourceLimitExceeded(FedinfraError, RuntimeError):
     """A round exceeded the device's CPU-time or memory limit and was stopped."""
 
     exit_code = 1
+
+
+class MissingExtra(FedinfraError, ImportError):
+    """A feature needs an optional extra (``pip install 'fedinfra[server]'``) that is not installed.
+
+    Raised by :mod:`fedinfra._optional` instead of a ``ModuleNotFoundError`` traceback, e.g. when
+    ``fedinfra demo`` runs on a device that installed only ``fedinfra[edge]``.
+    """
+
+    exit_code = 2

@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from fedinfra._optional import extra_imports
 from fedinfra.errors import StoreError
 
 EntryRow = tuple[int, str, str | None, int | None, str, bytes, bytes]
@@ -125,7 +126,8 @@ def make_engine(target: str | Path, *, create: bool) -> tuple[Engine, str]:
         display = url.render_as_string(hide_password=True)
         if url.drivername == "sqlite":
             return make_engine(Path(url.database or ""), create=create)
-        return sa.create_engine(url, pool_pre_ping=True), display
+        with extra_imports("a PostgreSQL audit store"):  # SQLAlchemy loads psycopg here
+            return sa.create_engine(url, pool_pre_ping=True), display
     path = Path(target)
     if path.is_dir():
         raise StoreError(f"{path}: is a directory, not an audit store")

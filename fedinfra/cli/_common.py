@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedinfra.errors import FedinfraError
 
@@ -49,8 +50,12 @@ def print_json(payload: Any) -> None:
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    """Print a one-line error and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print a one-line error and exit with ``code``.
+
+    The message is printed verbatim (markup escaped): ``pip install 'fedinfra[server]'`` and
+    ``[audit] vkey`` must not be read as rich markup.
+    """
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from fedinfra._optional import require_extra
 from fedinfra.cli._common import OutputFormat, console, guarded, print_json
 from fedinfra.config import JobSpec, parse_model
 from fedinfra.coordinator.events import RoundResult
@@ -169,6 +170,7 @@ def register(app: typer.Typer) -> None:
         """Federate simulated sites on Flower's simulation engine with DP, HE, audit and policy gates."""
 
         def _run() -> None:
+            require_extra("fedinfra demo")
             from fedinfra.coordinator.app import new_run_id
             from fedinfra.runtime.simulation import AUDIT_STORE, run_simulated
 

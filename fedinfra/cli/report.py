@@ -36,7 +36,10 @@ def register(compliance_app: typer.Typer) -> None:
         """Verify the audit store, then write the run's compliance report and log its SHA-256."""
 
         def _run() -> None:
+            from fedinfra._optional import require_extra
             from fedinfra.errors import ConfigError
+
+            require_extra("fedinfra compliance report")
             from fedinfra.report import generate_report, parse_formats
 
             target: str | Path = store if "://" in store else Path(store)

@@ -21,12 +21,14 @@ def start_cmd(
     kit: Path | None = typer.Option(None, "--kit", help="The coordinator kit (default: 'kit' in server.toml)."),
 ) -> None:
     """Start the SuperLink with TLS and SuperNode authentication; stop with Ctrl-C or SIGTERM."""
+    from fedinfra._optional import require_extra
     from fedinfra.config.server import load_server
     from fedinfra.runtime.deploy import start_superlink
     from fedinfra.runtime.env import harden
     from fedinfra.runtime.kit import load_coordinator_transport
 
     def _start() -> object:
+        require_extra("fedinfra server start")
         cfg = load_server(config)
         kit_dir = kit or cfg.kit
         if kit_dir is None:

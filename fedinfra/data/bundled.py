@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from fedinfra._optional import extra_imports
 from fedinfra.errors import DataError
 
 F32 = npt.NDArray[np.float32]
@@ -35,7 +36,8 @@ class SplitData:
 
 
 def _raw(name: str) -> tuple[npt.NDArray[np.float64], I64, tuple[str, ...]]:
-    from sklearn import datasets
+    with extra_imports("the bundled data sets (simulation, fedinfra demo)"):
+        from sklearn import datasets
 
     loaders = {
         "breast_cancer": datasets.load_breast_cancer,
@@ -64,7 +66,8 @@ def split_standardised(
     seed: int,
 ) -> SplitData:
     """Split stratified (classes may be imbalanced) and standardise with training statistics."""
-    from sklearn.model_selection import train_test_split
+    with extra_imports("the bundled data sets (simulation, fedinfra demo)"):
+        from sklearn.model_selection import train_test_split
 
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
     mean = x_tr.mean(axis=0)

@@ -27,6 +27,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from fedinfra._optional import extra_imports
 from fedinfra.errors import ConfigError
 from fedinfra.report.charts import all_charts
 from fedinfra.report.model import ReportData
@@ -79,8 +80,9 @@ def to_json(report: ReportData) -> bytes:
 
 def to_html(report: ReportData) -> str:
     """The HTML form: one self-contained page (inline CSS and SVG)."""
-    template = _environment().get_template("report.html.j2")
-    return str(template.render(r=report, charts=all_charts(report), css=_template_text("report.css")))
+    with extra_imports("the HTML compliance report"):  # jinja2, matplotlib
+        template = _environment().get_template("report.html.j2")
+        return str(template.render(r=report, charts=all_charts(report), css=_template_text("report.css")))
 
 
 def to_pdf(html: str) -> bytes:
@@ -90,7 +92,8 @@ def to_pdf(html: str) -> bytes:
             # WeasyPrint warns once at import when Debian's optional libharfbuzz-subset0 is
             # absent; fonts are then embedded whole, which is correct, only larger.
             warnings.filterwarnings("ignore", message="HarfBuzz-Subset", category=DeprecationWarning)
-            import weasyprint  # type: ignore[import-untyped]
+            with extra_imports("the PDF compliance report"):
+                import weasyprint  # type: ignore[import-untyped]
     except OSError as exc:  # cffi cannot find Pango
         raise ConfigError(
             "PDF output needs the Pango library; install Debian's libpango-1.0-0 (apt-get install libpango-1.0-0) "

@@ -16,6 +16,7 @@ import logging
 import os
 from pathlib import Path
 
+from fedinfra._optional import require_extra
 from fedinfra.config import JobSpec
 from fedinfra.config.consortium import ConsortiumConfig
 from fedinfra.coordinator.events import Reporter
@@ -75,6 +76,7 @@ def run_simulated(
     report_formats: tuple[str, ...] = ("html", "pdf", "json"),
 ) -> RunState:
     """Run ``job`` with ``job.sites.count`` simulated sites; return the coordinator's state."""
+    require_extra("Flower's simulation engine (Ray)", modules=("ray",))
     harden(flwr_home=run_dir / ".flwr")
     from flwr.simulation import run_simulation
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,3 +96,80 @@ def test_wheel_declares_the_console_script(wheel: Path, wheel_names: set[str]) -
         text = zf.read(entry_points).decode()
 
     assert "fedinfra = fedinfra.cli:main" in text
+
+
+# --- extras: the base install is what every role runs; the server stack is an extra ---------
+
+# Distribution -> the import name fedinfra/_optional.py knows it by.
+_IMPORT_NAME = {"flwr[simulation]": "ray", "scikit-learn": "sklearn", "psycopg[binary]": "psycopg"}
+
+
+def _pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _names(requirements: list[str]) -> list[str]:
+    """``"psycopg[binary]>=3.1,<4"`` -> ``"psycopg[binary]"``."""
+    return [re.split(r"[<>=!~; ]", r, maxsplit=1)[0] for r in requirements]
+
+
+def test_base_install_holds_no_server_only_distribution() -> None:
+    project = _pyproject()["project"]
+    base = {n.lower() for n in _names(project["dependencies"])}
+    server = {n.lower() for n in _names(project["optional-dependencies"]["server"])}
+
+    assert base & server == set()
+    assert "flwr" in base  # the SuperNode and ClientApp, without Ray
+    assert "torch==2.13.0" in project["dependencies"]  # exact: a range pulls a multi-GB CUDA build
+
+
+def test_all_extra_is_server_plus_edge_and_edge_is_kept() -> None:
+    extras = _pyproject()["project"]["optional-dependencies"]
+
+    assert extras["all"] == ["fedinfra[server,edge]"]
+    assert "edge" in extras  # edge/install.sh installs fedinfra[edge]
+
+
+def test_optional_module_map_matches_the_server_extra() -> None:
+    from fedinfra._optional import EXTRAS
+
+    server = _names(_pyproject()["project"]["optional-dependencies"]["server"])
+    modules = {_IMPORT_NAME.get(n, n.lower()) for n in server}
+
+    assert modules == set(EXTRAS["server"])
+
+
+def test_makefile_installs_every_extra() -> None:
+    assert "pip install -q -e '.[all,dev]'" in (ROOT / "Makefile").read_text()
+
+
+def test_a_missing_server_module_is_a_one_line_missing_extra_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedinfra._optional import extra_imports
+    from fedinfra.errors import MissingExtra
+
+    monkeypatch.setitem(sys.modules, "weasyprint", None)  # how Python blocks an import: as if absent
+
+    with pytest.raises(MissingExtra) as info, extra_imports("the PDF compliance report"):
+        import weasyprint  # noqa: F401
+
+    assert str(info.value) == "the PDF compliance report needs the 'server' extra: pip install 'fedinfra[server]'"
+    assert info.value.exit_code == 2
+    assert isinstance(info.value, ImportError)
+
+
+def test_a_missing_module_outside_the_extra_is_not_disguised() -> None:
+    from fedinfra._optional import extra_imports
+
+    with pytest.raises(ModuleNotFoundError), extra_imports("anything"):
+        import fedinfra_no_such_module  # type: ignore[import-not-found]  # noqa: F401
+
+
+def test_require_extra_names_the_command_and_the_extra() -> None:
+    from fedinfra._optional import missing_modules, require_extra
+    from fedinfra.errors import MissingExtra
+
+    require_extra("fedinfra demo")  # the full install of this venv has the server extra
+    with pytest.raises(MissingExtra) as info:
+        require_extra("fedinfra demo", modules=("ray", "fedinfra_no_such_module"))
+    assert str(info.value) == "fedinfra demo needs the 'server' extra: pip install 'fedinfra[server]'"
+    assert missing_modules(modules=("ray", "fedinfra_no_such_module")) == ["fedinfra_no_such_module"]

@@ -13,6 +13,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
+from fedinfra._optional import extra_imports
 from fedinfra.config import SiteManifest
 from fedinfra.errors import DataError
 from fedinfra.policy.scan import _patterns as p
@@ -72,8 +73,9 @@ def _read_csv(path: Path, max_rows: int) -> tuple[dict[str, list[str | None]], b
 
 
 def _read_parquet(path: Path, max_rows: int) -> tuple[dict[str, list[str | None]], bool]:
-    import pyarrow as pa  # type: ignore[import-untyped]
-    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+    with extra_imports("reading Parquet tables"):
+        import pyarrow as pa  # type: ignore[import-untyped]
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
     try:
         pf = pq.ParquetFile(path)

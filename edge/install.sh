@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Install (or remove) the fedinfra edge client on a Linux device.
 #
-#   edge/install.sh [--prefix DIR] [--server HOST:PORT] [--kit DIR] [--uninstall [--purge]]
-#                   [--source PATH|SPEC] [--python PY] [--reuse-site DIR] [--enable]
+#   edge/install.sh [--prefix DIR] [--server HOST:PORT] [--kit DIR] [--site FILE]
+#                   [--uninstall [--purge]] [--source PATH|SPEC] [--python PY] [--reuse-site DIR] [--enable]
 #
 # Creates, under the prefix (default /opt/fedinfra-edge):
 #   venv/                       a virtual environment with fedinfra[edge]
 #   etc/device.toml             the device profile (kept if it exists; --server updates it)
 #   etc/kit/                    a copy of the device's kit (with --kit), secrets 0600
+#   etc/site-manifest           with --site: the absolute path of the device's data declaration
+#                               (site.toml, left where it is, next to its data)
 #   lib/fedinfra-edge.service   the systemd unit, paths filled in (--enable links and starts it)
 #   state/                      created by the client: ledger, receipts (kept by --uninstall
 #                               unless --purge: deleting a ledger forgets spent privacy budget)
@@ -18,6 +20,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 prefix="/opt/fedinfra-edge"
 server=""
 kit=""
+site_file=""
 uninstall=0
 purge=0
 enable=0
@@ -34,13 +37,14 @@ while [[ $# -gt 0 ]]; do
     --prefix) need_value "$@"; prefix="$2"; shift 2 ;;
     --server) need_value "$@"; server="$2"; shift 2 ;;
     --kit) need_value "$@"; kit="$2"; shift 2 ;;
+    --site) need_value "$@"; site_file="$2"; shift 2 ;;
     --source) need_value "$@"; source_spec="$2"; shift 2 ;;
     --python) need_value "$@"; python="$2"; shift 2 ;;
     --reuse-site) need_value "$@"; reuse_site="$2"; shift 2 ;;
     --uninstall) uninstall=1; shift ;;
     --purge) purge=1; shift ;;
     --enable) enable=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -76,6 +80,10 @@ if [[ -n "$server" && ! "$server" =~ ^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{
   die "--server must be host:port (got '$server')"
 fi
 if [[ -n "$kit" && ! -f "$kit/kit.toml" ]]; then die "--kit $kit holds no kit.toml"; fi
+if [[ -n "$site_file" ]]; then
+  [[ -f "$site_file" ]] || die "--site $site_file is not a file (the device's site.toml)"
+  site_file="$(cd "$(dirname "$site_file")" && pwd)/$(basename "$site_file")"
+fi
 "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
   || die "$python is older than Python 3.11; pass --python"
 
@@ -124,8 +132,14 @@ if [[ -n "$kit" ]]; then
   mv "$prefix/etc/kit.new" "$prefix/etc/kit"
 fi
 
-# 4. The systemd unit with this prefix's paths.
-sed "s|@PREFIX@|$prefix|g" "$here/$unit_name" > "$prefix/lib/$unit_name"
+# 4. The data declaration: remembered across re-runs; without one, the client looks for
+#    site.toml next to the profile ($prefix/etc/site.toml).
+if [[ -n "$site_file" ]]; then printf '%s\n' "$site_file" > "$prefix/etc/site-manifest"; fi
+site_arg=""
+if [[ -f "$prefix/etc/site-manifest" ]]; then site_arg=" --site $(cat "$prefix/etc/site-manifest")"; fi
+
+# 5. The systemd unit with this prefix's paths.
+sed -e "s|@PREFIX@|$prefix|g" -e "s|@SITE_ARG@|$site_arg|" "$here/$unit_name" > "$prefix/lib/$unit_name"
 if [[ $enable -eq 1 ]]; then
   [[ $(id -u) -eq 0 ]] || die "--enable needs root (it links the unit into /etc/systemd/system)"
   ln -sf "$prefix/lib/$unit_name" "$unit_link"

@@ -3,6 +3,11 @@
 ``--check`` is the preflight: it validates the profile (and the kit, if given), reads the
 device's conditions and prints them - no server needed. Exit codes: 0 all conditions hold,
 1 a condition fails, 2 bad profile or kit.
+
+Without ``--check`` the device needs its data declaration: a site manifest (``site.toml``,
+the same format a hospital or bank site uses) passed with ``--site`` or found next to the
+device profile. Its ``name`` must be the device's name; its data set is scanned for
+identifiers before anything connects (the site preflight, HIPAA 164.514(b)(2)).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 import typer
 
 from fedinfra.cli._common import EXIT_CHECK_FAILED, OutputFormat, console, fail, guarded, print_json
-from fedinfra.errors import ConfigError, RuntimeLaunchError
+from fedinfra.errors import ConfigError, PolicyViolation, RuntimeLaunchError
 
 edge_app = typer.Typer(help="Run an edge device (a small, resilient client).", no_args_is_help=True)
 
@@ -80,31 +85,76 @@ def _print_preflight(result: dict[str, Any]) -> None:
     console.print(f"[bold]{verdict}[/]")
 
 
-def _run(profile: Any, kit_dir: Path) -> None:
-    from fedinfra.edge import EdgeRunner, EdgeState, RunnerHooks, check_server, load_edge_kit, make_probe
-    from fedinfra.edge.runner import supernode_argv
-    from fedinfra.runtime.env import hardened_env
+def _site_manifest(profile: Any, device: Path, site: Path | None) -> Path:
+    """The device's data declaration: ``--site``, else ``site.toml`` next to the profile."""
+    from fedinfra.runtime.preflight import preflight
 
-    kit = load_edge_kit(kit_dir, device=profile.name, require_tls=not profile.insecure)
-    executable = shutil.which("flower-supernode") or str(Path(sys.executable).with_name("flower-supernode"))
+    path = site if site is not None else device.resolve().parent / "site.toml"
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: the device's data declaration (site.toml) was not found; "
+            "pass --site or put site.toml next to the device profile"
+        )
+    try:
+        manifest = preflight(path)
+    except PolicyViolation as exc:
+        # The device's own data or declaration fails its preflight: no restart can fix
+        # that, so it is bad input (exit 2, which the service unit does not restart).
+        raise ConfigError(f"{exc}; fix the data or {path.name}, then start again") from exc
+    if manifest.name != profile.name:
+        raise ConfigError(
+            f"{path}: declares site {manifest.name!r} but the device is {profile.name!r}; "
+            "set 'name' in one of them to match"
+        )
+    return path.resolve()
+
+
+def _kit(profile: Any, kit_dir: Path) -> Any:
+    from fedinfra.edge import load_edge_kit
+
+    return load_edge_kit(kit_dir, device=profile.name, require_tls=not profile.insecure)
+
+
+def _run(profile: Any, kit: Any, manifest: Path) -> None:
+    from fedinfra.edge import EdgeRunner, EdgeState, RunnerHooks, check_server, make_probe
+    from fedinfra.edge.runner import holds_connection, supernode_argv
+    from fedinfra.runtime.procs import flower_env, free_port
+
+    # The SuperNode starts Flower helpers (flower-superexec, flwr-clientapp) by name: they
+    # must come from this installation, whatever PATH the service manager gives us.
+    executable = str(Path(sys.executable).with_name("flower-supernode"))
     if not Path(executable).exists():
-        raise RuntimeLaunchError("flower-supernode not found; reinstall with 'pip install fedinfra[edge]'")
-    argv = supernode_argv(profile, kit, executable=executable)
+        found = shutil.which("flower-supernode")
+        if found is None:
+            raise RuntimeLaunchError("flower-supernode not found; reinstall with 'pip install fedinfra[edge]'")
+        executable = found
+    supernode_argv(profile, kit, executable=executable, manifest=manifest)  # refuses a profile without server
     if profile.server is None:  # pragma: no cover - supernode_argv already refused
         raise RuntimeLaunchError("no server")
     server: str = profile.server
     ca = None if profile.insecure else kit.ca_file
 
     def log(message: str) -> None:
-        console.print(f"{dt.datetime.now():%Y-%m-%d %H:%M:%S} {message}", highlight=False)
+        console.print(f"{dt.datetime.now():%Y-%m-%d %H:%M:%S} {message}", highlight=False, soft_wrap=True)
 
     def launch() -> subprocess.Popen[bytes]:
-        env = hardened_env(flwr_home=profile.state_dir / ".flwr")
-        return subprocess.Popen(argv, env=env, start_new_session=True)  # noqa: S603 - fixed argv, no shell
+        # A fresh loopback port per start: a fixed one collides with another SuperNode
+        # (a site, a second device) on the same host.
+        argv = supernode_argv(profile, kit, executable=executable, manifest=manifest, port=free_port())
+        env = flower_env(profile.state_dir / ".flwr")  # hardened: nothing phones home
+        env["PATH"] = str(Path(executable).parent) + os.pathsep + env.get("PATH", "")
+        # The manifest's relative paths mean "next to site.toml"; ClientApps inherit the cwd.
+        return subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            argv, env=env, start_new_session=True, cwd=manifest.parent
+        )
 
     with EdgeState(profile.state_dir) as state:
         hooks = RunnerHooks(
-            launch=launch, check=lambda: check_server(server, ca_file=ca), probe=make_probe(profile.probe), log=log
+            launch=launch,
+            check=lambda: check_server(server, ca_file=ca),
+            probe=make_probe(profile.probe),
+            log=log,
+            connected=lambda pid: holds_connection(pid, server),
         )
 
         def _stop(signum: int, frame: FrameType | None) -> None:
@@ -121,6 +171,9 @@ def _run(profile: Any, kit_dir: Path) -> None:
 def start(
     device: Path = typer.Option(..., "--device", help="The device profile (device.toml)."),
     kit: Path | None = typer.Option(None, "--kit", help="This device's provisioning kit directory."),
+    site: Path | None = typer.Option(
+        None, "--site", help="The device's data declaration (default: site.toml next to --device)."
+    ),
     server: str | None = typer.Option(None, "--server", help="Override the profile's server host:port."),
     check: bool = typer.Option(False, "--check", help="Preflight only: evaluate conditions and exit."),
     fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json (with --check)."),
@@ -139,7 +192,9 @@ def start(
     if kit is None:
         fail("--kit is required to start the client; --check works without it")
     kit_dir: Path = kit
-    guarded(lambda: _run(profile, kit_dir))
+    loaded = guarded(lambda: _kit(profile, kit_dir))  # the kit first: it names the device
+    manifest = guarded(lambda: _site_manifest(profile, device, site))
+    guarded(lambda: _run(profile, loaded, manifest))
 
 
 def register(app: typer.Typer) -> None:

@@ -3,8 +3,11 @@
 An edge device uses a *site* kit (``kit.toml`` table ``[kit]``: ``format``, ``role``,
 ``site_id``) whose ``site_id`` must be the device's name: a kit copied from another device
 is refused before anything connects, because its keys would make this device speak as the
-other one. TLS material is looked up in ``[tls]`` (``ca_file``, ``auth_key_file``), falling
-back to ``ca.crt`` and ``supernode.key`` in the kit directory.
+other one. The CA certificate is ``[tls] ca_file`` and the SuperNode authentication key is
+``[supernode] auth_key_file`` - the names :mod:`fedinfra.runtime.provision` writes - falling
+back to ``ca.crt`` and ``supernode_auth.key`` in the kit directory. A TLS kit without its
+authentication key is refused: a SuperLink with SuperNode authentication (the only kind
+``fedinfra server start`` runs) would turn the device away on every attempt.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from fedinfra.errors import ConfigError
 KIT_FORMAT = "fedinfra-kit/1"
 KIT_FILE = "kit.toml"
 DEFAULT_CA = "ca.crt"
-DEFAULT_AUTH_KEY = "supernode.key"
+DEFAULT_AUTH_KEY = "supernode_auth.key"
 
 
 @dataclass(frozen=True)
@@ -56,14 +59,25 @@ def load_edge_kit(path: Path, *, device: str, require_tls: bool = True) -> EdgeK
             f"{path}: this kit is for device {site_id!r}, not {device!r}; "
             f"use the kit provisioned for {device!r}"
         )
-    tls = data.get("tls", {}) if isinstance(data.get("tls", {}), dict) else {}
+    tls = _table(data, "tls")
+    node = _table(data, "supernode")
 
-    def _file(key: str, default: str) -> Path | None:
-        candidate = path / str(tls.get(key, default))
+    def _file(name: object) -> Path | None:
+        candidate = path / str(name)
         return candidate if candidate.is_file() else None
 
-    ca = _file("ca_file", DEFAULT_CA)
+    ca = _file(tls.get("ca_file", DEFAULT_CA))
     if require_tls and ca is None:
         raise ConfigError(f"{path}: no CA certificate ({DEFAULT_CA}) in the kit; re-provision it with TLS")
-    auth = _file("auth_key_file", DEFAULT_AUTH_KEY)
+    auth_name = node.get("auth_key_file", tls.get("auth_key_file", DEFAULT_AUTH_KEY))
+    auth = _file(auth_name)
+    if require_tls and auth is None and "auth_key_file" in node:
+        raise ConfigError(
+            f"{path / str(auth_name)}: SuperNode authentication key missing from the kit; copy the whole kit directory"
+        )
     return EdgeKit(path, site_id, str(kit.get("consortium", "")), ca, auth)
+
+
+def _table(data: dict[str, object], name: str) -> dict[str, object]:
+    table = data.get(name, {})
+    return table if isinstance(table, dict) else {}

@@ -11,15 +11,23 @@ One loop, every ``poll_s`` seconds:
    tight crash loop;
 3. while the SuperNode runs, a :class:`~fedinfra.edge.limits.ProcessWatchdog` kills any
    round that passes its CPU or memory limit; if the SuperNode exits (connection lost),
-   the loop backs off and starts it again. Ledger and receipts live in the state
-   directory, which the loop never deletes, so nothing is lost across reconnects.
+   the loop backs off and starts it again. A SuperNode that is still running but has held
+   no connection to the server for :data:`DISCONNECTED_S` counts as lost too: Flower 1.41's
+   SuperNode, once it gives up reconnecting, can stay alive forever (its runtime-API server
+   thread keeps the process up), so the loop watches the connection itself - the kernel's
+   socket table (``/proc/<pid>/net/tcp`` via psutil), no traffic - rather than trusting
+   the exit. Ledger and receipts live in the state directory, which the loop never
+   deletes, so nothing is lost across reconnects.
 
 Time, sleeping, the probe, the launcher and the server check are injected for tests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import ipaddress
+import json
 import socket
 import ssl
 import subprocess
@@ -31,6 +39,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import psutil
 
 from fedinfra.config.device import DeviceProfile
 from fedinfra.edge.backoff import Backoff
@@ -40,8 +49,11 @@ from fedinfra.edge.probe import ConditionProbe, evaluate
 from fedinfra.edge.state import STATUS_FILE, EdgeState
 from fedinfra.errors import CryptoError, FedinfraError, RuntimeLaunchError
 
-#: A SuperNode that stayed up this long counts as connected: the backoff starts afresh.
+#: A SuperNode that stayed connected this long counts as healthy: the backoff starts afresh.
 STABLE_S = 60.0
+#: A running SuperNode without a connection to the server for this long is stopped and the
+#: loop backs off (covers start-up, Flower's own reconnection attempts, and a hung node).
+DISCONNECTED_S = 30.0
 
 
 class NodeProcess(Protocol):
@@ -70,6 +82,59 @@ def split_address(address: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` too) into host and port."""
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return []
+
+
+def _reap(procs: list[psutil.Process], timeout: float = 5.0) -> None:
+    """Terminate what a stopped SuperNode left behind, then kill what is still there."""
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+
+
+def _plain_ip(text: str) -> str:
+    """Canonical text of an IP address; an IPv4-mapped IPv6 address as its IPv4 form."""
+    ip = ipaddress.ip_address(text)
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped or ip)
+
+
+def holds_connection(pid: int, address: str) -> bool:
+    """Whether process ``pid`` has an established TCP connection to ``address``.
+
+    Read from the kernel's socket table: no packet is sent, and no DNS query either - for
+    a server named by DNS only the port is compared (the SuperNode's one outgoing
+    connection; its runtime API listens on its own loopback port). If the table cannot be
+    read (no permission), the answer is ``True`` so that only the process's exit counts.
+    """
+    host, port = split_address(address)
+    try:
+        ips: set[str] | None = {_plain_ip(host)}
+    except ValueError:
+        ips = None
+    try:
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        return True
+    except psutil.Error:
+        return False
+    return any(
+        c.status == psutil.CONN_ESTABLISHED
+        and c.raddr
+        and c.raddr.port == port
+        and (ips is None or _plain_ip(c.raddr.ip) in ips)
+        for c in conns
+    )
 
 
 def check_server(address: str, *, ca_file: Path | None, timeout: float = 10.0) -> None:
@@ -115,6 +180,9 @@ class RunnerHooks:
     log: Callable[[str], None]
     now: Callable[[], dt.datetime] = dt.datetime.now
     clock: Callable[[], float] = time.monotonic
+    #: Whether the SuperNode with this pid is connected to the server (see
+    #: :func:`holds_connection`); the default trusts the process's exit alone.
+    connected: Callable[[int], bool] = lambda pid: True
     stop: threading.Event = field(default_factory=threading.Event)
 
 
@@ -138,6 +206,8 @@ class EdgeRunner:
         self.node: NodeProcess | None = None
         self.watchdog: ProcessWatchdog | None = None
         self._started_at = 0.0
+        self._connected_at: float | None = None
+        self._disconnected_since: float | None = None
         self._last_gate: str | None = None
         saved = state.read_json(STATUS_FILE) or {}
         self.status: dict[str, object] = {
@@ -166,6 +236,8 @@ class EdgeRunner:
     def _start(self) -> None:
         self.node = self.hooks.launch()
         self._started_at = self.hooks.clock()
+        self._connected_at = None
+        self._disconnected_since = self._started_at
         self.watchdog = ProcessWatchdog(self.node.pid, self.profile.limits, on_violation=self._violation)
         self.watchdog.start()
         self.hooks.log(f"SuperNode started (pid {self.node.pid})")
@@ -177,6 +249,7 @@ class EdgeRunner:
             self.watchdog.stop()
             self.watchdog = None
         if self.node is not None:
+            helpers = _descendants(self.node.pid)  # flower-superexec, flwr-clientapp
             if self.node.poll() is None:
                 self.node.terminate()
                 try:
@@ -184,13 +257,19 @@ class EdgeRunner:
                 except subprocess.TimeoutExpired:
                     self.node.kill()
                     self.node.wait(timeout=5)
+            _reap(helpers)
             self.hooks.log(f"SuperNode stopped: {why}")
             self.node = None
 
     def _retry_later(self, error: str) -> None:
         delay = self.backoff.next_delay()
         self.hooks.log(f"{error}; retry {self.backoff.attempt} in {delay:.1f} s")
-        self._save(failures=self._count("failures"), last_error=error)
+        self._save(
+            failures=self._count("failures"),
+            last_error=error,
+            retry_attempt=self.backoff.attempt,
+            retry_delay_s=round(delay, 3),
+        )
         self.hooks.stop.wait(delay)
 
     # -- one pass ------------------------------------------------------------------------
@@ -219,9 +298,33 @@ class EdgeRunner:
             self._stop_node(f"exited with code {code}")
             self._retry_later(f"SuperNode exited with code {code} (connection lost or refused)")
             return
-        elif self.hooks.clock() - self._started_at > STABLE_S:
-            self.backoff.reset()
+        elif self._lost_connection():
+            return
         self.hooks.stop.wait(min(self.profile.poll_s, 5.0))
+
+    def _lost_connection(self) -> bool:
+        """Track the running node's connection; stop it and back off once it is lost."""
+        assert self.node is not None
+        now = self.hooks.clock()
+        if self.hooks.connected(self.node.pid):
+            if self._connected_at is None:
+                self._connected_at = now
+                self.hooks.log("connected to the server")
+            self._disconnected_since = None
+            if now - self._connected_at > STABLE_S:
+                self.backoff.reset()
+            return False
+        if self._disconnected_since is None:
+            self._disconnected_since = now
+            self._connected_at = None
+            self.hooks.log("connection to the server lost; the SuperNode is retrying")
+            return False
+        gone = now - self._disconnected_since
+        if gone <= DISCONNECTED_S:
+            return False
+        self._stop_node(f"no connection to the server for {gone:.0f} s")
+        self._retry_later(f"no connection to server {self.profile.server} for {gone:.0f} s")
+        return True
 
     def run(self, *, max_steps: int | None = None) -> None:
         """Loop until stopped (or ``max_steps`` passes, in tests); always stops the node."""
@@ -235,32 +338,48 @@ class EdgeRunner:
 
 
 def supernode_argv(
-    profile: DeviceProfile, kit: EdgeKit, *, executable: str = "flower-supernode", port: int = 9094
+    profile: DeviceProfile,
+    kit: EdgeKit,
+    *,
+    executable: str = "flower-supernode",
+    port: int = 9094,
+    manifest: Path | None = None,
 ) -> list[str]:
     """Build the ``flower-supernode`` command line for this device (TLS unless ``insecure``).
 
     ``--max-retries``/``--max-wait-time`` make Flower give up on a lost server so that this
     loop, not Flower's fixed schedule, decides when to reconnect. The node config carries
-    the device name, profile-related paths and the state directory, so the ClientApp keeps
-    its ledger and receipts where restarts find them.
+    what fedinfra's ClientApp reads (:func:`fedinfra.runtime.deploy.node_config`): the
+    device's data declaration (``site-manifest``), its kit (HE key, audit verifier key),
+    the state directory (privacy ledger, receipts - kept where restarts find them) and
+    ``tls``; plus the device name and compression settings. The runtime API the ClientApp
+    processes dial binds loopback only (``--host 127.0.0.1``) on ``port``.
     """
     if profile.server is None:
         raise RuntimeLaunchError(
             f"device {profile.name!r} has no server; set 'server' in device.toml or pass --server"
         )
     state = profile.state_dir
+    pairs: dict[str, str | int | float | bool] = {
+        "device": profile.name,
+        "state-dir": str(state),
+        "ledger-dir": str(state / "ledger"),
+        "receipts-dir": str(state / "receipts"),
+        "compress-bits": profile.compression.bits,
+        "topk-fraction": profile.compression.topk_fraction or 1.0,
+        "tls": not profile.insecure,
+    }
+    if manifest is not None:
+        pairs["site-manifest"] = str(manifest.resolve())
+    if kit.path.is_dir():
+        pairs["kit"] = str(kit.path.resolve())
+    # TOML values: JSON string escapes are valid TOML basic strings; bools lower-case.
     node_config = " ".join(
-        [
-            f'device="{profile.name}"',
-            f'state-dir="{state}"',
-            f'ledger-dir="{state / "ledger"}"',
-            f'receipts-dir="{state / "receipts"}"',
-            f"compress-bits={profile.compression.bits}",
-            f"topk-fraction={profile.compression.topk_fraction or 1.0}",
-        ]
+        f"{key}={str(value).lower() if isinstance(value, bool) else json.dumps(value)}"
+        for key, value in pairs.items()
     )
     argv = [executable, "--superlink", profile.server, "--max-retries", "5", "--max-wait-time", "120"]
-    argv += ["--node-config", node_config, "--port", str(port)]
+    argv += ["--node-config", node_config, "--host", "127.0.0.1", "--port", str(port)]
     if profile.insecure:
         argv.append("--insecure")
     elif kit.ca_file is not None:

@@ -66,9 +66,21 @@ def test_install_preflight_reinstall_and_uninstall(tmp_path):
     (prefix / "state" / "ledger").mkdir()
     (prefix / "state" / "ledger" / "spent.db").write_bytes(b"ledger")
     device.write_text(device.read_text().replace("poll_s = 30", "poll_s = 10"))
-    second = _install(prefix)
+    data_dir = tmp_path / "device-data"
+    data_dir.mkdir()
+    (data_dir / "site.toml").write_text('name = "edge-0"\n')
+    second = _install(prefix, "--site", str(data_dir / "site.toml"))
     assert second.returncode == 0, second.stderr[-2000:]
     assert "poll_s = 10" in device.read_text()
+    assert f"--kit {prefix}/etc/kit --site {data_dir}/site.toml\n" in unit.read_text()
+
+    # The data declaration is remembered: a plain re-run keeps it in the unit.
+    third = _install(prefix)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert f"--site {data_dir}/site.toml" in unit.read_text()
+    missing = _install(prefix, "--site", str(tmp_path / "absent.toml"))
+    assert missing.returncode == 2
+    assert "--site" in missing.stderr
 
     # Uninstall removes what the installer created and keeps the ledger (spent budget).
     gone = subprocess.run(

@@ -61,8 +61,18 @@ def main(argv: list[str] | None = None) -> int:
             goals = json.loads(result.read_text(encoding="utf-8")).get("goals", {})
             for goal, g in goals.items():
                 state = "met" if g.get("met") else "NOT MET"
-                print(f"  goal {goal}: {g['ratio']} = {g['value']:.2f}x (<= {g['at_most']}x) {state}")
+                print(f"  goal {goal}: {_describe(g)} {state}")
     return 1 if failed else 0
+
+
+def _describe(goal: dict[str, object]) -> str:
+    """One goal as text, whatever its shape (a ratio, a bound from above or from below)."""
+    value = next((goal[k] for k in goal if str(k).startswith("value")), None)
+    shown = f"{value:.4g}" if isinstance(value, int | float) else str(value)
+    name = f"{goal['ratio']} = " if "ratio" in goal else ""
+    bounds = [f"<= {goal[k]}" for k in goal if str(k).startswith("at_most")]
+    bounds += [f">= {goal[k]}" for k in goal if str(k).startswith("at_least")]
+    return f"{name}{shown} ({', '.join(bounds) or 'no bound'})"
 
 
 if __name__ == "__main__":

@@ -76,6 +76,17 @@ SCENARIO_DEFAULTS: dict[str, dict[str, object]] = {
         "data": {"dataset": "caravan"},
     },
 }
+#: Training and clip bound when a scenario runs sample-level DP-SGD (``--privacy dp``/``dp+he``):
+#: full-batch noisy steps (a batch larger than any site, so every site's Poisson rate is 1),
+#: one step per round, step size and clip tuned in ``bench/utility.py`` (De et al. 2022,
+#: "Unlocking high-accuracy differentially private image classification through scale":
+#: large batches, tuned clip and step size).
+DP_SGD_DEFAULTS: dict[str, dict[str, object]] = {
+    "hospital": {
+        "training": {"local_epochs": 1, "batch_size": 100_000, "lr": 1.6, "server_lr": 1.0, "server_momentum": 0.0},
+        "max_grad_norm": 1.0,
+    },
+}
 
 
 def _build_job(
@@ -126,7 +137,13 @@ def _build_job(
         }
         privacy = privacy.replace("he", "")
     elif "dp" in privacy:
-        data["privacy"] = {"mechanism": "dp-sgd", "epsilon": epsilon, "delta": delta, "accountant": accountant}
+        dp_sgd: dict[str, object] = {"mechanism": "dp-sgd", "epsilon": epsilon, "delta": delta}
+        dp_sgd["accountant"] = accountant
+        tuned = DP_SGD_DEFAULTS.get(scenario)
+        if tuned is not None:
+            data["training"] = tuned["training"]
+            dp_sgd["max_grad_norm"] = tuned["max_grad_norm"]
+        data["privacy"] = dp_sgd
     if "he" in privacy:
         data["secure_aggregation"] = {"mode": "bfv"}
     try:

@@ -8,10 +8,15 @@ full stack: DP-SGD (Opacus, target epsilon), packed BFV secure aggregation, the 
 HIPAA policy packs, the signed audit log and the site's receipt checks. A fedinfra round
 is two message waves (train, then federated evaluation of the encrypted aggregate, which
 only the sites can open); a plain FedAvg round here is one.
+Both apps run on the SuperNodes fedinfra starts (``start_supernode``: the warm launcher of
+:mod:`fedinfra.runtime.warm`, one forked process per message with the imports done once).
+For context the full run also times the plain app on stock SuperNodes (Flower's default
+``--isolation subprocess``: a fresh ``flwr-clientapp`` process per message), as baseline
+``plain-stock``; the goal is against ``plain``, the same deployment for both apps.
 Seconds per round = (wall time of an R-round run - wall time of a 1-round run) / (R - 1),
 which cancels run start-up (FAB install, ServerApp process start) out of the figure.
 
-    python bench/deploy.py [--quick]
+    python bench/deploy.py [--quick]     # FEDINFRA_BENCH_STOCK=1: plain-stock in quick mode too
 """
 
 from __future__ import annotations
@@ -190,12 +195,13 @@ def main() -> None:
     from fedinfra.config import JobSpec
     from fedinfra.config.consortium import ConsortiumConfig
     from fedinfra.config.server import ServerConfig
+    from fedinfra.coordinator.server import PULL_INTERVAL_S
     from fedinfra.runtime.deploy import start_superlink, start_supernode
     from fedinfra.runtime.env import harden
     from fedinfra.runtime.kit import load_coordinator_transport, load_site_transport
     from fedinfra.runtime.loopback import write_demo_sites
     from fedinfra.runtime.preflight import preflight
-    from fedinfra.runtime.procs import free_port
+    from fedinfra.runtime.procs import TASK_POLL_INTERVAL_S, free_port
     from fedinfra.runtime.provision import provision
 
     with tempfile.TemporaryDirectory(prefix="fedinfra-bench-deploy-") as tmp:
@@ -208,28 +214,46 @@ def main() -> None:
         manifests = write_demo_sites(JobSpec(), SITES, root / "sites")
         cfg = ServerConfig(port=port, state_dir=root / "state", runs_dir=root / "runs").resolved(root)
         link = start_superlink(cfg, load_coordinator_transport(root / "kits" / "coordinator"))
-        nodes = []
-        try:
+        nodes: list[object] = []
+
+        def start_nodes(warm: bool, tag: str) -> None:
             for name in SITES:
                 nodes.append(start_supernode(manifests[name], preflight(manifests[name]),
                                              load_site_transport(root / "kits" / "sites" / name),
-                                             state_dir=root / "site-state" / name, port=free_port()))
+                                             state_dir=root / f"site-state-{tag}" / name, port=free_port(),
+                                             warm=warm))
+
+        def stop_nodes() -> None:
+            while nodes:
+                nodes.pop().stop()  # type: ignore[attr-defined]
+
+        try:
             app = _plain_app(root)
             report = Report("deploy", "seconds per round, 3 sites on one loopback deployment (TLS + node auth)",
                             params={"sites": 3, "rounds": rounds, "repeats": repeats,
-                                    "task_poll_interval_s": os.environ.get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL")})
+                                    "task_poll_interval_s": TASK_POLL_INTERVAL_S,
+                                    "coordinator_pull_interval_s": PULL_INTERVAL_S,
+                                    "supernode": "fedinfra warm launcher (--isolation process, fork per message)"})
+            if not args.quick or os.environ.get("FEDINFRA_BENCH_STOCK"):
+                # What a plain Flower user gets: stock SuperNodes (--isolation subprocess, a
+                # fresh flwr-clientapp process per message). Context only, not the goal.
+                start_nodes(warm=False, tag="stock")
+                report.baseline("plain-stock", _per_round(lambda r: _time_plain(app, r, link.flwr_home), rounds,
+                                                          repeats),
+                                label="plain Flower FedAvg round, stock SuperNodes (--isolation subprocess)")
+                stop_nodes()
+            start_nodes(warm=True, tag="warm")
             report.baseline("plain", _per_round(lambda r: _time_plain(app, r, link.flwr_home), rounds, repeats),
-                            label="plain Flower FedAvg round")
+                            label="plain Flower FedAvg round, same SuperNodes as fedinfra")
+            against = ["plain", "plain-stock"] if "plain-stock" in report.baselines else ["plain"]
             report.figure("fedinfra", _per_round(lambda r: _time_fedinfra(r, link.flwr_home, root / "runs"),
                                                  rounds, repeats),
-                          label="fedinfra round", against=["plain"])
+                          label="fedinfra round", against=against)
             report.goal("round-latency", ratio="fedinfra/plain", at_most=1.2)
             report.save(args.out)
         finally:
-            for node in nodes:
-                node.stop()
+            stop_nodes()
             link.stop()
-
 
 if __name__ == "__main__":
     main()

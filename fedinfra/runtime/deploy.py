@@ -205,6 +205,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 NODE_CONFIG_FILE = "node-config.toml"
+#: Per-start secret the warm launcher signs its Runtime API calls with (0600, site only).
+SUPEREXEC_SECRET_FILE = "superexec.secret"  # noqa: S105 - a file name, not a secret
 
 
 def node_config(manifest_path: Path, kit: SiteKit, state_dir: Path) -> dict[str, str | bool]:
@@ -243,12 +245,21 @@ def start_supernode(
     connect_timeout: float = 60.0,
     max_retries: int | None = None,
     now: dt.datetime | None = None,
+    warm: bool = True,
+    clientapp_threads: int = 1,
 ) -> FlowerProcess:
     """Start a SuperNode that pins the kit's CA and authenticates with the kit's key.
 
     Returns once the SuperLink accepted the node; a refused key, a certificate the CA does
     not vouch for, or an unreachable SuperLink raise :class:`RuntimeLaunchError` with
     Flower's reason, and the SuperNode is stopped.
+
+    ``warm`` (default) runs the SuperNode under :mod:`fedinfra.runtime.warm`: Flower's
+    ``--isolation process`` with a launcher that imports torch, Opacus and TenSEAL once and
+    forks one fresh process per message, instead of Flower's default of starting (and
+    importing everything in) a new ``flwr-clientapp`` per message; its ClientApps run torch
+    with ``clientapp_threads`` intra-op threads (1 suits fedinfra's small tabular models).
+    ``warm=False`` is Flower's stock ``--isolation subprocess``.
     """
     if kit.site_id != manifest.name:
         raise ConfigError(
@@ -278,6 +289,11 @@ def start_supernode(
     ]
     if max_retries is not None:
         argv += ["--max-retries", str(max_retries)]
+    if warm:
+        from fedinfra.runtime.warm import launcher_argv, write_secret
+
+        secret = write_secret(state_dir / SUPEREXEC_SECRET_FILE)
+        argv = launcher_argv(f"{LOOPBACK}:{port}", secret, argv, threads=clientapp_threads)
     proc = FlowerProcess(
         f"SuperNode {manifest.name}",
         argv,

@@ -110,6 +110,7 @@ def _build_job(
         "sites": {"count": sites, "min_sites": min(2, max(1, sites)), "devices": devices},
         **SCENARIO_DEFAULTS[scenario],
     }
+    per_round = sites
     if scenario == "edge":
         # Cross-device: user-level DP-FedAvg with each sampled device adding its share of
         # the noise, 8-bit compressed updates, a sample of devices per round.
@@ -135,7 +136,6 @@ def _build_job(
             "delta": delta,
             "accountant": accountant,
         }
-        privacy = privacy.replace("he", "")
     elif "dp" in privacy:
         dp_sgd: dict[str, object] = {"mechanism": "dp-sgd", "epsilon": epsilon, "delta": delta}
         dp_sgd["accountant"] = accountant
@@ -145,7 +145,11 @@ def _build_job(
             dp_sgd["max_grad_norm"] = tuned["max_grad_norm"]
         data["privacy"] = dp_sgd
     if "he" in privacy:
-        data["secure_aggregation"] = {"mode": "bfv"}
+        # Edge updates are 8-bit compressed: under encryption the codec's 8-bit lanes are
+        # that quantization (one rounding), sized for the devices sampled per round.
+        data["secure_aggregation"] = (
+            {"mode": "bfv", "quant_bits": 8, "max_sites": per_round} if scenario == "edge" else {"mode": "bfv"}
+        )
     try:
         job = parse_model(JobSpec, data, "command line")
     except ConfigError as exc:

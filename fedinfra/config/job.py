@@ -96,8 +96,26 @@ class JobSpec(StrictModel):
 
     @model_validator(mode="after")
     def _compatible(self) -> JobSpec:
-        if self.compression is not None and self.secure_aggregation.mode != "none":
-            raise ValueError("compression and secure_aggregation are exclusive in this version; choose one")
+        comp, sec = self.compression, self.secure_aggregation
+        if comp is None or sec.mode == "none":
+            return self
+        if sec.mode != "bfv":
+            raise ValueError("compression composes with secure_aggregation.mode = 'bfv' only (CKKS encrypts floats)")
+        if comp.topk_fraction is not None:
+            raise ValueError(
+                "compression.topk_fraction does not compose with secure aggregation: sites keep different "
+                "coordinates, so the ciphertexts are dense anyway; drop topk_fraction or secure_aggregation"
+            )
+        if comp.bits != sec.quant_bits:
+            raise ValueError(
+                f"compression.bits = {comp.bits} must equal secure_aggregation.quant_bits = {sec.quant_bits}: "
+                "under encryption the BFV codec does the quantization"
+            )
+        if comp.clip > sec.clip:
+            raise ValueError(
+                f"compression.clip = {comp.clip:g} must be <= secure_aggregation.clip = {sec.clip:g}, "
+                "or the codec would clip the update a second time"
+            )
         return self
 
 

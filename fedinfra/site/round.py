@@ -269,6 +269,24 @@ def _compress(ctx: SiteContext, update: NDArrays, run_id: str) -> tuple[bytes, d
     return blob, {"bytes_sent": len(blob), "bytes_dense": dense_bytes(layout_of(update))}
 
 
+def _clip_for_codec(ctx: SiteContext, update: NDArrays, details: dict[str, object]) -> NDArrays:
+    """Compression under encryption: L2-clip here, and let the BFV codec quantize.
+
+    The job's validator pinned ``secure_aggregation.quant_bits == compression.bits`` and
+    ``compression.clip <= secure_aggregation.clip``, so the codec's unbiased stochastic
+    rounding (BatchCrypt, Zhang et al. 2020) *is* the compression's quantization: the
+    update is rounded once, straight into the packed lanes, never twice.
+    """
+    from fedinfra.aggregation.compression import clip_l2, dense_bytes, flatten, layout_of, unflatten
+
+    spec = ctx.job.compression
+    assert spec is not None
+    layout = layout_of(update)
+    flat, norm = clip_l2(flatten(update), spec.clip)
+    details.update({"bytes_dense": dense_bytes(layout), "update_norm_before_clip": norm, "quantized_by": "bfv"})
+    return {k: v.astype(np.float32) for k, v in unflatten(flat, layout).items()}
+
+
 def run_round(
     ctx: SiteContext, instruction: TrainInstruction, global_weights: NDArrays, *, tls: bool | None, sampled: int
 ) -> RoundOutput:
@@ -327,10 +345,12 @@ def _train_round(
         update, dp = _user_level(ctx, update, instruction, sampled)
         details.update(dp)
     blob = None
-    if job.compression is not None:
+    he = job.secure_aggregation.mode != "none"
+    if job.compression is not None and he:
+        update = _clip_for_codec(ctx, update, details)
+    elif job.compression is not None:
         blob, sizes = _compress(ctx, update, instruction.run_id)
         details.update(sizes)
-    he = job.secure_aggregation.mode != "none"
     report = TrainReport(
         site=ctx.name,
         round=instruction.round,
@@ -347,4 +367,6 @@ def _train_round(
     ciphertext = seal_update(
         update, len(ctx.data.y), ctx.he_keys(), run_id=instruction.run_id, round_id=instruction.round
     )
+    if job.compression is not None:
+        report.details["bytes_sent"] = len(ciphertext)
     return RoundOutput(report=report, ciphertext=ciphertext)

@@ -124,7 +124,7 @@ _FIND = (
 )
 
 # Runs inside the slim venv: one device, deployed (its own site.toml and CSV), trains round 1 of
-# a user-level DP job twice - once with 8-bit top-k compression, once encrypted (packed BFV).
+# a user-level DP job twice - once with 8-bit top-k compression, once 8-bit and encrypted (packed BFV).
 _ROUND = """
 import json, sys
 from pathlib import Path
@@ -241,7 +241,12 @@ def _device_files(work: Path) -> None:
     }
     jobs = {
         "compressed": {**base, "compression": {"bits": 8, "clip": 1.0, "topk_fraction": 0.1}},
-        "he": {**base, "secure_aggregation": {"mode": "bfv"}},
+        # Compressed and encrypted: the codec's 8-bit lanes are the compression's quantization.
+        "he": {
+            **base,
+            "compression": {"bits": 8, "clip": 1.0},
+            "secure_aggregation": {"mode": "bfv", "quant_bits": 8, "max_sites": 20},
+        },
     }
     for kind, doc in jobs.items():
         (work / f"job-{kind}.json").write_text(JobSpec.model_validate(doc).model_dump_json())
@@ -299,7 +304,8 @@ def test_slim_install_trains_a_user_level_dp_round_compressed_and_encrypted(slim
     assert compressed["details"]["mechanism"] == he["details"]["mechanism"] == "user-dp"
     assert 0 < compressed["details"]["bytes_sent"] == compressed["compressed"] < compressed["details"]["bytes_dense"]
     assert compressed["spent"] == compressed["details"]["epsilon_total"] > 0  # reserved in the device's ledger
-    assert he["ciphertext"] > 0
+    assert 0 < he["ciphertext"] == he["details"]["bytes_sent"]
+    assert he["details"]["quantized_by"] == "bfv"
     assert not compressed["plaintext"]
     assert not he["plaintext"]
     assert he["spent"] == he["details"]["epsilon_total"] > 0

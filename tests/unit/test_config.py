@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from fedinfra.config import BudgetCaps, JobSpec, load_job, load_model, load_site
 from fedinfra.errors import ConfigError
@@ -180,3 +181,38 @@ def test_bad_site_fails_with_one_line_naming_file_and_field(name: str, field: st
         load_site(path)
 
     _assert_one_line_naming(info.value, path, field)
+
+
+# --- compression under encryption ------------------------------------------------------------
+
+
+def _edge_job(**overrides: object) -> dict[str, object]:
+    return {"scenario": "edge", "data": {"dataset": "digits"}, **overrides}
+
+
+def test_compression_composes_with_bfv_when_the_codec_does_the_quantization() -> None:
+    job = JobSpec.model_validate(
+        _edge_job(
+            compression={"bits": 8, "clip": 0.5},
+            secure_aggregation={"mode": "bfv", "quant_bits": 8, "clip": 1.0},
+        )
+    )
+    assert job.compression is not None
+    assert job.secure_aggregation.quant_bits == job.compression.bits
+
+
+@pytest.mark.parametrize(
+    ("compression", "secagg", "needle"),
+    [
+        ({"bits": 8, "topk_fraction": 0.1}, {"mode": "bfv", "quant_bits": 8}, "topk_fraction"),
+        ({"bits": 8}, {"mode": "bfv", "quant_bits": 20}, "must equal secure_aggregation.quant_bits"),
+        ({"bits": 8, "clip": 2.0}, {"mode": "bfv", "quant_bits": 8, "clip": 1.0}, "compression.clip"),
+        ({"bits": 8}, {"mode": "ckks"}, "bfv"),
+    ],
+)
+def test_compression_that_cannot_compose_with_encryption_is_refused(
+    compression: dict[str, object], secagg: dict[str, object], needle: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        JobSpec.model_validate(_edge_job(compression=compression, secure_aggregation=secagg))
+    assert needle in str(info.value)

@@ -35,6 +35,7 @@ EventType = Literal[
     "report.generated",
     "receipt.rejected",
     "model.saved",
+    "evaluation.completed",
 ]
 """Every event the log records (issue 3 lists the first fourteen)."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fedinfra.config._load import StrictModel
 
@@ -52,6 +52,11 @@ class TrainInstruction(StrictModel):
     ``receipts`` are audit receipts (JSON) for the site's earlier updates, to verify
     before training again. ``sync_from`` is the first round whose encrypted aggregate is
     attached (HE mode); ``phase`` says whether to train or only verify/evaluate.
+
+    ``evaluate_round`` (HE mode) asks the site to also evaluate, on its local test shard,
+    the global model after that round - the model it is about to train on, so it must be
+    ``round - 1``. That folds round ``r``'s federated evaluation into round ``r + 1``'s
+    train wave: one message wave per round instead of two.
     """
 
     run_id: str = Field(min_length=1, max_length=128)
@@ -61,13 +66,47 @@ class TrainInstruction(StrictModel):
     receipts: list[str] = Field(default_factory=list)
     sync_from: int | None = Field(default=None, ge=1)
     sampled: int = Field(default=1, ge=1, description="sites sampled this round (user-level DP noise share)")
+    evaluate_round: int | None = Field(default=None, ge=1, description="also evaluate the model after this round")
+
+    @model_validator(mode="after")
+    def _evaluate_previous(self) -> TrainInstruction:
+        if self.evaluate_round is not None and (self.phase != "train" or self.evaluate_round != self.round - 1):
+            raise ValueError(
+                f"evaluate_round={self.evaluate_round} must be round - 1 ({self.round - 1}) of a train instruction"
+            )
+        return self
+
+
+#: Upper bound on a site's reported test-shard size: larger counts are treated as invalid.
+MAX_EVAL_COUNT = 100_000_000
+
+
+class EvalCounts(StrictModel):
+    """A site's evaluation of one round's global model: sums only, no records.
+
+    Bounded and non-negative so one malformed or hostile reply cannot swamp the
+    consortium's accuracy (``correct <= count <= MAX_EVAL_COUNT``, a loss sum that is a
+    finite sum of non-negative cross-entropies).
+    """
+
+    round: int = Field(ge=1)
+    loss_sum: float = Field(ge=0.0, allow_inf_nan=False)
+    correct: int = Field(ge=0)
+    count: int = Field(ge=0, le=MAX_EVAL_COUNT)
+
+    @model_validator(mode="after")
+    def _correct_within_count(self) -> EvalCounts:
+        if self.correct > self.count:
+            raise ValueError(f"evaluation.correct={self.correct} exceeds evaluation.count={self.count}")
+        return self
 
 
 class TrainReport(StrictModel):
     """What a site reports with its update (no personal data: counts and losses only).
 
     ``status`` is ``refused`` when the site's own checks (policy, budget, receipt) deny
-    the round; ``reason`` then says why and no update is attached.
+    the round; ``reason`` then says why and no update is attached. ``evaluation`` answers
+    the instruction's ``evaluate_round`` (HE mode).
     """
 
     site: str = Field(min_length=1, max_length=64)
@@ -78,6 +117,7 @@ class TrainReport(StrictModel):
     num_examples: int = Field(ge=0)
     train_loss: float = 0.0
     details: dict[str, object] = Field(default_factory=dict)
+    evaluation: EvalCounts | None = None
 
 
 class EvalReport(StrictModel):

@@ -4,13 +4,22 @@ It drives sites through a Flower ``Grid`` with the Message API. It never sees si
 only updates - and with HE secure aggregation not even those, nor their sum: it adds
 ciphertexts and forwards the encrypted aggregate, and the sites evaluate (federated
 evaluation) and report counts.
+
+Under HE, round ``r``'s federated evaluation rides in round ``r + 1``'s wave: the sampled
+sites evaluate the model they are about to train on (``evaluate_round``) and the others
+get an EVALUATE message pushed and pulled with the train messages. Every wave costs a
+SuperNode poll (Flower 1.41: up to 3 s), so one wave per round instead of two. The last
+round is evaluated by the close wave. Round ``r``'s test figures are then recorded as
+``evaluation.completed`` (audit) and filled into round ``r``'s result.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +84,28 @@ class Site:
 
     node_id: int
     hello: SiteHello
+
+
+@dataclass
+class _EvalTally:
+    """Federated evaluation of one round's model: sums of the sites' counts, nothing else."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    count: int = 0
+    sites: list[str] = field(default_factory=list)
+
+    def add(self, site: str, loss_sum: float, correct: int, count: int) -> None:
+        self.loss_sum += loss_sum
+        self.correct += correct
+        self.count += count
+        self.sites.append(site)
+
+    def result(self) -> tuple[float, float]:
+        """(test loss, test accuracy); NaN when no site reported."""
+        if self.count == 0:
+            return float("nan"), float("nan")
+        return self.loss_sum / self.count, self.correct / self.count
 
 
 class Coordinator:
@@ -201,7 +232,9 @@ class Coordinator:
         chosen = self._rng.choice(len(sites), size=k, replace=False)
         return [sites[i] for i in sorted(chosen)]
 
-    def _payload(self, state: RunState, site: Site, rnd: int, phase: str, sampled: int) -> RecordDict:
+    def _payload(
+        self, state: RunState, site: Site, rnd: int, phase: str, sampled: int, evaluate_round: int | None = None
+    ) -> RecordDict:
         """The message to one site: receipts owed to it, and the model (or HE aggregates)."""
         assert self.trail is not None
         book = state.books.setdefault(site.hello.site, SiteBook())
@@ -219,7 +252,9 @@ class Coordinator:
             if book.synced == 0:
                 records[ARRAYS] = weights_to_arrays(state.weights)
             config[HE_AGGREGATES] = [load_aggregate(self.state_dir, r) for r in range(sync_from, state.round + 1)]
-        doc = self._doc(rnd, phase, receipts=receipts, sync_from=sync_from, sampled=sampled)
+        doc = self._doc(
+            rnd, phase, receipts=receipts, sync_from=sync_from, sampled=sampled, evaluate_round=evaluate_round
+        )
         config[DOC] = doc.model_dump_json()
         records[CONFIG] = ConfigRecord(config)
         if receipts and head is not None:
@@ -241,14 +276,21 @@ class Coordinator:
         sample = self._sample(sites)
         trail.event("round.started", round=rnd, details={"sites": [s.hello.site for s in sample]})
         by_node = {s.node_id: s for s in sample}
+        # HE: the previous round's federated evaluation joins this wave (module docstring).
+        evaluate_round = rnd - 1 if self.he and rnd > 1 else None
         messages = [
             Message(
-                self._payload(state, s, rnd, "train", len(sample)),
+                self._payload(state, s, rnd, "train", len(sample), evaluate_round),
                 dst_node_id=s.node_id,
                 message_type=MessageType.TRAIN,
             )
             for s in sample
         ]
+        evaluators: dict[int, Site] = {}
+        if evaluate_round is not None:
+            evaluators = {s.node_id: s for s in sites if s.node_id not in by_node}
+            messages += self._eval_messages(state, evaluate_round, list(evaluators.values()), "evaluate")
+        tally = _EvalTally()
         plain = StreamingFedAvg()
         enc = None
         if self.he:
@@ -261,6 +303,10 @@ class Coordinator:
         loss_sum, loss_n = 0.0, 0
         max_eps = 0.0
         for reply in self._send(grid, messages):
+            if reply.metadata.src_node_id in evaluators:
+                assert evaluate_round is not None
+                self._eval_reply(reply, evaluators[reply.metadata.src_node_id], evaluate_round, state, tally)
+                continue
             site = by_node.get(reply.metadata.src_node_id)
             if site is None:
                 continue
@@ -272,6 +318,9 @@ class Coordinator:
                 if report.site != name or report.round != rnd:
                     raise ConfigError("reply names another site or round")
                 self._delivered(state, name)
+                ev = report.evaluation
+                if evaluate_round is not None and ev is not None and ev.round == evaluate_round:
+                    tally.add(name, ev.loss_sum, ev.correct, ev.count)
                 if report.status != "ok":
                     refused[name] = report.code or "error"
                     trail.event(
@@ -342,15 +391,13 @@ class Coordinator:
                 )
                 book.epsilon_total = total
                 max_eps = max(max_eps, total)
-        return self._finish_round(
-            grid, rnd, sites, state, plain, enc, received, refused, loss_sum / max(loss_n, 1), max_eps, start
-        )
+        if evaluate_round is not None:
+            self._record_evaluation(state, rnd, evaluate_round, tally)
+        return self._finish_round(rnd, state, plain, enc, received, refused, loss_sum / max(loss_n, 1), max_eps, start)
 
     def _finish_round(
         self,
-        grid: Grid,
         rnd: int,
-        sites: list[Site],
         state: RunState,
         plain: StreamingFedAvg,
         enc: Any,
@@ -393,8 +440,8 @@ class Coordinator:
         if enc is not None:
             aggregate = enc.to_bytes()
             state.round = rnd
-            save_state(self.state_dir, state, aggregate)
-            test_loss, test_acc = self._federated_eval(grid, rnd, sites, state)
+            # Evaluated by the sites in the next wave (or the close wave); NaN until then.
+            test_loss, test_acc = float("nan"), float("nan")
             subject: tuple[str, bytes] = ("aggregate.ciphertext", aggregate)
         else:
             opt = ServerOptimizer(lr=self.job.training.server_lr, momentum=self.job.training.server_momentum)
@@ -417,56 +464,85 @@ class Coordinator:
         state.results.append(result)
         state.rng = dict(self._rng.bit_generator.state)
         save_state(self.state_dir, state, aggregate)
-        trail.event(
-            "aggregation.completed",
-            round=rnd,
-            subject=subject,
-            details={
-                "replies": count,
-                "test_loss": test_loss,
-                "test_accuracy": test_acc,
-                "train_loss": train_loss,
-                "mode": self.job.secure_aggregation.mode,
-            },
-        )
+        details: dict[str, object] = {
+            "replies": count,
+            "train_loss": train_loss,
+            "mode": self.job.secure_aggregation.mode,
+        }
+        if enc is None:
+            details.update(test_loss=test_loss, test_accuracy=test_acc)
+        trail.event("aggregation.completed", round=rnd, subject=subject, details=details)
         trail.checkpoint(rnd)
         return result
 
-    def _federated_eval(
-        self, grid: Grid, rnd: int, sites: list[Site], state: RunState, phase: str = "evaluate"
-    ) -> tuple[float, float]:
-        """HE mode: every site opens the aggregate and evaluates on its test shard."""
-        messages = [
+    def _eval_messages(self, state: RunState, rnd: int, sites: list[Site], phase: str) -> list[Message]:
+        """EVALUATE messages bringing ``sites`` to the model after ``rnd`` (HE: encrypted)."""
+        return [
             Message(self._payload(state, s, rnd, phase, 1), dst_node_id=s.node_id, message_type=MessageType.EVALUATE)
             for s in sites
         ]
-        by_node = {s.node_id: s.hello.site for s in sites}
-        loss, correct, count = 0.0, 0, 0
-        for reply in self._send(grid, messages):
-            name = by_node.get(reply.metadata.src_node_id)
-            if name is None or reply.has_error():
-                continue
-            try:
-                report = EvalReport.model_validate_json(str(reply.content.config_records[CONFIG][DOC]))
-            except (ValueError, KeyError):
-                continue
-            if report.status != "ok" or report.site != name:
-                assert self.trail is not None
-                self.trail.event(
-                    "update.rejected",
-                    round=rnd,
-                    site=name,
-                    outcome="denied",
-                    details={"site": name, "reason": report.reason, "code": "evaluation"},
-                )
-                continue
-            self._delivered(state, name)
-            loss += report.loss_sum
-            correct += report.correct
-            count += report.count
-        if count == 0:
-            return float("nan"), float("nan")
-        return loss / count, correct / count
+
+    def _eval_reply(self, reply: Message, site: Site, rnd: int, state: RunState, tally: _EvalTally) -> None:
+        """Add one site's evaluation counts of round ``rnd``'s model to ``tally``."""
+        name = site.hello.site
+        if reply.has_error():
+            return
+        try:
+            report = EvalReport.model_validate_json(str(reply.content.config_records[CONFIG][DOC]))
+        except (ValueError, KeyError):
+            return
+        if report.status != "ok" or report.site != name or report.round != rnd:
+            assert self.trail is not None
+            self.trail.event(
+                "update.rejected",
+                round=rnd,
+                site=name,
+                outcome="denied",
+                details={"site": name, "reason": report.reason or "evaluation of another round", "code": "evaluation"},
+            )
+            return
+        self._delivered(state, name)
+        tally.add(name, report.loss_sum, report.correct, report.count)
+
+    def _federated_eval(
+        self, grid: Grid, rnd: int, sites: list[Site], state: RunState, phase: str = "evaluate"
+    ) -> _EvalTally:
+        """A wave of its own: every site opens the aggregate and evaluates on its test shard."""
+        by_node = {s.node_id: s for s in sites}
+        tally = _EvalTally()
+        for reply in self._send(grid, self._eval_messages(state, rnd, sites, phase)):
+            site = by_node.get(reply.metadata.src_node_id)
+            if site is not None:
+                self._eval_reply(reply, site, rnd, state, tally)
+        return tally
+
+    def _record_evaluation(self, state: RunState, wave: int, rnd: int, tally: _EvalTally) -> None:
+        """HE: round ``rnd``'s federated evaluation is in; fill its result and audit it.
+
+        Logged in the wave that carried it (audit round ``wave``) with ``evaluated_round``.
+        Only sums reach the coordinator: test loss, correct and example counts.
+        """
+        assert self.trail is not None
+        loss, acc = tally.result()
+        state.results = [
+            dataclasses.replace(r, test_loss=loss, test_accuracy=acc) if r.round == rnd else r for r in state.results
+        ]
+        self.trail.event(
+            "evaluation.completed",
+            round=wave,
+            details={
+                "evaluated_round": rnd,
+                "test_loss": None if math.isnan(loss) else loss,
+                "test_accuracy": None if math.isnan(acc) else acc,
+                "examples": tally.count,
+                "sites": sorted(tally.sites),
+                "mode": self.job.secure_aggregation.mode,
+            },
+        )
+
+    @staticmethod
+    def _result_of(state: RunState, rnd: int) -> RoundResult | None:
+        return next((r for r in state.results if r.round == rnd), None)
 
     def _weight(self, report: TrainReport) -> float:
         """Weigh a reply: by examples, except under user-level DP.
@@ -577,7 +653,10 @@ class Coordinator:
                 except _BudgetExhausted:
                     stop_reason = "budget-exhausted"
                     break
-                self.reporter.round_done(result)
+                # HE: a round's figures are known one wave later; show them then.
+                shown = result if not self.he else self._result_of(state, rnd - 1)
+                if shown is not None:
+                    self.reporter.round_done(shown)
                 self.artifacts.write_metrics(
                     self.run_id, state.results, [s.hello.site for s in sites], time.monotonic() - t0
                 )
@@ -597,9 +676,17 @@ class Coordinator:
         from fedinfra.policy import Facts, evaluate
         from fedinfra.policy._facts import CloseFacts
 
-        loss, acc = self._federated_eval(grid, state.round, sites, state, phase="close")
+        tally = self._federated_eval(grid, state.round, sites, state, phase="close")
+        loss, acc = tally.result()
         if not self.he and state.results:
             loss, acc = state.results[-1].test_loss, state.results[-1].test_accuracy
+        last = self._result_of(state, state.round) if self.he else None
+        if last is not None:
+            # The close wave evaluates the final aggregate: the last round's figures.
+            self._record_evaluation(state, state.round, state.round, tally)
+            shown = self._result_of(state, state.round)
+            assert shown is not None
+            self.reporter.round_done(shown)
         max_eps = max((b.epsilon_total for b in state.books.values()), default=0.0)
         close_eval = evaluate(
             self._packs,

@@ -35,6 +35,9 @@ refused: an unsigned tail is not evidence.
   accountant's total for the run so far; else the sum, an upper bound by basic
   composition, Dwork & Roth 2014, Thm. 3.16), ``delta``, ``accountant``.
 * ``aggregation.completed``: ``test_loss``, ``test_accuracy``, ``replies``.
+* ``evaluation.completed`` (HE: sites evaluate round ``evaluated_round``'s model in the
+  next wave or the close wave): ``evaluated_round``, ``test_loss``, ``test_accuracy``;
+  the last such entry for a round gives its figures when its aggregation has none.
 * ``run.completed`` / ``run.failed``: ``reason``.
 """
 
@@ -70,7 +73,14 @@ from fedinfra.report.regulation import SiteView
 #: Entries that record reading the log; excluded so a report does not depend on earlier reads.
 _READ_TYPES = frozenset({"log.read", "report.generated"})
 _ROUND_TYPES = frozenset(
-    {"round.started", "update.received", "update.rejected", "aggregation.completed", "budget.spent"}
+    {
+        "round.started",
+        "update.received",
+        "update.rejected",
+        "aggregation.completed",
+        "budget.spent",
+        "evaluation.completed",
+    }
 )
 _FINDING_STATUS = frozenset({"pass", "fail", "warn", "manual"})
 
@@ -325,14 +335,26 @@ def _controls(records: list[AuditRecord], config: RunConfig, budgets: list[SiteB
     )
 
 
+def _evaluations(records: list[AuditRecord]) -> dict[int, dict[str, Any]]:
+    """``evaluated_round`` -> details of its last ``evaluation.completed`` entry."""
+    out: dict[int, dict[str, Any]] = {}
+    for r in records:
+        n = r.details.get("evaluated_round") if r.type == "evaluation.completed" else None
+        if isinstance(n, int) and not isinstance(n, bool):
+            out[n] = r.details
+    return out
+
+
 def _rounds(records: list[AuditRecord], numbers: list[int]) -> list[RoundRow]:
     rows = []
+    evaluations = _evaluations(records)
     for n in numbers:
         rs = [r for r in records if r.round == n]
         started = _first(rs, "round.started")
         agg = _first(rs, "aggregation.completed")
         cp = _first(rs, "checkpoint.published")
         sampled = started.details.get("sites") if started else None
+        figures = agg.details if agg and "test_accuracy" in agg.details else evaluations.get(n, {})
         rows.append(
             RoundRow(
                 round=n,
@@ -344,8 +366,8 @@ def _rounds(records: list[AuditRecord], numbers: list[int]) -> list[RoundRow]:
                 updates_rejected=[r.seq for r in rs if r.type == "update.rejected"],
                 aggregation_seq=agg.seq if agg else None,
                 checkpoint_seq=cp.seq if cp else None,
-                test_loss=_num(agg.details.get("test_loss")) if agg else None,
-                test_accuracy=_num(agg.details.get("test_accuracy")) if agg else None,
+                test_loss=_num(figures.get("test_loss")),
+                test_accuracy=_num(figures.get("test_accuracy")),
             )
         )
     return rows

@@ -7,6 +7,9 @@ Message flow (Flower Message API):
   privacy budget) - never any records.
 * ``train`` - one round: verify audit receipts, check policy and budget, train, protect
   the update (DP, HE) and reply with it and a :class:`~fedinfra.config.wire.TrainReport`.
+  When asked (``evaluate_round``, HE mode) the report also carries the test-shard counts
+  of the model the site trained from: the previous round's federated evaluation, sent
+  in this round's wave.
 * ``evaluate`` - verify receipts, (HE) open the aggregate, evaluate on the local test shard.
 
 A site that refuses (its policy, budget or a receipt check fails) replies
@@ -30,6 +33,7 @@ from fedinfra.config.wire import (
     DOC,
     HE_AGGREGATES,
     HE_UPDATE,
+    EvalCounts,
     EvalReport,
     SiteHello,
     TrainInstruction,
@@ -99,6 +103,23 @@ def _weights(msg: Message, ctx: SiteContext, instruction: TrainInstruction) -> N
     return current_model(ctx, instruction, base, aggregates)
 
 
+def _test_counts(ctx: SiteContext, weights: NDArrays) -> tuple[float, int, int]:
+    """Evaluate ``weights`` on the local test shard: (loss sum, correct, count) - sums only."""
+    from fedinfra.models import build_model, set_weights
+
+    tx, ty = ctx.data.test_x, ctx.data.test_y
+    if tx is None or ty is None or len(ty) == 0:
+        return 0.0, 0, 0
+    num_classes = int(weights[next(reversed(weights))].shape[0])
+    model = build_model(
+        ctx.job.model, num_features=int(ctx.data.x.shape[1]), num_classes=num_classes, seed=ctx.job.seed
+    )
+    set_weights(model, weights)
+    loss, acc = evaluate_model(model, tx, ty)
+    count = len(ty)
+    return loss * count, int(np.rint(acc * count)), count
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Admission: answer with identity, data summary, budget and own preflight verdict."""
@@ -144,6 +165,14 @@ def train(msg: Message, context: Context) -> Message:
     try:
         weights = _weights(msg, ctx, instruction)
         out = run_round(ctx, instruction, weights, tls=_tls(context), sampled=instruction.sampled)
+        if instruction.evaluate_round is not None:
+            # Computed afresh, after run_round (receipts verified, policy checked), and not
+            # part of a replayed release: counts only, never the model.
+            loss_sum, correct, count = _test_counts(ctx, weights)
+            evaluation = EvalCounts(
+                round=instruction.evaluate_round, loss_sum=max(0.0, loss_sum), correct=correct, count=count
+            )
+            out.report = out.report.model_copy(update={"evaluation": evaluation})
     except (FedinfraError, ValueError) as exc:
         refused = TrainReport(
             site=ctx.name,
@@ -178,19 +207,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             instruction.receipts, directory=ctx.receipts_dir(instruction.run_id), verifier_key=ctx.audit_key()
         )
         weights = _weights(msg, ctx, instruction)
-        from fedinfra.models import build_model, set_weights
-
-        num_classes = int(weights[next(reversed(weights))].shape[0])
-        model = build_model(
-            ctx.job.model, num_features=int(ctx.data.x.shape[1]), num_classes=num_classes, seed=ctx.job.seed
-        )
-        set_weights(model, weights)
-        tx, ty = ctx.data.test_x, ctx.data.test_y
-        if tx is None or ty is None or len(ty) == 0:
-            loss, acc, count = 0.0, 0.0, 0
-        else:
-            loss, acc = evaluate_model(model, tx, ty)
-            count = len(ty)
+        loss_sum, correct, count = _test_counts(ctx, weights)
         if instruction.phase == "close":
             ctx.home.save_weights(instruction.run_id, "final-model", weights)
     except (FedinfraError, ValueError) as exc:
@@ -199,8 +216,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     report = EvalReport(
         site=ctx.name,
         round=instruction.round,
-        loss_sum=loss * count,
-        correct=int(np.rint(acc * count)),
+        loss_sum=loss_sum,
+        correct=correct,
         count=count,
         receipts_verified=verified,
     )

@@ -97,6 +97,11 @@ class JobSpec(StrictModel):
     @model_validator(mode="after")
     def _compatible(self) -> JobSpec:
         comp, sec = self.compression, self.secure_aggregation
+        if self.privacy.mechanism == "user-dp" and sec.mode != "none" and sec.example_cap != 1:
+            raise ValueError(
+                f"secure_aggregation.example_cap = {sec.example_cap} must be 1 with user-level DP: its noise is "
+                "calibrated to one clipped update per site (McMahan et al. 2018), so sites are not weighted by examples"
+            )
         if comp is None or sec.mode == "none":
             return self
         if sec.mode != "bfv":

@@ -364,9 +364,12 @@ def _train_round(
         return RoundOutput(report=report, update=update)
     from fedinfra.crypto import seal_update
 
-    ciphertext = seal_update(
-        update, len(ctx.data.y), ctx.he_keys(), run_id=instruction.run_id, round_id=instruction.round
-    )
+    # User-level DP bounds each site's influence on the *unweighted* sum by the clip S
+    # (McMahan et al. 2018): weighting by example counts would let the largest site move
+    # the sum by S * n_max / n_mean and void the noise calibration. The job validator
+    # pins example_cap = 1 for that case, so every site's weight is exactly one.
+    weight = 1 if job.privacy.mechanism == "user-dp" else len(ctx.data.y)
+    ciphertext = seal_update(update, weight, ctx.he_keys(), run_id=instruction.run_id, round_id=instruction.round)
     if job.compression is not None:
         report.details["bytes_sent"] = len(ciphertext)
     return RoundOutput(report=report, ciphertext=ciphertext)

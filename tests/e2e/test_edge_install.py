@@ -245,7 +245,7 @@ def _device_files(work: Path) -> None:
         "he": {
             **base,
             "compression": {"bits": 8, "clip": 1.0},
-            "secure_aggregation": {"mode": "bfv", "quant_bits": 8, "max_sites": 20},
+            "secure_aggregation": {"mode": "bfv", "quant_bits": 8, "max_sites": 20, "example_cap": 1},
         },
     }
     for kind, doc in jobs.items():

@@ -216,3 +216,14 @@ def test_compression_that_cannot_compose_with_encryption_is_refused(
     with pytest.raises(ValidationError) as info:
         JobSpec.model_validate(_edge_job(compression=compression, secure_aggregation=secagg))
     assert needle in str(info.value)
+
+
+def test_user_level_dp_under_encryption_needs_unweighted_sites() -> None:
+    with pytest.raises(ValidationError) as info:
+        JobSpec.model_validate(
+            _edge_job(privacy={"mechanism": "user-dp", "epsilon": 5.0}, secure_aggregation={"mode": "bfv"})
+        )
+    assert "example_cap" in str(info.value)
+    user_dp = {"mechanism": "user-dp", "epsilon": 5.0}
+    ok = JobSpec.model_validate(_edge_job(privacy=user_dp, secure_aggregation={"mode": "bfv", "example_cap": 1}))
+    assert ok.secure_aggregation.example_cap == 1

@@ -37,7 +37,7 @@ def _job(**kw: object) -> JobSpec:
         "scenario": "hospital",
         "sites": {"count": 4, "min_sites": 2},
         "privacy": {"mechanism": "user-dp", "epsilon": 4.0},
-        "secure_aggregation": {"mode": "bfv"},
+        "secure_aggregation": {"mode": "bfv", "example_cap": 1},
     }
     base.update(kw)
     return JobSpec.model_validate(base)

@@ -96,9 +96,12 @@ def register(app: typer.Typer) -> None:
 
         def _round(r: dict[str, Any]) -> None:
             if not quiet:
+                # Under HE a round's evaluation arrives with the next wave: say so, not "nan".
+                acc, loss = r.get("test_accuracy"), r.get("test_loss")
+                scored = isinstance(acc, int | float) and isinstance(loss, int | float) and acc == acc and loss == loss
+                figures = f"loss {loss:.4f}  accuracy {acc:.4f}" if scored else "evaluated with the next round"
                 console.print(
-                    f"round {r['round']:>3}: loss {r['test_loss']:.4f}  accuracy {r['test_accuracy']:.4f}  "
-                    f"({r['replies']} replies, {r['seconds']:.1f} s)",
+                    f"round {r['round']:>3}: {figures}  ({r['replies']} replies, {r['seconds']:.1f} s)",
                     highlight=False,
                 )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -136,7 +137,12 @@ class Coordinator:
         self.gate = GateContext(
             tls=settings.tls, in_process=settings.in_process, audit_retention_days=settings.audit_retention_days
         )
-        self._rng = np.random.default_rng(job.seed)
+        # Which sites a round samples. Under user-level DP the accounting credits
+        # amplification by sampling (McMahan et al. 2018), which assumes the sample is not
+        # known in advance: it must not follow from the job's public seed, so it is drawn
+        # from the OS CSPRNG (kept in the crash-safe state so a resumed run continues it).
+        seed = secrets.randbits(128) if job.privacy.mechanism == "user-dp" else job.seed
+        self._rng = np.random.default_rng(seed)
         self.trail: AuditTrail | None = None
         self._packs: list[Any] = []
 

@@ -139,16 +139,24 @@ def _largest_partition(devices: int, seed: int) -> int:
     quantization; with the default cap of 10,000 a device holding 14 examples would use
     0.14% of the quantization range and its rounding error would swamp its update.
     """
+    alpha = JobSpec.model_validate({"data": SCENARIO_DEFAULTS["edge"]["data"]}).data.alpha
+    parts = _partition(_edge_split(seed).y_train, devices, alpha, seed, flag="--devices")
+    return max(len(p) for p in parts)
+
+
+def _partition(labels: Any, sites: int, alpha: float, seed: int, *, flag: str) -> list[Any]:
+    """The seeded Dirichlet split every simulated site makes; an impossible one is refused here.
+
+    Each site's ClientApp would otherwise retry the draws itself and the run would time out
+    with no site admitted.
+    """
     from fedinfra.data.partition import dirichlet_partition
     from fedinfra.errors import DataError
 
-    split = _edge_split(seed)
-    alpha = JobSpec.model_validate({"data": SCENARIO_DEFAULTS["edge"]["data"]}).data.alpha
     try:
-        parts = dirichlet_partition(split.y_train, num_sites=devices, alpha=alpha, seed=seed)
-    except DataError as exc:  # refused before anything runs, like the check in _build_job
-        raise ConfigError(f"command line: --devices {devices}: {exc}") from exc
-    return max(len(p) for p in parts)
+        return dirichlet_partition(labels, num_sites=sites, alpha=alpha, seed=seed)
+    except DataError as exc:
+        raise ConfigError(f"command line: {flag} {sites}: {exc}") from exc
 
 
 def edge_caveats(job: JobSpec) -> list[str]:
@@ -260,13 +268,7 @@ def _build_job(
         raise ConfigError(
             f"command line: --sites {sites} is too many for {n_train} training examples; use at most {n_train // 2}"
         )
-    from fedinfra.data.partition import dirichlet_partition
-    from fedinfra.errors import DataError
-
-    try:  # the same seeded split every site makes; refused here, before anything runs
-        dirichlet_partition(split.y_train, num_sites=sites, alpha=job.data.alpha, seed=job.seed)
-    except DataError as exc:
-        raise ConfigError(f"command line: --sites/--devices {sites}: {exc}") from exc
+    _partition(split.y_train, sites, job.data.alpha, job.seed, flag="--sites/--devices")
     return job
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from fedinfra.cli.demo import EDGE_CLIP, _build_job, edge_caveats
 from fedinfra.data.partition import dirichlet_partition
+from fedinfra.errors import ConfigError
 from fedinfra.privacy import user_level_epsilon
 from fedinfra.site.data import load_split
 
@@ -73,3 +74,10 @@ def test_edge_demo_says_so_when_the_planned_epsilon_is_above_ten() -> None:
 
 def test_edge_demo_without_dp_has_no_dp_caveat() -> None:
     assert edge_caveats(_build_job("edge", 60, 10, 0, "none")) == []
+
+
+def test_a_device_count_the_split_cannot_serve_is_refused_before_anything_runs() -> None:
+    with pytest.raises(ConfigError) as info:
+        _build_job("edge", 1, 500, 0, "dp")
+    assert "--sites/--devices 500" in str(info.value)
+    assert "use fewer sites or a larger alpha" in str(info.value)

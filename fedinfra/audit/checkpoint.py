@@ -76,9 +76,23 @@ class Checkpoint(BaseModel):
             If the signature does not verify or the body is not a checkpoint.
         """
         text = verifier.verify(note)
+        return cls.from_text(text, note, origin=verifier.name)
+
+    @classmethod
+    def from_text(cls, text: str, note: str, *, origin: str) -> Checkpoint:
+        """Parse a verified note text as a checkpoint of the log ``origin``.
+
+        C2SP tlog-checkpoint: at least three lines (origin, decimal size without leading
+        zeroes, base64 root hash); extension lines, if any, must be non-empty.
+
+        Raises
+        ------
+        VerificationError
+            If the text is not a checkpoint of ``origin``.
+        """
         lines = text.split("\n")[:-1]
         bad = VerificationError("signed note is not a valid checkpoint")
-        if len(lines) < 3 or lines[0] != verifier.name or not _SIZE.fullmatch(lines[1]):
+        if len(lines) < 3 or lines[0] != origin or not _SIZE.fullmatch(lines[1]) or "" in lines:
             raise bad
         try:
             root = base64.b64decode(lines[2], validate=True)

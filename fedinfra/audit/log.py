@@ -326,7 +326,7 @@ class AuditLog:
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """Return the RFC 9162 consistency proof from ``old_size`` to ``new_size``."""
-        if not 0 < old_size <= new_size <= self.size:
+        if not 0 <= old_size <= new_size <= self.size:
             raise ConfigError(f"no consistency proof from size {old_size} to {new_size} (log size {self.size})")
         return self._tree.consistency_proof(old_size, new_size)
 

@@ -100,8 +100,10 @@ def consistency_path(old_size: int, new_size: int, mth: SubtreeHash) -> list[byt
     """Return the consistency proof between trees of ``old_size`` and ``new_size`` leaves.
 
     RFC 9162 §2.1.4.1, ``PROOF(m, D[n]) = SUBPROOF(m, D[n], true)`` for ``0 < m < n``;
-    equal sizes need no proof (the empty list).
+    equal sizes, and the empty old tree, need no proof (the empty list).
     """
+    if old_size == 0 <= new_size:
+        return []
     if not 0 < old_size <= new_size:
         raise ValueError(f"no consistency proof from size {old_size} to size {new_size}")
     path: list[bytes] = []
@@ -170,9 +172,10 @@ def verify_consistency(
 ) -> None:
     """Check that the tree ``(new_size, new_root)`` extends ``(old_size, old_root)``.
 
-    RFC 9162 §2.1.4.2. Equal sizes need an empty proof and equal roots; a proof from the
-    empty tree is refused as meaningless (every tree extends it), as in the
-    transparency-dev test vectors.
+    RFC 9162 §2.1.4.2. Equal sizes need an empty proof and equal roots. Every tree
+    extends the empty one, so from size 0 the proof must be empty and the old root must
+    be the empty tree's hash, the new one a SHA-256 digest (C2SP tlog-checkpoint allows
+    size-0 checkpoints; the transparency-dev verifier accepts an empty proof from size 0).
 
     Raises
     ------
@@ -180,8 +183,12 @@ def verify_consistency(
         If the proof does not verify (one message whatever the cause).
     """
     bad = VerificationError("consistency proof does not verify")
-    if old_size <= 0 or new_size < old_size:
+    if old_size < 0 or new_size < old_size:
         raise bad
+    if old_size == 0:
+        if path or old_root != EMPTY_ROOT or len(new_root) != HASH_SIZE or (new_size == 0 and new_root != old_root):
+            raise bad
+        return
     if old_size == new_size:
         if path or old_root != new_root:
             raise bad

@@ -34,7 +34,7 @@ class ConsistencyProof(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    old_size: int = Field(gt=0)
+    old_size: int = Field(ge=0)
     new_size: int = Field(gt=0)
     hashes: list[str]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -20,6 +20,9 @@ from fedinfra.audit.canonical import canonical_with_details, parse_canonical
 from fedinfra.audit.entry import has_entry_shape
 from fedinfra.audit.merkle import leaf_hash
 from fedinfra.errors import VerificationError
+
+if TYPE_CHECKING:
+    from fedinfra.audit.store import SideColumns
 
 TS_LENGTH = len("2026-01-01T00:00:00.000000Z")
 
@@ -67,7 +70,15 @@ def parse_entry(data: bytes, where: str) -> dict[str, Any]:
     return result
 
 
-def scan_entries(rows: Iterable[tuple[int, bytes, bytes | None]], lo: int, hi: int | None = None) -> Chunk:
+def _check_side(obj: dict[str, Any], side: SideColumns, where: str) -> None:
+    """The stored side columns must repeat the signed entry (they are what filters read)."""
+    if side != (obj["ts"], obj["run_id"], obj["round"], obj["type"]):
+        raise Failure(where, "a stored column (ts, run_id, round or type) differs from the signed entry")
+
+
+def scan_entries(
+    rows: Iterable[tuple[int, bytes, bytes | None, SideColumns | None]], lo: int, hi: int | None = None
+) -> Chunk:
     """Check entries ``lo, lo + 1, ...`` (up to ``hi``, exclusive) from ``rows`` in seq order.
 
     ``rows`` may run past ``hi``: the row after the range tells a gap at its end apart
@@ -78,7 +89,7 @@ def scan_entries(rows: Iterable[tuple[int, bytes, bytes | None]], lo: int, hi: i
     expected = lo
     last_ts = ""
     try:
-        for seq, data, stored_leaf in rows:
+        for seq, data, stored_leaf, side in rows:
             if hi is not None and expected >= hi:
                 break
             where = f"entry {expected}"
@@ -96,6 +107,8 @@ def scan_entries(rows: Iterable[tuple[int, bytes, bytes | None]], lo: int, hi: i
             leaf = leaf_hash(data)
             if stored_leaf is not None and stored_leaf != leaf:
                 raise Failure(where, "stored leaf hash does not match the entry's data")
+            if side is not None:
+                _check_side(obj, side, where)
             if obj["type"] == "checkpoint.published":
                 if obj["details"].get("tree_size") != seq + 1:
                     raise Failure(where, "checkpoint.published does not announce the tree ending at itself")
@@ -116,6 +129,6 @@ def scan_store_range(target: str | Path, lo: int, hi: int) -> Chunk:
 
     store = Store.open(target, create=False)
     try:
-        return scan_entries(store.iter_entries(lo=lo, limit=hi - lo + 1), lo, hi)
+        return scan_entries(store.iter_rows(lo=lo, limit=hi - lo + 1), lo, hi)
     finally:
         store.close()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from fedinfra.audit.store import FORMAT, Store, is_url
+from fedinfra.audit.store import FORMAT, SideColumns, Store, is_url
 from fedinfra.errors import StoreError
 
 EXPORT_FORMAT = "fedinfra-audit-export/1"
@@ -49,6 +49,10 @@ class LogSource(Protocol):
         """Yield ``(seq, data, stored leaf hash or None)`` in order."""
         ...
 
+    def rows(self) -> Iterator[tuple[int, bytes, bytes | None, SideColumns | None]]:
+        """Yield entries with their stored side columns (``None`` where nothing is stored)."""
+        ...
+
     def close(self) -> None:
         """Release resources."""
         ...
@@ -74,6 +78,9 @@ class StoreSource:
 
     def entries(self) -> Iterator[tuple[int, bytes, bytes | None]]:  # noqa: D102
         yield from self._store.iter_entries()
+
+    def rows(self) -> Iterator[tuple[int, bytes, bytes | None, SideColumns | None]]:  # noqa: D102
+        yield from self._store.iter_rows()
 
     def close(self) -> None:  # noqa: D102
         self._store.close()
@@ -126,6 +133,10 @@ class ExportSource:
                     yield seq, line.rstrip(b"\n"), None
         except OSError as exc:
             raise StoreError(f"{path}: cannot read entries") from exc
+
+    def rows(self) -> Iterator[tuple[int, bytes, bytes | None, SideColumns | None]]:  # noqa: D102
+        for seq, data, leaf in self.entries():
+            yield seq, data, leaf, None
 
     def close(self) -> None:  # noqa: D102
         return None

@@ -29,6 +29,9 @@ from fedinfra.errors import StoreError
 EntryRow = tuple[int, str, str | None, int | None, str, bytes, bytes]
 """One ``audit_entries`` row: seq, ts, run_id, round, type, leaf_hash, data."""
 
+SideColumns = tuple[str, str | None, int | None, str]
+"""The columns stored beside an entry's signed bytes: ts, run_id, round, type."""
+
 FORMAT = "fedinfra-audit/1"
 """Value of ``audit_meta.format`` in every store this version writes."""
 
@@ -227,28 +230,36 @@ class Store:
             return int(conn.execute(sa.select(sa.func.count()).select_from(entries_table)).scalar() or 0)
 
     def iter_entries(self, *, lo: int = 0, limit: int | None = None) -> Iterator[tuple[int, bytes, bytes]]:
-        """Yield ``(seq, data, leaf_hash)`` for entries with ``seq >= lo`` in order, streaming.
+        """Yield ``(seq, data, leaf_hash)`` for entries with ``seq >= lo`` in order, streaming."""
+        for seq, data, leaf, _ in self.iter_rows(lo=lo, limit=limit):
+            yield seq, data, leaf
 
-        Reads through the driver's own cursor (a server-side cursor on PostgreSQL): at a
-        million rows SQLAlchemy's row objects would cost more than the verification.
+    def iter_rows(self, *, lo: int = 0, limit: int | None = None) -> Iterator[tuple[int, bytes, bytes, SideColumns]]:
+        """Yield ``(seq, data, leaf_hash, (ts, run_id, round, type))`` from ``seq >= lo`` in order.
+
+        The side columns are what ``audit show`` and the resume logic filter on; the
+        verifier checks them against the signed entry. Reads through the driver's own
+        cursor (a server-side cursor on PostgreSQL): at a million rows SQLAlchemy's row
+        objects would cost more than the verification.
         """
         raw = self.engine.raw_connection()
+        columns = "seq, data, leaf_hash, ts, run_id, round, type"
         try:
             if self.dialect == "sqlite":
                 cur: Any = raw.cursor()
                 cur.execute(
-                    "SELECT seq, data, leaf_hash FROM audit_entries WHERE seq >= ? ORDER BY seq LIMIT ?",
+                    f"SELECT {columns} FROM audit_entries WHERE seq >= ? ORDER BY seq LIMIT ?",  # noqa: S608 - constant
                     (lo, -1 if limit is None else limit),
                 )
             else:
                 cur = raw.driver_connection.cursor(name=f"fedinfra_audit_scan_{os.getpid()}_{lo}")  # type: ignore[union-attr]
                 cur.execute(
-                    "SELECT seq, data, leaf_hash FROM audit_entries WHERE seq >= %s ORDER BY seq LIMIT %s",
+                    f"SELECT {columns} FROM audit_entries WHERE seq >= %s ORDER BY seq LIMIT %s",  # noqa: S608 - constant
                     (lo, limit),
                 )
             while rows := cur.fetchmany(20_000):
-                for seq, data, leaf in rows:
-                    yield seq, bytes(data), bytes(leaf)
+                for seq, data, leaf, ts, run_id, rnd, type_ in rows:
+                    yield seq, bytes(data), bytes(leaf), (ts, run_id, rnd, type_)
             cur.close()
         finally:
             raw.close()

@@ -69,28 +69,33 @@ class VerifyResult:
 
 
 def load_held_checkpoint(path: Path) -> str:
-    """Read a checkpoint held outside the store: a signed note, or JSON with a ``checkpoint`` note.
+    """Read a checkpoint held outside the store.
 
-    Receipts (:class:`~fedinfra.audit.receipt.Receipt`) have that field.
+    Accepted: a signed note; a receipt or any JSON with a ``checkpoint`` note; a run's
+    ``metrics.json`` (its ``final_checkpoint.note``).
 
     Raises
     ------
     ConfigError
-        If the file cannot be read or holds neither form.
+        If the file cannot be read or holds none of these forms.
     """
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read checkpoint file") from exc
-    if text.lstrip().startswith("{"):
-        try:
-            note = json.loads(text).get("checkpoint")
-        except (ValueError, AttributeError) as exc:
-            raise ConfigError(f"{path}: not JSON with a 'checkpoint' field") from exc
-        if not isinstance(note, str):
-            raise ConfigError(f"{path}: JSON has no 'checkpoint' note")
-        return note
-    return text
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid JSON; give a signed note, a receipt or metrics.json") from exc
+    note = doc.get("checkpoint") if isinstance(doc, dict) else None
+    final = doc.get("final_checkpoint") if isinstance(doc, dict) else None
+    if note is None and isinstance(final, dict):
+        note = final.get("note")
+    if not isinstance(note, str):
+        raise ConfigError(f"{path}: JSON holds no 'checkpoint' or 'final_checkpoint.note'; give a note or receipt")
+    return note
 
 
 def load_public_key(path: Path, *, origin: str | None = None) -> Verifier:
@@ -240,11 +245,11 @@ def _held(notes: Sequence[str], verifier: Verifier) -> dict[int, bytes]:
 def _chunks(source: LogSource, workers: int) -> Iterator[Chunk]:
     """Scan the entries, over ``workers`` processes for a large store, in seq order."""
     if not isinstance(source, StoreSource) or workers < 2:
-        yield scan_entries(source.entries(), 0)
+        yield scan_entries(source.rows(), 0)
         return
     total = source.count()
     if total < PARALLEL_MIN_ENTRIES:
-        yield scan_entries(source.entries(), 0)
+        yield scan_entries(source.rows(), 0)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor

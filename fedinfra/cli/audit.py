@@ -66,7 +66,7 @@ def verify_cmd(
         None, "--public-key", help="Pin the log's key (C2SP verifier key or PEM); detects a re-signed fork."
     ),
     held: list[Path] = typer.Option(
-        [], "--checkpoint", help="A checkpoint held outside the store (note, or receipt/JSON with 'checkpoint')."
+        [], "--checkpoint", help="A checkpoint held outside the store: signed note, receipt or a run's metrics.json."
     ),
     fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
 ) -> None:

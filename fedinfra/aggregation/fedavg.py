@@ -20,7 +20,7 @@ L1 cache, and cost about the same as ``numpy.add`` over the same bytes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any
 
@@ -72,11 +72,15 @@ class StreamingFedAvg:
     ([3.0, 4.0], 2, 3.0)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, layout: Iterable[tuple[str, tuple[int, ...]]] | None = None) -> None:
         self._sum: dict[str, F32] | None = None
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._total_weight = 0.0
         self.count = 0
+        if layout is not None:
+            # Fixed from the model before any reply: a malformed first reply cannot set it.
+            self._shapes = {name: tuple(shape) for name, shape in layout}
+            self._sum = {name: np.zeros(math.prod(shape), dtype=np.float32) for name, shape in self._shapes.items()}
 
     @property
     def total_weight(self) -> float:
@@ -126,7 +130,7 @@ class StreamingFedAvg:
 
     def result(self) -> NDArrays:
         """Return the weighted mean of everything added (fresh arrays); raises if nothing was."""
-        if self._sum is None:
+        if self._sum is None or self.count == 0:
             raise ConfigError("no replies to aggregate")
         inv = np.float32(1.0 / self._total_weight)
         return {k: np.multiply(v, inv).reshape(self._shapes[k]) for k, v in self._sum.items()}

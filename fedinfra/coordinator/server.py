@@ -28,16 +28,23 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedinfra.aggregation import StreamingFedAvg, arrays_from_record
+from fedinfra.aggregation.rounds import (
+    Aggregator,
+    Layout,
+    Reply,
+    RoundSpec,
+    UpdateRejected,
+    aggregator_class,
+    model_layout,
+    start_round,
+)
 from fedinfra.aggregation.server_opt import ServerOptimizer
 from fedinfra.config import JobSpec
 from fedinfra.config.wire import (
     ARRAYS,
-    COMPRESSED_UPDATE,
     CONFIG,
     DOC,
     HE_AGGREGATES,
-    HE_UPDATE,
     EvalReport,
     SiteHello,
     TrainInstruction,
@@ -127,9 +134,11 @@ class Coordinator:
         self.artifacts = RunArtifacts(run_dir)
         self.state_dir = run_dir / "state"
         self.reporter: Reporter = reporter or NullReporter()
-        self.he = job.secure_aggregation.mode != "none"
+        # The coordinator cannot read the aggregate (HE): sites decrypt and evaluate it.
+        self.he = aggregator_class(job).hides_aggregate
         if self.he and settings.he_public is None:
             raise ConfigError("secure_aggregation is on but the coordinator kit has no HE parameters")
+        self._layout: Layout | None = None
         split = load_split(job)
         self.test_x, self.test_y = split.x_test, split.y_test
         self.num_classes = split.num_classes
@@ -297,13 +306,16 @@ class Coordinator:
             evaluators = {s.node_id: s for s in sites if s.node_id not in by_node}
             messages += self._eval_messages(state, evaluate_round, list(evaluators.values()), "evaluate")
         tally = _EvalTally()
-        plain = StreamingFedAvg()
-        enc = None
-        if self.he:
-            from fedinfra.crypto import EncryptedSum
-
-            assert self.settings.he_public is not None
-            enc = EncryptedSum(self.settings.he_public, run_id=self.run_id, round_id=rnd)
+        agg = start_round(
+            RoundSpec(
+                run_id=self.run_id,
+                round=rnd,
+                layout=self.model_layout(),
+                job=self.job,
+                he_public=self.settings.he_public,
+                sites=tuple(s.hello.site for s in sample),
+            )
+        )
         received: dict[str, int] = {}
         refused: dict[str, str] = {}
         loss_sum, loss_n = 0.0, 0
@@ -337,32 +349,24 @@ class Coordinator:
                         details={"site": name, "reason": report.reason, "code": report.code},
                     )
                     continue
-                if enc is not None:
-                    blob = bytes(reply.content.config_records[CONFIG][HE_UPDATE])  # type: ignore[arg-type]
-                    enc.add(blob)
-                    subject: tuple[str, bytes] = ("update.ciphertext", blob)
-                elif self.job.compression is not None:
-                    from fedinfra.aggregation.compression import decompress, layout_of
-
-                    blob = bytes(reply.content.config_records[CONFIG][COMPRESSED_UPDATE])  # type: ignore[arg-type]
-                    spec = self.job.compression
-                    update = decompress(blob, layout_of(state.weights), clip=spec.clip, bits=spec.bits)
-                    self._check_update(update, state.weights)
-                    plain.add(update, self._weight(report))
-                    subject = ("update.compressed", blob)
-                else:
-                    update = arrays_from_record(reply.content.array_records[ARRAYS])
-                    self._check_update(update, state.weights)
-                    plain.add(update, self._weight(report))
-                    subject = ("update", b"".join(np.ascontiguousarray(update[k]).tobytes() for k in sorted(update)))
+                folded = agg.accept(
+                    Reply(
+                        site=name,
+                        weight=self._weight(report),
+                        config=reply.content.config_records[CONFIG],
+                        arrays=reply.content.array_records.get(ARRAYS),
+                    )
+                )
+                subject: tuple[str, bytes] = (folded.kind, folded.data)
             except (ValueError, KeyError, TypeError, FedinfraError) as exc:
                 refused[name] = "invalid"
+                check = exc.check if isinstance(exc, UpdateRejected) else "reply"
                 trail.event(
                     "update.rejected",
                     round=rnd,
                     site=name,
                     outcome="denied",
-                    details={"site": name, "reason": str(exc), "code": "invalid"},
+                    details={"site": name, "reason": str(exc), "code": "invalid", "check": check},
                 )
                 continue
             entry = trail.event(
@@ -399,14 +403,20 @@ class Coordinator:
                 max_eps = max(max_eps, total)
         if evaluate_round is not None:
             self._record_evaluation(state, rnd, evaluate_round, tally)
-        return self._finish_round(rnd, state, plain, enc, received, refused, loss_sum / max(loss_n, 1), max_eps, start)
+        return self._finish_round(rnd, state, agg, received, refused, loss_sum / max(loss_n, 1), max_eps, start)
+
+    def model_layout(self) -> Layout:
+        """The update layout every reply must have: the job's model's, never a reply's."""
+        if self._layout is None:
+            model = build_model(self.job.model, num_features=self.num_features, num_classes=self.num_classes, seed=0)
+            self._layout = model_layout(get_weights(model))
+        return self._layout
 
     def _finish_round(
         self,
         rnd: int,
         state: RunState,
-        plain: StreamingFedAvg,
-        enc: Any,
+        agg: Aggregator,
         received: dict[str, int],
         refused: dict[str, str],
         train_loss: float,
@@ -443,8 +453,9 @@ class Coordinator:
         if round_eval.blocking:
             raise PolicyViolation(f"round {rnd} denied: {round_eval.reason()}")
         aggregate: bytes | None = None
-        if enc is not None:
-            aggregate = enc.to_bytes()
+        outcome = agg.finish()
+        if outcome.ciphertext is not None:
+            aggregate = outcome.ciphertext
             state.round = rnd
             # Evaluated by the sites in the next wave (or the close wave); NaN until then.
             test_loss, test_acc = float("nan"), float("nan")
@@ -452,7 +463,8 @@ class Coordinator:
         else:
             opt = ServerOptimizer(lr=self.job.training.server_lr, momentum=self.job.training.server_momentum)
             opt.load_state(state.optimizer)
-            state.weights = opt.step(state.weights, plain.result())
+            assert outcome.mean is not None
+            state.weights = opt.step(state.weights, outcome.mean)
             state.optimizer = opt.state()
             state.round = rnd
             test_loss, test_acc = self._evaluate(state.weights)
@@ -475,7 +487,7 @@ class Coordinator:
             "train_loss": train_loss,
             "mode": self.job.secure_aggregation.mode,
         }
-        if enc is None:
+        if aggregate is None:
             details.update(test_loss=test_loss, test_accuracy=test_acc)
         trail.event("aggregation.completed", round=rnd, subject=subject, details=details)
         trail.checkpoint(rnd)
@@ -559,14 +571,6 @@ class Coordinator:
         if self.job.privacy.mechanism == "user-dp":
             return 1.0
         return float(report.num_examples)
-
-    @staticmethod
-    def _check_update(update: NDArrays, reference: NDArrays) -> None:
-        if update.keys() != reference.keys():
-            raise ConfigError("update tensors do not match the model")
-        for k, v in update.items():
-            if v.shape != reference[k].shape or not np.all(np.isfinite(v)):
-                raise ConfigError(f"update tensor {k!r} has a wrong shape or non-finite values")
 
     def _evaluate(self, weights: NDArrays) -> tuple[float, float]:
         model = build_model(self.job.model, num_features=self.num_features, num_classes=self.num_classes, seed=0)

@@ -173,13 +173,32 @@ class SealContext:
                     raise CryptoError(REJECTED)
                 if self.scheme == "ckks" and ct.scale != self.scale:
                     raise CryptoError(REJECTED)
+                # Fresh BFV ciphertexts are in coefficient form, CKKS ones in NTT form. A BFV
+                # ciphertext in NTT form loads but makes Evaluator.add fail (issue 13: it was
+                # half-added to the sum before the failure).
+                if bool(ct.is_ntt_form()) != (self.scheme == "ckks") or ct.is_transparent():
+                    raise CryptoError(REJECTED)
                 cts.append(ct)
         return cts
 
     def add_inplace(self, acc: list[Any], cts: list[Any]) -> None:
-        """``acc[i] += cts[i]`` homomorphically (exact in BFV)."""
-        for a, c in zip(acc, cts, strict=True):
-            self._evaluator.add_inplace(a, c)
+        """``acc[i] += cts[i]`` homomorphically, all or nothing.
+
+        :meth:`load_ciphertexts` already refuses what SEAL's ``add`` would refuse; should an
+        addition still fail part-way, the ones already made are subtracted again (exact:
+        both are coefficient-wise additions modulo q), so a refused update leaves no trace.
+        """
+        if len(acc) != len(cts):
+            raise CryptoError(REJECTED)
+        done = 0
+        try:
+            for a, c in zip(acc, cts, strict=True):
+                self._evaluator.add_inplace(a, c)
+                done += 1
+        except (RuntimeError, ValueError) as exc:
+            for a, c in zip(acc[:done], cts[:done], strict=True):
+                self._evaluator.sub_inplace(a, c)
+            raise CryptoError(REJECTED) from exc
 
     def save_ciphertexts(self, cts: list[Any]) -> list[bytes]:
         """Serialize full (unseeded) ciphertexts, such as a sum."""

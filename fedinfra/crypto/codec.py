@@ -213,6 +213,10 @@ def seal_update(
 class EncryptedSum:
     """Streaming sum of encrypted updates of one round (memory O(model), not O(sites x model)).
 
+    ``layout`` (the job's model: names and shapes in order) fixes the update's size and layout
+    digest before any reply arrives; without it the first accepted reply sets them (kept for
+    callers that sum vectors of a known size only).
+
     :meth:`add` refuses, with :class:`CryptoError` and without changing the sum, a reply that
     is malformed, truncated, tampered, signed by an unknown site, made under other parameters
     or another kit, meant for another run or round, a replay, or one more than ``max_sites``.
@@ -220,7 +224,14 @@ class EncryptedSum:
     message. The coordinator audits each refusal as ``update.rejected``.
     """
 
-    def __init__(self, public: PublicParams, *, run_id: str, round_id: int) -> None:
+    def __init__(
+        self,
+        public: PublicParams,
+        *,
+        run_id: str,
+        round_id: int,
+        layout: list[tuple[str, tuple[int, ...]]] | None = None,
+    ) -> None:
         self._public = public
         self._params = public.params
         self._ctx = context_for(public.params)
@@ -229,6 +240,11 @@ class EncryptedSum:
         self._acc: list[Any] | None = None
         self._n_values = 0
         self._layout = b""
+        self._fixed = layout is not None
+        if layout is not None:
+            # The layout comes from the job's model, never from the first reply (issue 13).
+            self._n_values = sum(math.prod(shape) for _, shape in layout)
+            self._layout = envelope.layout_digest(layout)
         self._sites: list[str] = []
         self._nonces: set[bytes] = set()
 
@@ -259,7 +275,7 @@ class EncryptedSum:
                 f"update rejected: the sum already holds max_sites={p.spec.max_sites} replies, "
                 "the most the parameters were sized for"
             )
-        if self._acc is not None and (h.n_values != self._n_values or h.layout != self._layout):
+        if (self._fixed or self._acc is not None) and (h.n_values != self._n_values or h.layout != self._layout):
             raise CryptoError(
                 f"update rejected: carries {h.n_values} values, the sum holds {self._n_values} (model mismatch)"
             )
@@ -279,7 +295,7 @@ class EncryptedSum:
         if self._acc is None:
             self._acc, self._n_values, self._layout = cts, header.n_values, header.layout
         else:
-            self._ctx.add_inplace(self._acc, cts)
+            self._ctx.add_inplace(self._acc, cts)  # all or nothing (see SealContext.add_inplace)
         self._sites.append(site)
         self._nonces.add(header.nonce)
         return site

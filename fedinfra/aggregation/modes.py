@@ -1,0 +1,129 @@
+"""The built-in aggregators: plaintext FedAvg, compressed FedAvg, packed BFV, CKKS.
+
+Each is one implementation of :class:`~fedinfra.aggregation.rounds.Aggregator`; see that
+module for the two properties every one of them keeps (layout from the model, atomic folds).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from fedinfra.aggregation.rounds import (
+    Aggregator,
+    Folded,
+    Reply,
+    RoundAggregate,
+    RoundSpec,
+    UpdateRejected,
+    check_update,
+    check_weight,
+    plaintext_update,
+    register,
+    running_mean,
+)
+from fedinfra.config.wire import COMPRESSED_UPDATE, HE_UPDATE
+from fedinfra.errors import ConfigError
+
+
+@register
+class FedAvgAggregator(Aggregator):
+    """Plaintext example-weighted FedAvg (McMahan et al. 2017), streaming."""
+
+    name = "fedavg"
+
+    def __init__(self, spec: RoundSpec) -> None:
+        super().__init__(spec)
+        self._mean = running_mean(spec.layout)
+
+    def _accept(self, reply: Reply) -> Folded:
+        w = check_weight(reply.weight)
+        update = plaintext_update(reply, self.spec.layout)
+        self._mean.add(update, w)
+        names = [name for name, _ in self.spec.layout]
+        return Folded("update", b"".join(np.ascontiguousarray(update[k]).tobytes() for k in sorted(names)))
+
+    def finish(self) -> RoundAggregate:
+        """The weighted mean of the accepted updates."""
+        return RoundAggregate(sites=self.sites, mean=self._mean.result())
+
+
+@register
+class CompressedAggregator(Aggregator):
+    """Plaintext FedAvg of compressed updates (quantized, optionally sparse; edge devices)."""
+
+    name = "compressed"
+
+    def __init__(self, spec: RoundSpec) -> None:
+        super().__init__(spec)
+        if spec.job.compression is None:
+            raise ConfigError("the compressed aggregator needs a [compression] table in the job")
+        self._mean = running_mean(spec.layout)
+
+    def _accept(self, reply: Reply) -> Folded:
+        from fedinfra.aggregation.compression import decompress
+
+        w = check_weight(reply.weight)
+        raw = reply.config.get(COMPRESSED_UPDATE)
+        if not isinstance(raw, bytes | bytearray):
+            raise UpdateRejected("missing", "reply carries no compressed update")
+        blob = bytes(raw)
+        spec = self.spec.job.compression
+        assert spec is not None
+        update = decompress(blob, self.spec.layout, clip=spec.clip, bits=spec.bits)
+        check_update(update, self.spec.layout)
+        self._mean.add(update, w)
+        return Folded("update.compressed", blob)
+
+    def finish(self) -> RoundAggregate:
+        """The weighted mean of the accepted updates."""
+        return RoundAggregate(sites=self.sites, mean=self._mean.result())
+
+
+class _EncryptedAggregator(Aggregator):
+    """Adds signed HE ciphertexts (:class:`fedinfra.crypto.EncryptedSum`); sites decrypt."""
+
+    hides_aggregate: ClassVar[bool] = True
+
+    def __init__(self, spec: RoundSpec) -> None:
+        super().__init__(spec)
+        from fedinfra.crypto import EncryptedSum
+
+        if spec.he_public is None:
+            raise ConfigError("secure_aggregation is on but the coordinator kit has no HE parameters")
+        if spec.he_public.params.scheme != self.name:
+            raise ConfigError(
+                f"the coordinator kit is for {spec.he_public.params.scheme!r}, the job asks for {self.name!r}; "
+                "use the kit made for this job's secure_aggregation.mode"
+            )
+        self._sum = EncryptedSum(spec.he_public, run_id=spec.run_id, round_id=spec.round, layout=list(spec.layout))
+
+    def _accept(self, reply: Reply) -> Folded:
+        raw = reply.config.get(HE_UPDATE)
+        if not isinstance(raw, bytes | bytearray):
+            raise UpdateRejected("missing", "reply carries no encrypted update")
+        blob = bytes(raw)
+        self._sum.add(blob)  # validates header, signature and every ciphertext before adding
+        return Folded("update.ciphertext", blob)
+
+    def finish(self) -> RoundAggregate:
+        """The encrypted aggregate, for the sites to decrypt."""
+        return RoundAggregate(sites=self._sum.sites, ciphertext=self._sum.to_bytes())
+
+
+@register
+class BFVAggregator(_EncryptedAggregator):
+    """Packed BFV: exact integer sums of quantized updates."""
+
+    name = "bfv"
+
+
+@register
+class CKKSAggregator(_EncryptedAggregator):
+    """CKKS: approximate float sums."""
+
+    name = "ckks"
+
+
+__all__ = ["BFVAggregator", "CKKSAggregator", "CompressedAggregator", "FedAvgAggregator"]

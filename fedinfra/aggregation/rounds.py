@@ -1,0 +1,275 @@
+"""One aggregator interface for every secure-aggregation mode (issue 13).
+
+The coordinator's round loop speaks to one small interface whatever the mode::
+
+    agg = start_round(RoundSpec(run_id=..., round=r, layout=layout_of_model, job=job, ...))
+    for reply in replies:
+        try:
+            folded = agg.accept(Reply(site=..., weight=..., config=..., arrays=...))
+        except UpdateRejected as exc:   # exc.check names the failing check
+            audit("update.rejected", check=exc.check)
+    result = agg.finish()               # a plaintext mean or an encrypted aggregate
+
+Two properties hold in every implementation, and the tests prove them per mode:
+
+* **Layout from the job's model.** The update's layout (tensor names and shapes, in order)
+  is fixed when the round starts, from the job's model, never from the first reply. A
+  malformed first reply cannot turn the honest replies that follow into "model mismatch".
+* **Atomic folds.** A reply is validated completely before it touches the running sum; a
+  rejected reply leaves no trace in it (Bonawitz et al., CCS 2017, section 2: the server
+  must only ever learn the sum of *accepted* inputs; a half-applied input breaks that).
+
+Implementations register by name (STYLE.md: registries instead of if-chains); adding a mode
+touches one module and the config. :func:`aggregator_name` maps a job to its aggregator.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import numpy as np
+
+from fedinfra.aggregation.fedavg import StreamingFedAvg
+from fedinfra.aggregation.records import ArrayLike, arrays_from_record
+from fedinfra.errors import ConfigError, FedinfraError
+from fedinfra.types import NDArrays
+
+if TYPE_CHECKING:
+    from fedinfra.config import JobSpec
+
+#: Tensor names and shapes, in the model's order.
+Layout = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def model_layout(weights: NDArrays) -> Layout:
+    """Return the layout (names and shapes, in order) of a model's weights."""
+    return tuple((str(name), tuple(int(d) for d in np.shape(arr))) for name, arr in weights.items())
+
+
+class UpdateRejected(ConfigError):
+    """A reply failed validation; ``check`` names the check (audited in ``update.rejected``).
+
+    ``check`` is one of a small fixed vocabulary (``layout``, ``shape``, ``dtype``,
+    ``finite``, ``weight``, ``encoding``, ``ciphertext``, ``bound``, ``protocol``,
+    ``missing``) so an auditor can count failures by kind; the message never carries a
+    raw update value.
+    """
+
+    def __init__(self, check: str, reason: str) -> None:
+        super().__init__(reason)
+        self.check = check
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """What an aggregator needs to start a round: run, round, the model's layout, the job."""
+
+    run_id: str
+    round: int
+    layout: Layout
+    job: JobSpec
+    #: The coordinator kit's public HE parameters (encrypted modes only).
+    he_public: Any = None
+    #: Names of the sites sampled for this round (protocols that need the roster).
+    sites: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One site's reply as the aggregator sees it: who, how much weight, its records."""
+
+    site: str
+    weight: float
+    config: Mapping[str, Any]
+    arrays: Mapping[str, ArrayLike] | None = None
+
+
+@dataclass(frozen=True)
+class Folded:
+    """What was folded in: the audit subject (kind, bytes) of the accepted update."""
+
+    kind: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RoundAggregate:
+    """The end of a round: a plaintext weighted mean, or an encrypted aggregate for the sites."""
+
+    sites: tuple[str, ...]
+    mean: NDArrays | None = None
+    ciphertext: bytes | None = None
+    details: dict[str, object] = field(default_factory=dict)
+
+
+class Aggregator(ABC):
+    """Start a round from the model's layout, accept one validated reply at a time, finish."""
+
+    #: Registry name (the job's mode, or the rule's name).
+    name: ClassVar[str] = ""
+    #: True when the coordinator cannot read the result (it forwards a ciphertext).
+    hides_aggregate: ClassVar[bool] = False
+
+    def __init__(self, spec: RoundSpec) -> None:
+        self.spec = spec
+        self._sites: list[str] = []
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """Sites whose updates were accepted, in arrival order."""
+        return tuple(self._sites)
+
+    @property
+    def count(self) -> int:
+        """Number of accepted replies."""
+        return len(self._sites)
+
+    def accept(self, reply: Reply) -> Folded:
+        """Validate ``reply`` completely, then fold it in; raise :class:`UpdateRejected` otherwise.
+
+        A rejected reply leaves the running sum exactly as it was.
+        """
+        if reply.site in self._sites:
+            raise UpdateRejected("protocol", f"site {reply.site!r} already contributed to this round (replay)")
+        try:
+            folded = self._accept(reply)
+        except UpdateRejected:
+            raise
+        except (FedinfraError, ValueError, KeyError, TypeError) as exc:
+            raise UpdateRejected(_check_of(exc), str(exc)) from exc
+        self._sites.append(reply.site)
+        return folded
+
+    @abstractmethod
+    def _accept(self, reply: Reply) -> Folded:
+        """Validate and fold one reply (all checks before any mutation)."""
+
+    @abstractmethod
+    def finish(self) -> RoundAggregate:
+        """Return the round's aggregate; raises :class:`ConfigError` if nothing was accepted."""
+
+
+def _check_of(exc: Exception) -> str:
+    from fedinfra.errors import CryptoError
+
+    if isinstance(exc, CryptoError):
+        return "ciphertext"
+    if isinstance(exc, KeyError):
+        return "missing"
+    return "encoding"
+
+
+#: Aggregators by name.
+AGGREGATORS: dict[str, type[Aggregator]] = {}
+
+_A = TypeVar("_A", bound=type[Aggregator])
+
+
+def register(cls: _A) -> _A:
+    """Class decorator: register an aggregator under ``cls.name``."""
+    if not cls.name or cls.name in AGGREGATORS:
+        raise ValueError(f"aggregator name {cls.name!r} is empty or taken")
+    AGGREGATORS[cls.name] = cls
+    return cls
+
+
+#: Extra job -> aggregator-name hooks (robust rules, DP wrappers) consulted first, in order.
+SELECTORS: list[Callable[[JobSpec], str | None]] = []
+
+
+def aggregator_name(job: JobSpec) -> str:
+    """Return the name of the aggregator a job uses.
+
+    Hooks in :data:`SELECTORS` (e.g. a robust rule named by the job) come first; otherwise
+    the secure-aggregation mode decides, and plaintext jobs use ``compressed`` or ``fedavg``.
+    """
+    for select in SELECTORS:
+        name = select(job)
+        if name is not None:
+            return name
+    mode = job.secure_aggregation.mode
+    if mode != "none":
+        return str(mode)
+    return "compressed" if job.compression is not None else "fedavg"
+
+
+def aggregator_class(job: JobSpec) -> type[Aggregator]:
+    """Return the aggregator class for ``job`` (imports the built-ins on first use)."""
+    from fedinfra.aggregation import modes  # noqa: F401  (registers the built-ins)
+
+    name = aggregator_name(job)
+    try:
+        return AGGREGATORS[name]
+    except KeyError:
+        raise ConfigError(f"no aggregator named {name!r}; known: {sorted(AGGREGATORS)}") from None
+
+
+def start_round(spec: RoundSpec) -> Aggregator:
+    """Start one round's aggregation for ``spec.job`` from the model's layout."""
+    return aggregator_class(spec.job)(spec)
+
+
+# -- plaintext validation shared by the float modes ---------------------------------------------------
+
+
+def check_update(update: NDArrays, layout: Layout) -> None:
+    """Raise :class:`UpdateRejected` unless ``update`` has exactly ``layout`` and finite numbers."""
+    names = [name for name, _ in layout]
+    if sorted(update.keys()) != sorted(names):
+        raise UpdateRejected("layout", "update tensors do not match the model")
+    for name, shape in layout:
+        value = np.asarray(update[name])
+        if tuple(value.shape) != shape:
+            raise UpdateRejected("shape", f"update tensor {name!r} has shape {value.shape}, the model {shape}")
+        if value.dtype.kind not in "fiu":
+            raise UpdateRejected("dtype", f"update tensor {name!r} is not a real-valued numeric array")
+        if not bool(np.all(np.isfinite(value))):
+            raise UpdateRejected("finite", f"update tensor {name!r} has non-finite values")
+
+
+def check_weight(weight: float) -> float:
+    """Return ``weight`` as a float if positive and finite, else raise :class:`UpdateRejected`."""
+    w = float(weight)
+    if not (w > 0 and math.isfinite(w)):
+        raise UpdateRejected("weight", "reply weight must be a positive finite number")
+    return w
+
+
+def running_mean(layout: Layout) -> StreamingFedAvg:
+    """A streaming FedAvg whose tensors are fixed by ``layout`` before any reply arrives."""
+    return StreamingFedAvg(layout=layout)
+
+
+def plaintext_update(reply: Reply, layout: Layout) -> NDArrays:
+    """The reply's float tensors, validated against ``layout``."""
+    if reply.arrays is None:
+        raise UpdateRejected("missing", "reply carries no update tensors")
+    update = arrays_from_record(reply.arrays)
+    check_update(update, layout)
+    return update
+
+
+__all__ = [
+    "AGGREGATORS",
+    "SELECTORS",
+    "Aggregator",
+    "Folded",
+    "Layout",
+    "Reply",
+    "RoundAggregate",
+    "RoundSpec",
+    "UpdateRejected",
+    "aggregator_class",
+    "aggregator_name",
+    "check_update",
+    "check_weight",
+    "model_layout",
+    "plaintext_update",
+    "register",
+    "running_mean",
+    "start_round",
+]

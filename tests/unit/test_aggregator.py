@@ -69,7 +69,8 @@ def test_plaintext_layout_comes_from_the_model_not_the_first_reply():
     assert agg.sites == ("a", "b")
     mean = agg.finish().mean
     assert mean is not None
-    assert np.allclose(mean["w"], 0.625) and mean["w"].shape == (40, 250)
+    assert np.allclose(mean["w"], 0.625)
+    assert mean["w"].shape == (40, 250)
 
 
 @pytest.mark.parametrize(
@@ -90,7 +91,8 @@ def test_a_rejected_plaintext_reply_leaves_no_trace(bad, check):
     assert info.value.check == check
     mean = agg.finish().mean
     assert mean is not None
-    assert np.all(mean["w"] == 0.5) and np.all(mean["b"] == 0.5)
+    assert np.all(mean["w"] == 0.5)
+    assert np.all(mean["b"] == 0.5)
 
 
 def test_a_zero_weight_is_rejected_naming_the_check():

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from fedinfra.config._load import StrictModel
+from fedinfra.config.names import SLUG_PATTERN
 
 #: Record keys inside a Flower ``RecordDict``.
 ARRAYS = "arrays"
@@ -33,7 +34,7 @@ class SiteHello(StrictModel):
     counts travel only encrypted.
     """
 
-    site: str = Field(min_length=1, max_length=64)
+    site: str = Field(min_length=1, max_length=64, pattern=SLUG_PATTERN)
     num_examples: int | None = Field(default=None, ge=1)
     num_features: int = Field(ge=1)
     dataset_fingerprint: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
@@ -59,7 +60,7 @@ class TrainInstruction(StrictModel):
     train wave: one message wave per round instead of two.
     """
 
-    run_id: str = Field(min_length=1, max_length=128)
+    run_id: str = Field(min_length=1, max_length=128, pattern=SLUG_PATTERN)
     round: int = Field(ge=0)
     job: dict[str, object]
     phase: Literal["admit", "train", "evaluate", "close"] = "train"

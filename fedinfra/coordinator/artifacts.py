@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedinfra.config import JobSpec
+from fedinfra.config.names import check_slug
 from fedinfra.coordinator.events import RoundResult
 from fedinfra.types import NDArrays
 
@@ -91,7 +92,7 @@ class RunArtifacts:
         They hold organisational contacts (the DPO), which never go into the audit log.
         """
         for name, manifest in manifests.items():
-            self.write_json(f"sites/{name}.json", manifest)
+            self.write_json(f"sites/{check_slug(name, 'site name')}.json", manifest)
 
     def write_model(self, weights: NDArrays) -> None:
         """Write the final model as a torch state dict (``model.pt``)."""

@@ -19,7 +19,7 @@ import dataclasses
 import math
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +53,7 @@ from fedinfra.config.wire import (
 from fedinfra.coordinator.admission import GateContext, evaluate_job, evaluate_site, record_evaluation, site_details
 from fedinfra.coordinator.artifacts import RunArtifacts
 from fedinfra.coordinator.events import NullReporter, Reporter, RoundResult
+from fedinfra.coordinator.identity import identity_refusal, node_identities
 from fedinfra.coordinator.persist import RunState, SiteBook, load_aggregate, load_state, save_state
 from fedinfra.coordinator.trail import AuditTrail, codes, sha256_hex
 from fedinfra.errors import ConfigError, FedinfraError, PolicyViolation, RuntimeLaunchError
@@ -84,6 +85,8 @@ class CoordinatorSettings:
     report_formats: tuple[str, ...] = ("html", "pdf", "json")
     resume: bool = False
     node_wait_s: float = 120.0
+    #: Site name -> DER public key the coordinator kit pins (deployed); None in simulation.
+    site_node_keys: Mapping[str, bytes] | None = None
 
 
 @dataclass
@@ -207,6 +210,7 @@ class Coordinator:
             for n in nodes
         ]
         admitted: list[Site] = []
+        identities = node_identities(grid.get_nodes())
         for reply in self._send(grid, messages):
             node = reply.metadata.src_node_id
             if reply.has_error():
@@ -218,6 +222,14 @@ class Coordinator:
                 evaluation, manifest = evaluate_site(self.job, packs, self.gate, hello)
             except (ValueError, KeyError, FedinfraError) as exc:
                 trail.event("site.rejected", outcome="denied", details={"node": str(node), "reason": str(exc)})
+                continue
+            refusal = identity_refusal(
+                hello.site, identities.get(node), pinned=self.settings.site_node_keys,
+                admitted=[s.hello.site for s in admitted],
+            )
+            if refusal:  # a site is its node key, not the name it declares (coordinator/identity.py)
+                trail.event("site.rejected", outcome="denied", details={"node": str(node), "reason": refusal,
+                                                                       "code": "identity"})
                 continue
             record_evaluation(trail, evaluation, gate="site", round=0, site=hello.site)
             details = site_details(hello, manifest)

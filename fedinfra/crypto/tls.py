@@ -179,6 +179,22 @@ def load_node_auth_public_key(path: Path) -> bytes:
     return data
 
 
+def public_key_der(key: bytes) -> bytes:
+    """The DER SubjectPublicKeyInfo of a PEM or OpenSSH public key (``b""`` if unreadable).
+
+    Flower's SuperLink reports a node's key as PEM; the coordinator kit pins it in the
+    OpenSSH format Flower registers: comparing both needs one canonical encoding.
+    """
+    loaders = (serialization.load_pem_public_key, serialization.load_ssh_public_key)
+    for load in loaders:
+        try:
+            public = load(key.strip())
+        except (ValueError, TypeError):
+            continue
+        return public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return b""
+
+
 def _load_cert(path: Path) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(path.read_bytes())
@@ -283,4 +299,5 @@ __all__ = [
     "issue_server_certificate",
     "load_node_auth_public_key",
     "node_auth_public_key",
+    "public_key_der",
 ]

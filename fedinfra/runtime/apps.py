@@ -38,6 +38,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedinfra.config import JobSpec
+from fedinfra.config.names import check_slug
 from fedinfra.errors import ConfigError
 from fedinfra.site.app import app as client_app
 
@@ -95,9 +96,7 @@ def parse_run_config(config: dict[str, object]) -> DeployedRun:
         job = JobSpec.model_validate_json(text("job"))
     except ValueError as exc:
         raise ConfigError(f"run config key 'job' is not a valid job ({exc}); submit it with 'fedinfra run'") from exc
-    run_id = text("run-id")
-    if "/" in run_id or run_id.startswith("."):
-        raise ConfigError(f"run config key 'run-id' {run_id!r} is not a plain name")
+    run_id = check_slug(text("run-id"), "run config key 'run-id'")
     run_dir = Path(text("runs-dir")) / run_id
     store = str(config.get("audit-store") or "") or str(run_dir / AUDIT_STORE)
     formats = tuple(f.strip() for f in str(config.get("report-formats", "")).split(",") if f.strip())

@@ -46,6 +46,7 @@ def settings_from_kit(
 
         he_public = load_coordinator_kit(kit)
     return CoordinatorSettings(
+        site_node_keys=pinned_node_keys(kit) if tls and not in_process else None,
         store=store,
         signer=signer,
         tls=tls,
@@ -54,6 +55,22 @@ def settings_from_kit(
         resume=resume,
         audit_retention_days=audit_retention_days,
     )
+
+
+def pinned_node_keys(kit: Path) -> dict[str, bytes]:
+    """Site name -> DER public key of the SuperNode key the coordinator kit registers for it.
+
+    The coordinator admits a node as site S only if the SuperLink authenticated it with
+    this key (:mod:`fedinfra.coordinator.identity`).
+    """
+    from fedinfra.crypto.tls import public_key_der
+    from fedinfra.runtime.kit import load_coordinator_transport
+
+    keys = {site: public_key_der(path.read_bytes()) for site, path in load_coordinator_transport(kit).site_keys.items()}
+    unreadable = sorted(site for site, der in keys.items() if not der)
+    if unreadable:
+        raise ConfigError(f"{kit}: SuperNode key of site {unreadable[0]!r} is unreadable; re-issue the kit")
+    return keys
 
 
 def write_report(

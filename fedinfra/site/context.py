@@ -39,7 +39,9 @@ class SiteContext:
         One directory per run: consistency is checked along one run's checkpoints, so a
         store kept per run (the demo's) never meets another store's tree heads.
         """
-        return self.home.receipts / run_id
+        from fedinfra.config.names import check_slug
+
+        return self.home.receipts / check_slug(run_id, "run_id from the coordinator")
 
     def he_keys(self) -> SiteKeys:
         """The site's HE kit (shared secret key); refuses when there is none."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedinfra.config.names import check_slug
 from fedinfra.errors import ConfigError
 from fedinfra.types import NDArrays
 
@@ -39,8 +40,12 @@ class SiteHome:
         return self.root / "receipts"
 
     def run_dir(self, run_id: str) -> Path:
-        """Per-run private state (model copy in HE mode)."""
-        path = self.root / "runs" / run_id
+        """Per-run private state (model copy in HE mode); ``run_id`` must be a slug.
+
+        The run id comes from the coordinator: an absolute path or ``..`` would put the
+        site's files anywhere (:mod:`fedinfra.config.names`).
+        """
+        path = self.root / "runs" / check_slug(run_id, "run_id from the coordinator")
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -67,13 +72,13 @@ def resolve_home(node_config: dict[str, object], site: str) -> SiteHome:
     if "state-dir" in node_config:
         root = Path(str(node_config["state-dir"]))
     elif HOME_ENV in os.environ:
-        root = Path(os.environ[HOME_ENV]) / site
+        root = Path(os.environ[HOME_ENV]) / check_slug(site, "site name")
     else:
         raise ConfigError(f"site {site}: no state directory; set node config 'state-dir' (or {HOME_ENV})")
     if "kit" in node_config:
         kit: Path | None = Path(str(node_config["kit"]))
     elif KIT_ROOT_ENV in os.environ:
-        kit = Path(os.environ[KIT_ROOT_ENV]) / site
+        kit = Path(os.environ[KIT_ROOT_ENV]) / check_slug(site, "site name")
     else:
         kit = None
     root.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install (or remove) the fedinfra edge client on a Linux device.
 #
-#   edge/install.sh [--prefix DIR] [--server HOST:PORT] [--kit DIR] [--site FILE]
+#   edge/install.sh [--prefix DIR] [--server HOST:PORT] [--kit DIR] [--site FILE] [--user NAME]
 #                   [--uninstall [--purge]] [--source PATH|SPEC] [--python PY] [--reuse-site DIR] [--enable]
 #
 # Creates, under the prefix (default /opt/fedinfra-edge):
@@ -13,6 +13,9 @@
 #   lib/fedinfra-edge.service   the systemd unit, paths filled in (--enable links and starts it)
 #   state/                      created by the client: ledger, receipts (kept by --uninstall
 #                               unless --purge: deleting a ledger forgets spent privacy budget)
+# The service never runs as root: run as root, install.sh creates the system account
+# --user (default fedinfra-edge, no login shell, no home) and gives it state/ and etc/kit/;
+# run as another user, the unit runs as that user.
 # Idempotent: running it again upgrades fedinfra in place and keeps the profile and state.
 set -euo pipefail
 
@@ -26,6 +29,7 @@ purge=0
 enable=0
 python="${PYTHON:-python3}"
 reuse_site=""
+service_user=""
 source_spec=""
 if [[ -f "$here/../pyproject.toml" ]]; then source_spec="$(cd "$here/.." && pwd)"; fi
 
@@ -41,10 +45,11 @@ while [[ $# -gt 0 ]]; do
     --source) need_value "$@"; source_spec="$2"; shift 2 ;;
     --python) need_value "$@"; python="$2"; shift 2 ;;
     --reuse-site) need_value "$@"; reuse_site="$2"; shift 2 ;;
+    --user) need_value "$@"; service_user="$2"; shift 2 ;;
     --uninstall) uninstall=1; shift ;;
     --purge) purge=1; shift ;;
     --enable) enable=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -86,6 +91,21 @@ if [[ -n "$site_file" ]]; then
 fi
 "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
   || die "$python is older than Python 3.11; pass --python"
+
+# The account the service runs as: never root.
+if [[ $(id -u) -eq 0 ]]; then
+  [[ -n "$service_user" ]] || service_user="fedinfra-edge"
+  [[ "$service_user" != "root" ]] || die "--user root: the edge client must not run as root"
+  [[ "$service_user" =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || die "--user must be a plain account name"
+  if ! getent passwd "$service_user" >/dev/null; then
+    useradd --system --user-group --no-create-home --home-dir "$prefix/state" \
+      --shell /usr/sbin/nologin "$service_user" || die "could not create account $service_user"
+  fi
+else
+  own="$(id -un)"
+  [[ -z "$service_user" || "$service_user" == "$own" ]] || die "--user needs root (it creates the account)"
+  service_user="$own"
+fi
 
 mkdir -p "$prefix/etc" "$prefix/lib" "$prefix/bin" "$prefix/state"
 chmod 700 "$prefix/state"
@@ -131,6 +151,11 @@ if [[ -n "$kit" ]]; then
   rm -rf "$prefix/etc/kit"
   mv "$prefix/etc/kit.new" "$prefix/etc/kit"
 fi
+if [[ $(id -u) -eq 0 ]]; then
+  # The service account owns what it reads and writes; root keeps the code (venv).
+  chown -R "$service_user:$service_user" "$prefix/state"
+  if [[ -d "$prefix/etc/kit" ]]; then chown -R "$service_user:$service_user" "$prefix/etc/kit"; fi
+fi
 
 # 4. The data declaration: remembered across re-runs; without one, the client looks for
 #    site.toml next to the profile ($prefix/etc/site.toml).
@@ -139,7 +164,7 @@ site_arg=""
 if [[ -f "$prefix/etc/site-manifest" ]]; then site_arg=" --site $(cat "$prefix/etc/site-manifest")"; fi
 
 # 5. The systemd unit with this prefix's paths.
-sed -e "s|@PREFIX@|$prefix|g" -e "s|@SITE_ARG@|$site_arg|" "$here/$unit_name" > "$prefix/lib/$unit_name"
+sed -e "s|@PREFIX@|$prefix|g" -e "s|@SITE_ARG@|$site_arg|" -e "s|@USER@|$service_user|g" "$here/$unit_name" > "$prefix/lib/$unit_name"
 if [[ $enable -eq 1 ]]; then
   [[ $(id -u) -eq 0 ]] || die "--enable needs root (it links the unit into /etc/systemd/system)"
   ln -sf "$prefix/lib/$unit_name" "$unit_link"
@@ -151,4 +176,4 @@ fi
 echo "installed in $prefix"
 echo "  profile: $device"
 echo "  preflight: $prefix/bin/fedinfra edge start --device $device --check"
-echo "  unit: $prefix/lib/$unit_name (--enable links and starts it)"
+echo "  unit: $prefix/lib/$unit_name (runs as $service_user; --enable links and starts it)"

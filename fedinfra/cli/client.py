@@ -31,14 +31,16 @@ def start_cmd(
     ``tls=true``; fedinfra's ClientApp handles every message from them.
     """
     from fedinfra.runtime.deploy import start_supernode
-    from fedinfra.runtime.env import harden
+    from fedinfra.runtime.env import harden, private_dir, private_umask
     from fedinfra.runtime.kit import load_site_transport
     from fedinfra.runtime.preflight import preflight
     from fedinfra.runtime.procs import FlowerProcess
 
     def _start() -> FlowerProcess:
+        private_umask()  # ledger, receipts, model copies, logs: 0700 / 0600 (runtime/env.py)
         site_kit = load_site_transport(kit)
         manifest = preflight(site)
+        private_dir(state_dir.resolve())  # before harden() creates <state>/flwr inside it
         harden(flwr_home=state_dir.resolve() / "flwr")
         return start_supernode(
             site, manifest, site_kit, state_dir=state_dir.resolve(), superlink=superlink,

@@ -192,6 +192,9 @@ def start(
     if kit is None:
         fail("--kit is required to start the client; --check works without it")
     kit_dir: Path = kit
+    from fedinfra.runtime.env import private_umask
+
+    private_umask()  # ledger, receipts, residuals, logs: 0700 / 0600 (runtime/env.py)
     loaded = guarded(lambda: _kit(profile, kit_dir))  # the kit first: it names the device
     manifest = guarded(lambda: _site_manifest(profile, device, site))
     guarded(lambda: _run(profile, loaded, manifest))

@@ -24,15 +24,17 @@ def start_cmd(
     from fedinfra._optional import require_extra
     from fedinfra.config.server import load_server
     from fedinfra.runtime.deploy import start_superlink
-    from fedinfra.runtime.env import harden
+    from fedinfra.runtime.env import harden, private_dir, private_umask
     from fedinfra.runtime.kit import load_coordinator_transport
 
     def _start() -> object:
         require_extra("fedinfra server start")
+        private_umask()  # state, database, logs, runs: 0700 / 0600 (runtime/env.py)
         cfg = load_server(config)
         kit_dir = kit or cfg.kit
         if kit_dir is None:
             raise ConfigError(f"{config}: no coordinator kit; pass --kit or set 'kit'")
+        private_dir(cfg.state_dir)  # before harden() creates <state>/flwr inside it
         harden(flwr_home=cfg.state_dir / "flwr")
         return start_superlink(cfg, load_coordinator_transport(kit_dir))
 

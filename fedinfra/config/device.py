@@ -133,6 +133,21 @@ class DeviceProfile(StrictModel):
                 raise ValueError(f"port {port} is outside 1-65535")
         return value
 
+    @model_validator(mode="after")
+    def _insecure_only_on_loopback(self) -> DeviceProfile:
+        """``insecure = true`` (no TLS) only towards this machine itself.
+
+        Without TLS the update, the device's node-auth signatures and the model travel in
+        clear and the coordinator is not authenticated (RFC 8446 section 1 goals; HIPAA
+        45 CFR 164.312(e)(1)); over loopback nothing leaves the host.
+        """
+        if self.insecure and (self.server is None or not is_loopback_host(self.server.rsplit(":", 1)[0])):
+            raise ValueError(
+                "insecure = true is allowed only with a loopback server (127.0.0.1, ::1, localhost); "
+                "remove it and use the kit's ca.crt (TLS)"
+            )
+        return self
+
     def check_host(self, *, total_memory_mb: int, cpu_count: int) -> None:
         """Refuse limits this host can never meet (a clear error instead of a crash loop).
 
@@ -148,6 +163,19 @@ class DeviceProfile(StrictModel):
             )
         if cpu_count < 1:  # pragma: no cover - os.cpu_count() never reports 0 cores
             raise ConfigError("this device reports no CPU")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True if ``host`` (name or literal, brackets allowed) is this machine's loopback."""
+    import ipaddress
+
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_device(path: Path | str) -> DeviceProfile:

@@ -28,7 +28,7 @@ from fedinfra.config.server import ServerConfig
 from fedinfra.config.site import SiteManifest
 from fedinfra.crypto.tls import check_ca, check_server_certificate
 from fedinfra.errors import ConfigError, RuntimeLaunchError
-from fedinfra.runtime.env import LOOPBACK
+from fedinfra.runtime.env import LOOPBACK, private_dir
 from fedinfra.runtime.kit import CoordinatorKit, SiteKit
 from fedinfra.runtime.procs import FlowerProcess, can_connect, flower_bin, flower_env, port_in_use
 
@@ -124,8 +124,7 @@ def start_superlink(cfg: ServerConfig, kit: CoordinatorKit, *, now: dt.datetime 
         raise RuntimeLaunchError(
             f"port {cfg.port} on {cfg.host} is in use; stop the other listener or change 'port' in server.toml"
         )
-    state = cfg.state_dir
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state = private_dir(cfg.state_dir)
     flwr_home = state / "flwr"
     address = f"{local}:{cfg.port}"
     write_connection(flwr_home, address, kit.ca)
@@ -271,7 +270,7 @@ def start_supernode(
     split_address(target)
     if port_in_use(LOOPBACK, port):
         raise RuntimeLaunchError(f"port {port} on {LOOPBACK} is in use; pick another with --port")
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(state_dir)
     argv = [
         flower_bin("flower-supernode"),
         "--root-certificates",

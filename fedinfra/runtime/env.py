@@ -40,9 +40,32 @@ def harden(env: MutableMapping[str, str] | None = None, *, flwr_home: Path | Non
     target: MutableMapping[str, str] = os.environ if env is None else env
     target.update(HARDENED_ENV)
     if flwr_home is not None:
-        flwr_home.mkdir(parents=True, exist_ok=True)
+        private_dir(flwr_home)
         target["FLWR_HOME"] = str(flwr_home)
     return target
+
+
+#: Process umask of the long-running commands: files 0600, directories 0700.
+PRIVATE_UMASK = 0o077
+
+
+def private_umask() -> int:
+    """Set the process umask to 0o077 (files 0600, directories 0700); return the old one.
+
+    ``server start``, ``client start`` and ``edge start`` write databases (the SuperLink's
+    state, privacy ledgers), keys, model copies and logs; run by hand, outside systemd's
+    ``UMask=``, they would be world-readable under the usual 022. Every child (SuperLink,
+    SuperNode, ServerApp, ClientApp) inherits the umask (POSIX ``umask(2)``), so the files
+    Flower creates are covered too. Least privilege: HIPAA 45 CFR 164.312(a)(1).
+    """
+    return os.umask(PRIVATE_UMASK)
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) as 0700 and tighten it if it exists."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
 
 
 def hardened_env(*, flwr_home: Path | None = None) -> dict[str, str]:

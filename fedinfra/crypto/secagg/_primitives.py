@@ -1,0 +1,82 @@
+"""The only secure-aggregation module that touches ``cryptography.hazmat``.
+
+* X25519 key agreement (RFC 7748) for pairwise mask seeds and share channels;
+* HKDF-SHA256 (RFC 5869) to turn a shared secret or a seed into a key bound to its purpose,
+  run and round (the ``info`` string), so one secret never keys two streams;
+* ChaCha20 (RFC 8439, section 2.4) as the pseudo-random generator that expands a 32-byte
+  key into a mask (a stream cipher's keystream is a PRG under the cipher's security); Flower's
+  SecAgg+ expands masks from a 32-bit seed with MT19937, which is not a cryptographic
+  generator (issue 13);
+* ChaCha20-Poly1305 (RFC 8439, section 2.8) to carry Shamir shares between sites through
+  the coordinator, authenticated with the sender, recipient, run and round as associated data.
+"""
+
+from __future__ import annotations
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from fedinfra.errors import CryptoError
+
+KEY_BYTES = 32
+_ZERO_NONCE = bytes(16)
+_ZEROS = bytes(1 << 20)
+
+
+def new_keypair() -> tuple[bytes, bytes]:
+    """Return ``(private, public)`` raw 32-byte X25519 keys from the OS CSPRNG."""
+    sk = X25519PrivateKey.generate()
+    raw = sk.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    return raw, public_of(raw)
+
+
+def public_of(private: bytes) -> bytes:
+    """The raw public key of a raw X25519 private key."""
+    try:
+        sk = X25519PrivateKey.from_private_bytes(private)
+    except ValueError as exc:
+        raise CryptoError("secure aggregation: not an X25519 private key") from exc
+    return sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def agree(private: bytes, peer_public: bytes) -> bytes:
+    """X25519 shared secret; refuses low-order peer keys (all-zero output, RFC 7748 section 6.1)."""
+    try:
+        secret = X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError as exc:
+        raise CryptoError("secure aggregation: invalid X25519 public key") from exc
+    return secret
+
+
+def hkdf(secret: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
+    """HKDF-SHA256 with an all-zero salt (RFC 5869 section 2.2) and ``info`` binding the purpose."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
+
+
+def keystream(key: bytes, nbytes: int) -> bytes:
+    """``nbytes`` of ChaCha20 keystream under ``key`` (a fresh key per stream: nonce zero)."""
+    enc = Cipher(algorithms.ChaCha20(key, _ZERO_NONCE), mode=None).encryptor()
+    parts = []
+    left = nbytes
+    while left > 0:
+        step = min(left, len(_ZEROS))
+        parts.append(enc.update(_ZEROS[:step]))
+        left -= step
+    return b"".join(parts)
+
+
+def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """ChaCha20-Poly1305 with a zero nonce: every key seals exactly one message."""
+    return ChaCha20Poly1305(key).encrypt(bytes(12), plaintext, aad)
+
+
+def open_sealed(key: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    """Open :func:`seal`; a forged or misdirected message raises :class:`CryptoError`."""
+    try:
+        return ChaCha20Poly1305(key).decrypt(bytes(12), ciphertext, aad)
+    except InvalidTag as exc:
+        raise CryptoError("secure aggregation: share rejected (not sealed for this site, run and round)") from exc

@@ -1,0 +1,51 @@
+"""Mask expansion: a 32-byte seed -> a vector uniform modulo ``2^bits`` (ChaCha20 keystream).
+
+The seed is first keyed through HKDF-SHA256 with a label naming the purpose (pairwise mask,
+self-mask, trailer), the run and the round, so the same X25519 secret never expands to the
+same mask twice (Bonawitz et al., CCS 2017, section 4: masks are PRG(s_uv) with a fresh
+agreement per round; Bell et al., CCS 2020, section 3 for SecAgg+). Masks modulo a power of
+two are uniform because the keystream is (reduction by a bit mask loses no uniformity).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from fedinfra.crypto.secagg import _primitives
+
+U64 = npt.NDArray[np.uint64]
+
+
+def derive_key(seed: bytes, label: str) -> bytes:
+    """HKDF-SHA256(seed, info = "fedinfra/secagg/v1/" + label)."""
+    return _primitives.hkdf(seed, ("fedinfra/secagg/v1/" + label).encode())
+
+
+def expand(seed: bytes, label: str, count: int, bits: int) -> U64:
+    """Return ``count`` values uniform in ``[0, 2^bits)`` expanded from ``seed`` under ``label``.
+
+    Deterministic in ``(seed, label, count, bits)``; 4 keystream bytes per value when
+    ``bits <= 32``, 8 otherwise.
+    """
+    if not 1 <= bits <= 64:
+        raise ValueError(f"mask width {bits} bits must be between 1 and 64")
+    if count < 0:
+        raise ValueError("negative mask length")
+    width = 4 if bits <= 32 else 8
+    raw = _primitives.keystream(derive_key(seed, label), count * width)
+    values = np.frombuffer(raw, dtype="<u4" if width == 4 else "<u8").astype(np.uint64)
+    if bits < 64:
+        values &= np.uint64((1 << bits) - 1)
+    return values
+
+
+def expand_into(acc: U64, seed: bytes, label: str, bits: int, *, subtract: bool = False) -> None:
+    """``acc = acc +/- expand(seed, label, len(acc), bits)  (mod 2^bits)``, in place."""
+    mask = expand(seed, label, acc.shape[0], bits)
+    if subtract:
+        np.subtract(acc, mask, out=acc)
+    else:
+        np.add(acc, mask, out=acc)
+    if bits < 64:
+        np.bitwise_and(acc, np.uint64((1 << bits) - 1), out=acc)

@@ -1,0 +1,381 @@
+"""SecAgg / SecAgg+ in four stages, as pure state machines (no transport).
+
+Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Learning",
+CCS 2017 (figure 4), with the neighbour graph of Bell et al., CCS 2020:
+
+1. **advertise** - each site makes two X25519 key pairs: ``c`` for the share channel, ``s``
+   for masks, and a 32-byte self-mask seed ``b`` (OS CSPRNG); it sends the public keys.
+2. **share** - given the roster of public keys, a site Shamir-shares ``b`` and ``s^SK``
+   t-of-(k+1) among its neighbourhood (itself included) and seals each share to its holder
+   (X25519 + HKDF + ChaCha20-Poly1305); it also commits to ``b`` (SHA-256) so the
+   coordinator can check a reconstruction.
+3. **mask** - ``y_u = x_u + PRG(b_u) + sum_{v in N(u) ∩ U2} ±PRG(s_uv)  (mod 2^bits)`` with
+   ``+`` when ``u < v``: the pairwise masks cancel in the sum over surviving pairs.
+4. **unmask** - told the survivors ``U3`` (whose masked inputs the coordinator holds), each
+   survivor reveals, for every neighbour ``v``, its share of ``b_v`` if ``v`` survived and of
+   ``s_v^SK`` if ``v`` dropped - never both for one ``v`` - and refuses outright when ``U3``
+   holds fewer than ``max(t, min_contributors)`` sites or is not a subset of ``U2``.
+
+The coordinator (:class:`Unmasker`) adds the masked inputs modulo ``2^bits``, rebuilds
+``b_u`` of survivors and ``s_v^SK`` of dropped sites from ``t`` shares, removes their masks
+and gets the exact integer sum; too few shares -> :class:`SecAggAbandoned`, nothing released.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from fedinfra.crypto.secagg import _primitives, prg, shamir
+from fedinfra.crypto.secagg.plan import SecAggPlan, graph_seed, neighbours
+from fedinfra.errors import CryptoError
+
+U64 = npt.NDArray[np.uint64]
+#: A masked vector is split into segments, each with its own modulus 2^bits.
+Segments = list[U64]
+
+
+class SecAggAbandoned(CryptoError):
+    """The round cannot be unmasked (too few survivors or shares): nothing is released."""
+
+
+@dataclass(frozen=True)
+class RosterEntry:
+    """One site's public keys for a round."""
+
+    name: str
+    c_pk: bytes
+    s_pk: bytes
+
+
+@dataclass(frozen=True)
+class Roster:
+    """The sites of a round, sorted by name; index i is Shamir x-coordinate i + 1."""
+
+    entries: tuple[RosterEntry, ...]
+
+    def __post_init__(self) -> None:
+        names = [e.name for e in self.entries]
+        if names != sorted(set(names)):
+            raise CryptoError("secure aggregation: roster names must be unique and sorted")
+        keys = [e.c_pk for e in self.entries] + [e.s_pk for e in self.entries]
+        if len(set(keys)) != len(keys) or any(len(k) != _primitives.KEY_BYTES for k in keys):
+            raise CryptoError("secure aggregation: roster keys must be distinct 32-byte X25519 keys")
+
+    def index(self, name: str) -> int:
+        """0-based index of ``name``; :class:`CryptoError` if absent."""
+        for i, e in enumerate(self.entries):
+            if e.name == name:
+                return i
+        raise CryptoError(f"secure aggregation: site {name!r} is not in the round's roster")
+
+    @property
+    def names(self) -> list[str]:
+        """Site names in roster order."""
+        return [e.name for e in self.entries]
+
+    def digest(self) -> bytes:
+        """SHA-256 of the roster (names and keys), binding the graph and the shares to it."""
+        h = hashlib.sha256(b"fedinfra/secagg/v1/roster\x00")
+        for e in self.entries:
+            h.update(e.name.encode() + b"\x00" + e.c_pk + e.s_pk)
+        return h.digest()
+
+    def to_json(self) -> list[list[str]]:
+        """JSON form: ``[[name, c_pk hex, s_pk hex], ...]``."""
+        return [[e.name, e.c_pk.hex(), e.s_pk.hex()] for e in self.entries]
+
+    @classmethod
+    def from_json(cls, data: object) -> Roster:
+        """Parse :meth:`to_json`; malformed input raises :class:`CryptoError`."""
+        try:
+            assert isinstance(data, list)
+            entries = tuple(RosterEntry(str(n), bytes.fromhex(c), bytes.fromhex(s)) for n, c, s in data)
+        except (AssertionError, ValueError, TypeError) as exc:
+            raise CryptoError("secure aggregation: malformed roster") from exc
+        return cls(entries)
+
+
+def _ctx(run_id: str, round_id: int) -> str:
+    return f"{run_id}\x00{round_id}"
+
+
+def _pair_label(run_id: str, round_id: int, a: str, b: str) -> str:
+    lo, hi = sorted((a, b))
+    return f"pair\x00{_ctx(run_id, round_id)}\x00{lo}\x00{hi}"
+
+
+def _self_label(run_id: str, round_id: int, name: str) -> str:
+    return f"self\x00{_ctx(run_id, round_id)}\x00{name}"
+
+
+def _share_aad(run_id: str, round_id: int, sender: str, holder: str) -> bytes:
+    return f"fedinfra/secagg/v1/share\x00{_ctx(run_id, round_id)}\x00{sender}\x00{holder}".encode()
+
+
+def pair_seed(private: bytes, peer_public: bytes) -> bytes:
+    """The pairwise seed ``s_uv``: X25519 agreement of ``s_u^SK`` with ``s_v^PK``."""
+    return _primitives.agree(private, peer_public)
+
+
+def _check_segments(segments: Sequence[U64], bits: Sequence[int]) -> None:
+    if len(segments) != len(bits):
+        raise CryptoError("secure aggregation: segment count does not match the widths")
+    for seg, b in zip(segments, bits, strict=True):
+        if seg.dtype != np.uint64 or (b < 64 and seg.size and int(seg.max()) >> b):
+            raise CryptoError("secure aggregation: a value exceeds its segment's width")
+
+
+def add_masks(segments: Segments, bits: Sequence[int], *, seeds: Sequence[tuple[bytes, str, bool]]) -> None:
+    """Add (or subtract) ``PRG(seed, label + segment)`` to every segment, in place."""
+    for i, (seg, b) in enumerate(zip(segments, bits, strict=True)):
+        for seed, label, subtract in seeds:
+            prg.expand_into(seg, seed, f"{label}\x00{i}", b, subtract=subtract)
+
+
+@dataclass
+class SiteSession:
+    """One site's secrets and view of one round (kept at the site between stages)."""
+
+    name: str
+    run_id: str
+    round_id: int
+    c_sk: bytes
+    s_sk: bytes
+    b_seed: bytes
+    roster: Roster | None = None
+    u2: tuple[str, ...] = ()
+    received: dict[str, bytes] = field(default_factory=dict)
+    unmasked: bool = False
+
+    @classmethod
+    def start(cls, name: str, *, run_id: str, round_id: int) -> SiteSession:
+        """Stage 1 keys: fresh X25519 pairs and self-mask seed from the OS CSPRNG."""
+        c_sk, _ = _primitives.new_keypair()
+        s_sk, _ = _primitives.new_keypair()
+        return cls(name, run_id, round_id, c_sk, s_sk, secrets.token_bytes(32))
+
+    def advertise(self) -> RosterEntry:
+        """Stage 1: the public keys this site sends."""
+        return RosterEntry(self.name, _primitives.public_of(self.c_sk), _primitives.public_of(self.s_sk))
+
+    def _neighbourhood(self, p: SecAggPlan, roster: Roster) -> list[int]:
+        me = roster.index(self.name)
+        nb = neighbours(p, graph_seed(self.run_id, self.round_id, roster.digest()))[me]
+        return sorted(nb | {me})
+
+    def share(self, p: SecAggPlan, roster: Roster) -> tuple[dict[str, bytes], bytes]:
+        """Stage 2: sealed shares of ``b`` and ``s^SK`` for each holder, and the commitment to ``b``."""
+        if roster.entries[roster.index(self.name)] != self.advertise():
+            raise CryptoError("secure aggregation: the roster does not carry this site's keys")
+        if len(roster.entries) != p.n:
+            raise CryptoError("secure aggregation: roster size differs from the plan")
+        self.roster = roster
+        holders = self._neighbourhood(p, roster)
+        count = len(roster.entries)
+        b_shares = shamir.split(int.from_bytes(self.b_seed, "big"), threshold=p.t, count=count)
+        s_shares = shamir.split(int.from_bytes(self.s_sk, "big"), threshold=p.t, count=count)
+        out: dict[str, bytes] = {}
+        for j in holders:
+            holder = roster.entries[j]
+            plain = shamir.to_bytes(b_shares[j][1]) + shamir.to_bytes(s_shares[j][1])
+            aad = _share_aad(self.run_id, self.round_id, self.name, holder.name)
+            key = _primitives.hkdf(_primitives.agree(self.c_sk, holder.c_pk), aad)
+            out[holder.name] = _primitives.seal(key, plain, aad)
+        return out, commitment(self.b_seed)
+
+    def mask(
+        self,
+        p: SecAggPlan,
+        segments: Segments,
+        bits: Sequence[int],
+        *,
+        u2: Sequence[str],
+        shares_for_me: Mapping[str, bytes],
+    ) -> Segments:
+        """Stage 3: mask ``segments`` (in place) against neighbours that shared (``u2``)."""
+        if self.roster is None:
+            raise CryptoError("secure aggregation: mask before share")
+        _check_segments(segments, bits)
+        roster = self.roster
+        if self.name not in u2 or not set(u2) <= set(roster.names):
+            raise CryptoError("secure aggregation: the list of sharing sites is inconsistent with the roster")
+        if len(set(u2)) < max(p.t, p.min_contributors):
+            raise SecAggAbandoned(
+                f"secure aggregation: only {len(set(u2))} sites shared keys, fewer than "
+                f"max(t={p.t}, min_contributors={p.min_contributors})"
+            )
+        holders = {roster.entries[j].name for j in self._neighbourhood(p, roster)}
+        if not set(shares_for_me) <= holders & set(u2) or set(shares_for_me) != holders & set(u2):
+            raise CryptoError("secure aggregation: shares received do not match the sharing neighbours")
+        self.u2 = tuple(sorted(set(u2)))
+        self.received = dict(shares_for_me)
+        seeds = [(self.b_seed, _self_label(self.run_id, self.round_id, self.name), False)]
+        for v in sorted(holders & set(u2) - {self.name}):
+            peer = roster.entries[roster.index(v)]
+            seeds.append(
+                (pair_seed(self.s_sk, peer.s_pk), _pair_label(self.run_id, self.round_id, self.name, v), v < self.name)
+            )
+        add_masks(segments, bits, seeds=seeds)
+        return segments
+
+    def unmask(self, p: SecAggPlan, u3: Sequence[str]) -> dict[str, tuple[str, bytes]]:
+        """Stage 4: per neighbour, ``("b", share)`` if it survived or ``("s", share)`` if it dropped."""
+        if self.roster is None or not self.u2:
+            raise CryptoError("secure aggregation: unmask before mask")
+        if self.unmasked:
+            raise CryptoError("secure aggregation: this site already answered the unmask request")
+        survivors = set(u3)
+        if len(survivors) != len(u3) or not survivors <= set(self.u2) or self.name not in survivors:
+            raise CryptoError("secure aggregation: the survivor list is inconsistent with this round")
+        floor = max(p.t, p.min_contributors)
+        if len(survivors) < floor:
+            raise SecAggAbandoned(
+                f"secure aggregation: {len(survivors)} survivors, fewer than max(t={p.t}, "
+                f"min_contributors={p.min_contributors}); this site refuses to unmask"
+            )
+        self.unmasked = True
+        out: dict[str, tuple[str, bytes]] = {}
+        for sender, sealed in sorted(self.received.items()):
+            aad = _share_aad(self.run_id, self.round_id, sender, self.name)
+            peer = self.roster.entries[self.roster.index(sender)]
+            plain = _primitives.open_sealed(_primitives.hkdf(_primitives.agree(self.c_sk, peer.c_pk), aad), sealed, aad)
+            half = shamir.SHARE_BYTES
+            out[sender] = ("b", plain[:half]) if sender in survivors else ("s", plain[half:])
+        return out
+
+    # -- persistence between stages (the site's own state) --------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """Serialize (secrets included: keep it in the site's state only)."""
+        doc = {
+            "name": self.name,
+            "run_id": self.run_id,
+            "round_id": self.round_id,
+            "c_sk": self.c_sk.hex(),
+            "s_sk": self.s_sk.hex(),
+            "b_seed": self.b_seed.hex(),
+            "roster": self.roster.to_json() if self.roster else None,
+            "u2": list(self.u2),
+            "received": {k: v.hex() for k, v in self.received.items()},
+            "unmasked": self.unmasked,
+        }
+        return json.dumps(doc).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SiteSession:
+        """Inverse of :meth:`to_bytes`."""
+        d = json.loads(data)
+        return cls(
+            d["name"],
+            d["run_id"],
+            int(d["round_id"]),
+            bytes.fromhex(d["c_sk"]),
+            bytes.fromhex(d["s_sk"]),
+            bytes.fromhex(d["b_seed"]),
+            Roster.from_json(d["roster"]) if d["roster"] else None,
+            tuple(d["u2"]),
+            {k: bytes.fromhex(v) for k, v in d["received"].items()},
+            bool(d["unmasked"]),
+        )
+
+
+def commitment(b_seed: bytes) -> bytes:
+    """SHA-256 commitment to a self-mask seed (checked after reconstruction)."""
+    return hashlib.sha256(b"fedinfra/secagg/v1/b\x00" + b_seed).digest()
+
+
+class Unmasker:
+    """The coordinator's side: sum masked inputs, then remove the masks from survivors' shares."""
+
+    def __init__(
+        self,
+        p: SecAggPlan,
+        roster: Roster,
+        *,
+        run_id: str,
+        round_id: int,
+        u2: Sequence[str],
+        commitments: Mapping[str, bytes],
+        sizes: Sequence[int],
+        bits: Sequence[int],
+    ) -> None:
+        self.plan, self.roster, self.run_id, self.round_id = p, roster, run_id, round_id
+        self.u2 = tuple(sorted(set(u2)))
+        self.commitments = dict(commitments)
+        self.bits = list(bits)
+        self.sizes = list(sizes)
+        self.sum: Segments = [np.zeros(n, dtype=np.uint64) for n in sizes]
+        self.u3: list[str] = []
+        self._graph = neighbours(p, graph_seed(run_id, round_id, roster.digest()))
+
+    def add(self, site: str, segments: Segments) -> None:
+        """Fold one masked input in; checked completely first (a rejected one leaves no trace)."""
+        if site not in self.u2 or site in self.u3:
+            raise CryptoError(f"secure aggregation: site {site!r} did not share keys or already sent its input")
+        if [s.shape[0] for s in segments] != self.sizes:
+            raise CryptoError("secure aggregation: masked input has the wrong length")
+        _check_segments(segments, self.bits)
+        for acc, seg, b in zip(self.sum, segments, self.bits, strict=True):
+            np.add(acc, seg, out=acc)
+            if b < 64:
+                np.bitwise_and(acc, np.uint64((1 << b) - 1), out=acc)
+        self.u3.append(site)
+
+    def holders(self, site: str) -> set[str]:
+        """Names holding shares of ``site``'s secrets (its neighbourhood)."""
+        i = self.roster.index(site)
+        return {self.roster.entries[j].name for j in self._graph[i] | {i}}
+
+    def finish(self, responses: Mapping[str, Mapping[str, tuple[str, bytes]]]) -> Segments:
+        """Remove every mask using the survivors' ``responses``; :class:`SecAggAbandoned` if short."""
+        p = self.plan
+        u3 = set(self.u3)
+        if len(u3) < max(p.t, p.min_contributors):
+            raise SecAggAbandoned(
+                f"secure aggregation: {len(u3)} survivors, fewer than "
+                f"max(t={p.t}, min_contributors={p.min_contributors}); round abandoned"
+            )
+        dropped = set(self.u2) - u3
+        corrections: list[tuple[bytes, str, bool]] = []
+        for u in sorted(u3):
+            b = self._reconstruct(u, "b", responses)
+            if not secrets.compare_digest(commitment(b), self.commitments.get(u, b"")):
+                raise SecAggAbandoned(f"secure aggregation: the self-mask of {u!r} does not match its commitment")
+            corrections.append((b, _self_label(self.run_id, self.round_id, u), True))
+        for v in sorted(dropped):
+            s_sk = self._reconstruct(v, "s", responses)
+            entry = self.roster.entries[self.roster.index(v)]
+            if _primitives.public_of(s_sk) != entry.s_pk:
+                raise SecAggAbandoned(f"secure aggregation: the mask key of dropped site {v!r} does not match its key")
+            for u in sorted(self.holders(v) & u3):
+                peer = self.roster.entries[self.roster.index(u)]
+                # u added +PRG(s_uv) if u < v, else -PRG(s_uv): undo it.
+                corrections.append((pair_seed(s_sk, peer.s_pk), _pair_label(self.run_id, self.round_id, u, v), u < v))
+        out = [s.copy() for s in self.sum]
+        add_masks(out, self.bits, seeds=corrections)
+        return out
+
+    def _reconstruct(self, owner: str, kind: str, responses: Mapping[str, Mapping[str, tuple[str, bytes]]]) -> bytes:
+        shares: list[shamir.Share] = []
+        for holder in sorted(self.holders(owner) & set(responses)):
+            got = responses[holder].get(owner)
+            if got is None or got[0] != kind:
+                continue
+            shares.append((self.roster.index(holder) + 1, shamir.from_bytes(got[1])))
+            if len(shares) == self.plan.t:
+                break
+        if len(shares) < self.plan.t:
+            raise SecAggAbandoned(
+                f"secure aggregation: {len(shares)} shares of {owner!r}, fewer than t={self.plan.t}; round abandoned"
+            )
+        value = shamir.combine(shares)
+        if value >> 256:
+            raise SecAggAbandoned(f"secure aggregation: shares of {owner!r} are inconsistent")
+        return value.to_bytes(32, "big")

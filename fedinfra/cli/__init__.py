@@ -7,11 +7,23 @@ Sub-commands live in sibling modules, each exposing a ``register(app)`` function
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from typing import Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from fedinfra import __version__
-from fedinfra.cli._common import EXIT_BAD_INPUT, err_console, state
+from fedinfra.cli._common import handle_uncaught, harden_tree, state, wants_json
+
+
+class FedinfraGroup(TyperGroup):
+    """The root group: applies the CLI contract (:func:`harden_tree`) to every command."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        harden_tree(self)
 
 
 def _version(value: bool) -> None:
@@ -26,6 +38,8 @@ def build_app() -> typer.Typer:
 
     app = typer.Typer(
         name="fedinfra",
+        cls=FedinfraGroup,
+        context_settings={"help_option_names": ["-h", "--help"]},
         help="Privacy-preserving federated learning: DP, HE, tamper-evident audit, policy gates.",
         no_args_is_help=True,
         add_completion=False,
@@ -52,16 +66,27 @@ def build_app() -> typer.Typer:
     return app
 
 
+def invoke(argv: Sequence[str] | None = None, command: click.Command | None = None) -> int:
+    """Run the command line ``argv`` and return its exit code; never raises (the contract).
+
+    ``--debug`` and ``--format json`` are read from the whole command line first, so that a
+    usage error found before any command runs is reported the way the user asked.
+    ``command`` reuses a tree built once (``typer.main.get_command(build_app())``).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    state.debug = "--debug" in args
+    state.json_errors = wants_json(args)
+    try:
+        if command is None:
+            command = typer.main.get_command(build_app())
+        rc = command.main(args, prog_name="fedinfra", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except (Exception, KeyboardInterrupt) as exc:
+        return handle_uncaught(exc)
+    return rc if isinstance(rc, int) else 0
+
+
 def main() -> None:
     """Console-script entry point."""
-    from click.exceptions import Abort, ClickException
-
-    app = build_app()
-    try:
-        rc = app(standalone_mode=False)
-    except ClickException as exc:  # usage errors, bad option values
-        err_console.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
-        sys.exit(EXIT_BAD_INPUT)
-    except Abort:
-        sys.exit(130)
-    sys.exit(rc if isinstance(rc, int) else 0)
+    sys.exit(invoke())

@@ -128,6 +128,9 @@ def show_cmd(
             return [e.to_json_dict() for e in log.entries(run_id=run, type=type_, limit=limit)]
 
     rows = guarded(read)
+    if run is not None and type_ is None and all(row["type"] == "log.read" for row in rows):
+        # only this read's own log.read entry names the run: there is no such run
+        fail(f"--run {run}: no entries for this run id in {target}; list the runs with 'fedinfra runs ls'")
     if fmt is OutputFormat.json:
         print_json(rows)
         return
@@ -160,6 +163,9 @@ def prove_cmd(
         None, "--since", min=1, help="Also prove consistency from this earlier checkpoint's tree size."
     ),
     out: Path | None = typer.Option(None, "--out", help="Also write the receipt to this file."),
+    fmt: OutputFormat = typer.Option(
+        OutputFormat.json, "--format", help="json (the receipt, default) or text (a summary)."
+    ),
 ) -> None:
     """Print a receipt for entry SEQ: the entry, its inclusion proof and the signed checkpoint (JSON)."""
     from fedinfra.audit import AuditLog, Receipt
@@ -175,7 +181,16 @@ def prove_cmd(
         return receipt
 
     receipt = guarded(prove)
-    print_json(json.loads(receipt.to_json()))
+    payload = json.loads(receipt.to_json())
+    if fmt is OutputFormat.json:
+        print_json(payload)
+        return
+    proofs = ", ".join(k for k in sorted(payload) if "proof" in k) or "none"
+    console.print(
+        f"receipt for entry {seq} of {target}: proofs {proofs}" + (f"; written to {out}" if out else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command("export")

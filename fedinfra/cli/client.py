@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import typer
 
-from fedinfra.cli._common import console, guarded
+from fedinfra.cli._common import (
+    EXIT_CHECK_FAILED,
+    OutputFormat,
+    console,
+    fail,
+    guarded,
+    host_port,
+    positive,
+    start_preflight,
+)
 
 client_app = typer.Typer(name="client", help="Run a site (Flower SuperNode).", no_args_is_help=True)
 
@@ -18,12 +30,19 @@ client_app = typer.Typer(name="client", help="Run a site (Flower SuperNode).", n
 def start_cmd(
     site: Path = typer.Option(..., "--site", help="The site manifest (site.toml)."),
     kit: Path = typer.Option(..., "--kit", help="This site's kit from 'fedinfra keys init'."),
-    superlink: str | None = typer.Option(None, "--superlink", help="Coordinator host:port (default: from the kit)."),
-    port: int = typer.Option(9094, "--port", help="Local port of the SuperNode's runtime API (loopback)."),
+    superlink: str | None = typer.Option(
+        None, "--superlink", callback=host_port, help="Coordinator host:port (default: from the kit)."
+    ),
+    port: int = typer.Option(
+        9094, "--port", min=1, max=65535, help="Local port of the SuperNode's runtime API (loopback)."
+    ),
     state_dir: Path = typer.Option(
         Path("state"), "--state-dir", help="This site's private state: privacy ledger, receipts, model copies, logs."
     ),
-    connect_timeout: float = typer.Option(120.0, "--connect-timeout", help="Seconds to wait for the coordinator."),
+    connect_timeout: float = typer.Option(
+        120.0, "--connect-timeout", callback=positive, help="Seconds to wait for the coordinator."
+    ),
+    fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json (status lines)."),
 ) -> None:
     """Run the preflight, then connect to the coordinator with the kit's CA and key.
 
@@ -33,13 +52,12 @@ def start_cmd(
     from fedinfra.runtime.deploy import start_supernode
     from fedinfra.runtime.env import harden, private_dir, private_umask
     from fedinfra.runtime.kit import load_site_transport
-    from fedinfra.runtime.preflight import preflight
     from fedinfra.runtime.procs import FlowerProcess
 
     def _start() -> FlowerProcess:
         private_umask()  # ledger, receipts, model copies, logs: 0700 / 0600 (runtime/env.py)
+        manifest = start_preflight(site)  # the data first: nothing starts for a site that fails it
         site_kit = load_site_transport(kit)
-        manifest = preflight(site)
         private_dir(state_dir.resolve())  # before harden() creates <state>/flwr inside it
         harden(flwr_home=state_dir.resolve() / "flwr")
         return start_supernode(
@@ -55,15 +73,28 @@ def start_cmd(
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    console.print(f"site connected to the coordinator; log {proc.log_path}; Ctrl-C stops it", highlight=False)
+    say = _sayer(fmt)
+    say("connected", f"site connected to the coordinator; log {proc.log_path}; Ctrl-C stops it", log=str(proc.log_path))
     try:
         while not stop.wait(1.0):
             if not proc.alive():
-                console.print(f"[bold red]error:[/] SuperNode exited: {proc.last_error()}", highlight=False)
-                raise typer.Exit(1)
+                fail(f"SuperNode exited: {proc.last_error()}", EXIT_CHECK_FAILED)
     finally:
         proc.stop()
-    console.print("site stopped", highlight=False)
+    say("stopped", "site stopped")
+
+
+def _sayer(fmt: OutputFormat) -> Callable[..., None]:
+    """Status lines as text, or one JSON object per line (``--format json``)."""
+
+    def say(event: str, text: str, **fields: object) -> None:
+        if fmt is OutputFormat.json:
+            sys.stdout.write(json.dumps({"event": event, **fields}, sort_keys=True) + "\n")
+            sys.stdout.flush()
+        else:
+            console.print(text, highlight=False)
+
+    return say
 
 
 def register(app: typer.Typer) -> None:

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from fedinfra._optional import require_extra
-from fedinfra.cli._common import OutputFormat, console, err_console, guarded, print_json
+from fedinfra.cli._common import OutputFormat, console, err_console, guarded, open_unit, positive, print_json
 from fedinfra.config import JobSpec, parse_model
 from fedinfra.coordinator.events import RoundResult
 from fedinfra.errors import ConfigError
@@ -277,23 +277,34 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def demo(
-        scenario: str = typer.Option("hospital", "--scenario", help="hospital (breast cancer) or bank (Caravan)."),
+        scenario: str = typer.Option(
+            "hospital", "--scenario", help="hospital (breast cancer), bank (Caravan) or edge (digits on devices)."
+        ),
         privacy: str = typer.Option("dp+he", "--privacy", help="none, dp (DP-SGD), he (packed BFV) or dp+he."),
-        epsilon: float = typer.Option(3.0, "--epsilon", help="Target epsilon per site for the run (with dp)."),
-        delta: float = typer.Option(1e-5, "--delta", help="Target delta (with dp)."),
+        epsilon: float = typer.Option(
+            3.0, "--epsilon", callback=positive, help="Target epsilon per site for the run (with dp)."
+        ),
+        delta: float = typer.Option(
+            1e-5, "--delta", callback=open_unit, help="Target delta (with dp)."
+        ),
         accountant: str = typer.Option("rdp", "--accountant", help="rdp (fast, the demo's default) or prv (tighter)."),
-        rounds: int = typer.Option(5, "--rounds", help="Federated rounds."),
-        sites: int = typer.Option(4, "--sites", help="Number of simulated sites."),
+        rounds: int = typer.Option(5, "--rounds", min=1, help="Federated rounds."),
+        sites: int = typer.Option(4, "--sites", min=1, help="Number of simulated sites."),
         devices: int | None = typer.Option(
-            None, "--devices", help="Edge devices: --scenario edge (default 100), or added to hospital sites (mixed)."
+            None,
+            "--devices",
+            min=1,
+            help="Edge devices: --scenario edge (default 100), or added to hospital sites (mixed).",
         ),
         noise_multiplier: float = typer.Option(
             1.0,
             "--noise-multiplier",
+            callback=positive,
+            max=1e6,
             help="User-level DP noise multiplier z (--scenario edge); epsilon follows from z, the 20% "
             "sampling rate and --rounds (z=1: about 4.5 after 5 rounds, 5.8 after 10, 8.9 after 30).",
         ),
-        seed: int = typer.Option(0, "--seed", help="Seed of data split, partition and model init."),
+        seed: int = typer.Option(0, "--seed", min=0, help="Seed of data split, partition and model init."),
         out: Path = typer.Option(Path("runs"), "--out", help="Where run directories are written."),
         fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
         verbose: bool = typer.Option(False, "--verbose", help="Show Flower's and Ray's logs."),
@@ -305,6 +316,8 @@ def register(app: typer.Typer) -> None:
             from fedinfra.coordinator.app import new_run_id
             from fedinfra.runtime.simulation import AUDIT_STORE, run_simulated
 
+            if out.exists() and not out.is_dir():
+                raise ConfigError(f"--out {out}: is a file; give a directory for the run directories")
             if scenario not in SCENARIO_DEFAULTS:
                 raise ConfigError(f"command line: --scenario {scenario!r} is not one of {', '.join(SCENARIO_DEFAULTS)}")
             if scenario == "edge":

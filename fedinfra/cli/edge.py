@@ -24,8 +24,17 @@ from typing import Any
 
 import typer
 
-from fedinfra.cli._common import EXIT_CHECK_FAILED, OutputFormat, console, fail, guarded, print_json
-from fedinfra.errors import ConfigError, PolicyViolation, RuntimeLaunchError
+from fedinfra.cli._common import (
+    EXIT_CHECK_FAILED,
+    OutputFormat,
+    console,
+    fail,
+    guarded,
+    host_port,
+    print_json,
+    start_preflight,
+)
+from fedinfra.errors import ConfigError, RuntimeLaunchError
 
 edge_app = typer.Typer(help="Run an edge device (a small, resilient client).", no_args_is_help=True)
 
@@ -87,20 +96,13 @@ def _print_preflight(result: dict[str, Any]) -> None:
 
 def _site_manifest(profile: Any, device: Path, site: Path | None) -> Path:
     """The device's data declaration: ``--site``, else ``site.toml`` next to the profile."""
-    from fedinfra.runtime.preflight import preflight
-
     path = site if site is not None else device.resolve().parent / "site.toml"
     if not path.is_file():
         raise ConfigError(
             f"{path}: the device's data declaration (site.toml) was not found; "
             "pass --site or put site.toml next to the device profile"
         )
-    try:
-        manifest = preflight(path)
-    except PolicyViolation as exc:
-        # The device's own data or declaration fails its preflight: no restart can fix
-        # that, so it is bad input (exit 2, which the service unit does not restart).
-        raise ConfigError(f"{exc}; fix the data or {path.name}, then start again") from exc
+    manifest = start_preflight(path)  # identifiers in training columns: exit 2, as `client start`
     if manifest.name != profile.name:
         raise ConfigError(
             f"{path}: declares site {manifest.name!r} but the device is {profile.name!r}; "
@@ -174,7 +176,9 @@ def start(
     site: Path | None = typer.Option(
         None, "--site", help="The device's data declaration (default: site.toml next to --device)."
     ),
-    server: str | None = typer.Option(None, "--server", help="Override the profile's server host:port."),
+    server: str | None = typer.Option(
+        None, "--server", callback=host_port, help="Override the profile's server host:port."
+    ),
     check: bool = typer.Option(False, "--check", help="Preflight only: evaluate conditions and exit."),
     fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json (with --check)."),
 ) -> None:

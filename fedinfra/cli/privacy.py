@@ -7,33 +7,49 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fedinfra.cli._common import OutputFormat, console, guarded, print_json
-from fedinfra.errors import StoreError
+from fedinfra.cli._common import OutputFormat, console, guarded, open_unit, positive, print_json, rate
+from fedinfra.errors import ConfigError, StoreError
 
 privacy_app = typer.Typer(name="privacy", help="Privacy accounting: epsilon of a plan, noise for a target.",
                           no_args_is_help=True)
 budget_app = typer.Typer(name="budget", help="A site's privacy ledger.", no_args_is_help=True)
+
+#: Above these the accountants' floating-point arithmetic overflows (sigma^2 in the RDP
+#: orders); no useful mechanism comes near them, so they are refused as bad input.
+MAX_NOISE = 1e6
+MAX_STEPS = 10**9
 
 _ACCOUNTANT_HELP = "prv (tight, default), rdp, or rdp-classic (Mironov 2017 conversion)."
 
 
 @privacy_app.command("epsilon")
 def epsilon_cmd(
-    noise_multiplier: float = typer.Option(..., "--noise-multiplier", help="Noise std / clip bound (sigma)."),
-    sample_rate: float = typer.Option(..., "--sample-rate", help="Poisson sampling rate q per step."),
-    steps: int = typer.Option(..., "--steps", help="Number of steps (or rounds for user-level DP)."),
-    delta: float = typer.Option(..., "--delta", help="Target delta."),
+    noise_multiplier: float = typer.Option(
+        ..., "--noise-multiplier", callback=positive, max=MAX_NOISE, help="Noise std / clip bound (sigma)."
+    ),
+    sample_rate: float = typer.Option(
+        ..., "--sample-rate", callback=rate, help="Poisson sampling rate q per step."
+    ),
+    steps: int = typer.Option(
+        ..., "--steps", min=1, max=MAX_STEPS, help="Number of steps (or rounds for user-level DP)."
+    ),
+    delta: float = typer.Option(..., "--delta", callback=open_unit, help="Target delta."),
     accountant: str = typer.Option("prv", "--accountant", help=_ACCOUNTANT_HELP),
     fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
 ) -> None:
     """Print the epsilon of a sampled Gaussian mechanism."""
     from fedinfra.privacy import compute_epsilon
 
-    eps = guarded(
-        lambda: compute_epsilon(
-            noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant
-        )
-    )
+    def run() -> float:
+        try:
+            return compute_epsilon(
+                noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta,
+                accountant=accountant,
+            )
+        except ArithmeticError as exc:
+            raise ConfigError("the accountant cannot evaluate these figures (numeric overflow); check them") from exc
+
+    eps = guarded(run)
     if fmt is OutputFormat.json:
         print_json({"epsilon": eps, "delta": delta, "noise_multiplier": noise_multiplier,
                     "sample_rate": sample_rate, "steps": steps, "accountant": accountant})
@@ -43,10 +59,14 @@ def epsilon_cmd(
 
 @privacy_app.command("plan")
 def plan_cmd(
-    target_epsilon: float = typer.Option(..., "--target-epsilon", help="Epsilon to stay within."),
-    delta: float = typer.Option(..., "--delta", help="Target delta."),
-    sample_rate: float = typer.Option(..., "--sample-rate", help="Poisson sampling rate q per step."),
-    steps: int = typer.Option(..., "--steps", help="Number of steps."),
+    target_epsilon: float = typer.Option(
+        ..., "--target-epsilon", callback=positive, help="Epsilon to stay within."
+    ),
+    delta: float = typer.Option(..., "--delta", callback=open_unit, help="Target delta."),
+    sample_rate: float = typer.Option(
+        ..., "--sample-rate", callback=rate, help="Poisson sampling rate q per step."
+    ),
+    steps: int = typer.Option(..., "--steps", min=1, max=MAX_STEPS, help="Number of steps."),
     accountant: str = typer.Option("prv", "--accountant", help=_ACCOUNTANT_HELP),
     fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
 ) -> None:
@@ -54,11 +74,14 @@ def plan_cmd(
     from fedinfra.privacy import compute_epsilon, plan_noise_multiplier
 
     def run() -> tuple[float, float]:
-        z = plan_noise_multiplier(
-            target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=steps, accountant=accountant
-        )
-        eps = compute_epsilon(noise_multiplier=z, sample_rate=sample_rate, steps=steps, delta=delta,
-                              accountant=accountant)
+        try:
+            z = plan_noise_multiplier(
+                target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=steps, accountant=accountant
+            )
+            eps = compute_epsilon(noise_multiplier=z, sample_rate=sample_rate, steps=steps, delta=delta,
+                                  accountant=accountant)
+        except ArithmeticError as exc:
+            raise ConfigError("the accountant cannot evaluate these figures (numeric overflow); check them") from exc
         return z, eps
 
     z, eps = guarded(run)

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from fedinfra.cli._common import OutputFormat, console, err_console, guarded, print_json
+from fedinfra.cli._common import OutputFormat, console, err_console, guarded, positive, print_json
 
 
 def _outcome(run_dir: Path, run_id: str) -> dict[str, Any]:
@@ -45,7 +45,9 @@ def register(app: typer.Typer) -> None:
         job: Path = typer.Option(..., "--job", help="The job (job.toml)."),
         config: Path | None = typer.Option(None, "--config", help="server.toml (default: next to the job)."),
         resume: str | None = typer.Option(None, "--resume", help="Continue run RUN_ID after its last completed round."),
-        timeout: float = typer.Option(3600.0, "--timeout", help="Give up following the run after this many seconds."),
+        timeout: float = typer.Option(
+            3600.0, "--timeout", callback=positive, help="Give up following the run after this many seconds."
+        ),
         fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
     ) -> None:
         """Submit the fedinfra Flower App to the SuperLink and stream its rounds."""

@@ -8,9 +8,10 @@ from pathlib import Path
 from types import FrameType
 
 import typer
+from rich.markup import escape
 
-from fedinfra.cli._common import OutputFormat, console, guarded, print_json
-from fedinfra.errors import ConfigError
+from fedinfra.cli._common import EXIT_CHECK_FAILED, OutputFormat, console, err_console, fail, guarded, print_json
+from fedinfra.errors import ConfigError, RuntimeLaunchError
 
 server_app = typer.Typer(name="server", help="Run the coordinator (Flower SuperLink).", no_args_is_help=True)
 
@@ -19,6 +20,7 @@ server_app = typer.Typer(name="server", help="Run the coordinator (Flower SuperL
 def start_cmd(
     config: Path = typer.Option(Path("server/server.toml"), "--config", help="server.toml of this coordinator."),
     kit: Path | None = typer.Option(None, "--kit", help="The coordinator kit (default: 'kit' in server.toml)."),
+    fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json (status lines)."),
 ) -> None:
     """Start the SuperLink with TLS and SuperNode authentication; stop with Ctrl-C or SIGTERM."""
     from fedinfra._optional import require_extra
@@ -49,20 +51,28 @@ def start_cmd(
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    console.print(
+    def say(event: str, text: str, **fields: object) -> None:
+        if fmt is OutputFormat.json:
+            print_json({"event": event, **fields})
+        else:
+            console.print(text, highlight=False)
+
+    say(
+        "listening",
         f"SuperLink listening on {link.address} (TLS, {len(link.sites)} site keys registered); "
         f"log {link.process.log_path}; Ctrl-C stops it",
-        highlight=False,
+        address=link.address,
+        sites=len(link.sites),
+        log=str(link.process.log_path),
     )
     try:
         while not stop.wait(1.0):
             if not link.process.alive():
                 link.stop()
-                console.print(f"[bold red]error:[/] SuperLink died: {link.process.last_error()}", highlight=False)
-                raise typer.Exit(1)
+                fail(f"SuperLink died: {link.process.last_error()}", EXIT_CHECK_FAILED)
     finally:
         link.stop()
-    console.print("SuperLink stopped", highlight=False)
+    say("stopped", "SuperLink stopped")
 
 
 @server_app.command("status")
@@ -74,9 +84,17 @@ def status_cmd(
     from fedinfra.config.server import load_server
     from fedinfra.runtime.deploy import read_status
 
-    status = guarded(lambda: read_status(load_server(config).state_dir))
+    cfg = guarded(lambda: load_server(config))
+    try:
+        status = read_status(cfg.state_dir)
+    except RuntimeLaunchError as exc:  # not running is the check's answer, not bad input
+        if fmt is OutputFormat.json:
+            print_json({"running": False, "error": str(exc), "exit_code": EXIT_CHECK_FAILED})
+        else:
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_CHECK_FAILED) from None
     if fmt is OutputFormat.json:
-        print_json(status)
+        print_json({"running": True, **status})
         return
     console.print(
         f"SuperLink running (pid {status['pid']}) on {status['address']}, bound {status['bind']}; "

@@ -28,7 +28,10 @@ def describe_validation_error(exc: ValidationError, source: str) -> str:
     if first["type"] == "extra_forbidden":
         msg = "unknown key; remove it or check its spelling"
     got = first.get("input")
-    shown = "" if first["type"] in ("missing", "extra_forbidden") else f" (got {got!r})"
+    # Only a short scalar is echoed: a whole table (or a model's repr) is noise, and may
+    # carry values the user did not mean to print.
+    scalar = isinstance(got, str | int | float | bool) and len(repr(got)) <= 80
+    shown = "" if first["type"] in ("missing", "extra_forbidden") or not scalar else f" (got {got!r})"
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{source}: field '{loc}': {msg}{shown}{more}"
 
@@ -55,6 +58,13 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def load_model(model: type[M], path: Path | str) -> M:
-    """Read ``path`` as TOML and validate it as ``model``."""
+    """Read ``path`` as TOML and validate it as ``model``; an empty file is refused.
+
+    Every field has a default only so that a file may omit it, not so that a blank or
+    truncated file silently becomes a valid configuration (fail closed).
+    """
     p = Path(path)
-    return parse_model(model, read_toml(p), str(p))
+    data = read_toml(p)
+    if not data:
+        raise ConfigError(f"{p}: the file is empty; declare the {model.__name__} settings (see the examples)")
+    return parse_model(model, data, str(p))

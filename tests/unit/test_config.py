@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from fedinfra.config import BudgetCaps, JobSpec, load_job, load_model, load_site
+from fedinfra.config import BudgetCaps, JobSpec, load_job, load_model, load_site, parse_model
 from fedinfra.errors import ConfigError
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "config"
@@ -68,12 +68,17 @@ def test_full_job_loads_with_every_section() -> None:
     assert job.policy_packs == ["gdpr", "hipaa"]
 
 
-def test_empty_job_file_gives_the_defaults() -> None:
-    job = load_job(VECTORS / "good_job_minimal.toml")
+def test_an_empty_job_file_is_refused_not_read_as_the_defaults() -> None:
+    # issue 18: a blank job.toml silently ran with no DP and no secure aggregation.
+    with pytest.raises(ConfigError, match=r"good_job_minimal\.toml: the file is empty"):
+        load_job(VECTORS / "good_job_minimal.toml")
 
-    assert job == JobSpec()
+
+def test_one_key_is_enough_every_other_field_has_a_default() -> None:
+    job = parse_model(JobSpec, {"rounds": 5}, "job.toml")
+
+    assert job == JobSpec(rounds=5)
     assert job.privacy.mechanism == "none"
-    assert job.secure_aggregation.mode == "none"
 
 
 def test_job_accepts_a_str_path() -> None:

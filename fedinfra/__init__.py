@@ -16,4 +16,21 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedinfra.task import DataSource, Table, Task, TaskData
+
+#: The public task API, loaded on first use (PEP 562) so ``import fedinfra`` stays light.
+_LAZY = {"Task": "fedinfra.task", "TaskData": "fedinfra.task", "DataSource": "fedinfra.task", "Table": "fedinfra.task"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fedinfra' has no attribute {name!r}")
+
+
+__all__ = ["DataSource", "Table", "Task", "TaskData", "__version__"]

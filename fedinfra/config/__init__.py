@@ -6,7 +6,7 @@ allowed, as one line (:class:`fedinfra.errors.ConfigError`).
 
 from fedinfra.config._load import describe_validation_error, load_model, parse_model, read_toml
 from fedinfra.config.device import DeviceProfile
-from fedinfra.config.job import DataSpec, JobSpec, ModelSpec, SitesSpec, TrainingSpec, load_job
+from fedinfra.config.job import DataSpec, JobSpec, ModelSpec, SitesSpec, TaskSpec, TrainingSpec, load_job
 from fedinfra.config.privacy import PrivacySpec
 from fedinfra.config.secagg import SecureAggSpec
 from fedinfra.config.site import BudgetCaps, DatasetDecl, SiteManifest, load_site
@@ -22,6 +22,7 @@ __all__ = [
     "SecureAggSpec",
     "SiteManifest",
     "SitesSpec",
+    "TaskSpec",
     "TrainingSpec",
     "describe_validation_error",
     "load_job",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -28,6 +28,21 @@ class DataSpec(StrictModel):
     dataset: Dataset = "breast_cancer"
     alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration of label skew")
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
+
+
+class TaskSpec(StrictModel):
+    """The task a job trains, named by import path (``module:Class``), and its settings.
+
+    Without a ``[task]`` table the job's ``model`` and ``data`` tables name a built-in
+    task (:mod:`fedinfra.task.builtin`); both paths run the same code.
+    """
+
+    ref: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$",
+        max_length=256,
+        description="import path of a fedinfra.Task subclass, 'package.module:Class'",
+    )
+    config: dict[str, Any] = Field(default_factory=dict, description="passed to the task's constructor")
 
 
 class SitesSpec(StrictModel):
@@ -85,6 +100,7 @@ class JobSpec(StrictModel):
     rounds: int = Field(default=5, ge=1, le=10_000)
     seed: int = Field(default=0, ge=0)
     model: ModelSpec = Field(default_factory=ModelSpec)
+    task: TaskSpec | None = None
     data: DataSpec = Field(default_factory=DataSpec)
     sites: SitesSpec = Field(default_factory=SitesSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)

@@ -57,9 +57,9 @@ from fedinfra.coordinator.identity import identity_refusal, node_identities
 from fedinfra.coordinator.persist import RunState, SiteBook, load_aggregate, load_state, save_state
 from fedinfra.coordinator.trail import AuditTrail, codes, sha256_hex
 from fedinfra.errors import ConfigError, FedinfraError, PolicyViolation, RuntimeLaunchError
-from fedinfra.models import build_model, get_weights, set_weights
+from fedinfra.models import get_weights, set_weights
 from fedinfra.site.data import load_split
-from fedinfra.site.training import evaluate
+from fedinfra.site.tasks import job_model, job_task
 from fedinfra.site.weights import weights_to_arrays
 from fedinfra.types import NDArrays
 
@@ -142,10 +142,11 @@ class Coordinator:
         if self.he and settings.he_public is None:
             raise ConfigError("secure_aggregation is on but the coordinator kit has no HE parameters")
         self._layout: Layout | None = None
-        split = load_split(job)
-        self.test_x, self.test_y = split.x_test, split.y_test
-        self.num_classes = split.num_classes
-        self.num_features = split.num_features
+        # The coordinator holds no site data; a built-in task's bundled test set (simulation)
+        # is its reference for per-round figures, a user task is evaluated by the sites.
+        self.task = job_task(job)
+        self.reference = load_split(job) if job.task is None else None
+        self.num_features = self.task.expected_features()
         self.gate = GateContext(
             tls=settings.tls, in_process=settings.in_process, audit_retention_days=settings.audit_retention_days
         )
@@ -238,7 +239,7 @@ class Coordinator:
                 reason = f"site's own preflight refused: {hello.preflight_reason}"
             elif evaluation.blocking:
                 reason = evaluation.reason()
-            elif hello.num_features != self.num_features:
+            elif self.num_features is not None and hello.num_features != self.num_features:
                 reason = f"site has {hello.num_features} features, the model {self.num_features}"
             if reason:
                 trail.event("site.rejected", outcome="denied", site=hello.site, details={**details, "reason": reason})
@@ -420,7 +421,7 @@ class Coordinator:
     def model_layout(self) -> Layout:
         """The update layout every reply must have: the job's model's, never a reply's."""
         if self._layout is None:
-            model = build_model(self.job.model, num_features=self.num_features, num_classes=self.num_classes, seed=0)
+            model, _ = job_model(self.job, self.task)
             self._layout = model_layout(get_weights(model))
         return self._layout
 
@@ -585,9 +586,17 @@ class Coordinator:
         return float(report.num_examples)
 
     def _evaluate(self, weights: NDArrays) -> tuple[float, float]:
-        model = build_model(self.job.model, num_features=self.num_features, num_classes=self.num_classes, seed=0)
+        """(loss, accuracy) on the reference test set; NaN without one (sites evaluate)."""
+        if self.reference is None:
+            return float("nan"), float("nan")
+        from fedinfra.task.metrics import evaluate_sums
+
+        model, _ = job_model(self.job, self.task)
         set_weights(model, weights)
-        return evaluate(model, self.test_x, self.test_y)
+        sums = evaluate_sums(self.task, model, self.reference.x_test, self.reference.y_test)
+        n = float(sums["count"][0])
+        correct = float(sums["correct"][0]) if "correct" in sums else float("nan")
+        return float(sums["loss"][0]) / n, correct / n
 
     # -- the whole run -----------------------------------------------------------------
     def _open(self) -> AuditTrail:
@@ -645,9 +654,7 @@ class Coordinator:
         return self._fresh_state()
 
     def _fresh_state(self) -> RunState:
-        model = build_model(
-            self.job.model, num_features=self.num_features, num_classes=self.num_classes, seed=self.job.seed
-        )
+        model, _ = job_model(self.job, self.task)
         return RunState(round=0, weights=get_weights(model))
 
     def run(self, grid: Grid) -> RunState:

@@ -19,20 +19,17 @@ if TYPE_CHECKING:
 
 
 def build_model(spec: ModelSpec, *, num_features: int, num_classes: int, seed: int) -> torch.nn.Module:
-    """Build the model ``spec`` names, initialised deterministically from ``seed``."""
-    import torch
-    from torch import nn
+    """Build the model ``spec`` names, initialised deterministically from ``seed``.
 
-    torch.manual_seed(seed)
-    if spec.kind == "logreg":
-        return nn.Sequential(nn.Linear(num_features, num_classes))
-    layers: list[nn.Module] = []
-    width = num_features
-    for h in spec.hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        width = h
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
+    The built-in :class:`~fedinfra.task.builtin.TabularTask` builds it: one code path.
+    """
+    from fedinfra.task import new_model
+    from fedinfra.task.builtin import TabularTask
+
+    task = TabularTask(
+        {"features": num_features, "classes": num_classes, "model": spec.kind, "hidden": list(spec.hidden)}
+    )
+    return new_model(task, seed=seed)
 
 
 def get_weights(model: torch.nn.Module) -> NDArrays:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +44,9 @@ from fedinfra.privacy.accounting import check_accountant, check_delta, compute_e
 from fedinfra.privacy.noise import secure_seed
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
     from torch import nn
 
 Mode = Literal["ghost", "hooks"]
@@ -139,7 +142,7 @@ def _check(name: str, value: float) -> float:
 def train_dp_sgd(
     model: nn.Module,
     x: npt.NDArray[np.float32],
-    y: npt.NDArray[np.int64],
+    y: npt.NDArray[np.int64] | npt.NDArray[np.float32],
     *,
     epochs: int,
     batch_size: int,
@@ -152,11 +155,20 @@ def train_dp_sgd(
     momentum: float = 0.0,
     mode: Mode | Literal["auto"] = "auto",
     seed: int | None = None,
+    criterion: nn.Module | None = None,
+    output: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> DPSGDResult:
     """Train ``model`` in place with DP-SGD and return loss, steps, mode and run epsilon.
 
     ``model`` must already be DP-compatible (:func:`make_private_compatible`): converting
     here would silently train a copy. Every parameter is validated before the first step.
+    ``x`` holds one example per row (any trailing shape: table rows, images); ``y`` class
+    indices (int64) or regression targets (float32). ``criterion`` is the loss (default
+    cross-entropy; it needs a ``reduction`` attribute), ``output`` maps the model's raw
+    output to what it takes; ``batch_loss(model, x, y)`` replaces both (a task's own
+    training step) and then per-sample gradients come from hooks, since ghost clipping
+    needs the ``criterion(output, y)`` form.
     """
     import torch
     from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
@@ -171,7 +183,7 @@ def train_dp_sgd(
         raise ConfigError(f"momentum must be in [0, 1) (got {momentum})")
     if steps_before < 0:
         raise ConfigError(f"steps_before must be >= 0 (got {steps_before})")
-    if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+    if x.ndim < 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
         raise ConfigError(f"features {x.shape} and labels {y.shape} do not match")
     n = int(x.shape[0])
     check_delta(delta, dataset_size=n)
@@ -181,12 +193,17 @@ def train_dp_sgd(
     if changes:
         raise ConfigError("model has layers DP-SGD cannot train (e.g. BatchNorm); call make_private_compatible first")
     chosen: Mode = choose_mode(model) if mode == "auto" else mode
+    if batch_loss is not None:
+        chosen = "hooks"
 
     gen = torch.Generator().manual_seed(secure_seed() if seed is None else seed)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+    yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32 if y.dtype.kind == "f" else np.int64))
     base_opt = torch.optim.SGD(model.parameters(), lr=step_lr, momentum=momentum)
-    criterion = torch.nn.CrossEntropyLoss(reduction="mean")
+    if criterion is None:
+        criterion = torch.nn.CrossEntropyLoss(reduction="mean")
+    setattr(criterion, "reduction", "mean")  # noqa: B010 - a loss module attribute torch does not type
+    shape = output or (lambda raw: raw)
     common = {
         "noise_multiplier": sigma,
         "max_grad_norm": clip,
@@ -216,13 +233,17 @@ def train_dp_sgd(
                 mask = torch.rand(n, generator=gen) < q
                 xb, yb = xt[mask], yt[mask]
                 opt.zero_grad(set_to_none=True)
-                out = gsm(xb)
-                if chosen == "ghost":
-                    loss = dp_loss(out, yb)
-                elif xb.shape[0]:
-                    loss = criterion(out, yb)
-                else:  # an empty Poisson batch: no data, but the step still adds noise
-                    loss = out.sum() * 0.0
+                loss: Any
+                if batch_loss is not None and xb.shape[0]:
+                    loss = batch_loss(gsm, xb, yb)
+                else:
+                    out = shape(gsm(xb))
+                    if chosen == "ghost":
+                        loss = dp_loss(out, yb)
+                    elif xb.shape[0]:
+                        loss = criterion(out, yb)
+                    else:  # an empty Poisson batch: no data, but the step still adds noise
+                        loss = out.sum() * 0.0
                 loss.backward()
                 opt.step()
                 if xb.shape[0]:

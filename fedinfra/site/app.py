@@ -40,11 +40,11 @@ from fedinfra.config.wire import (
     TrainReport,
 )
 from fedinfra.errors import CryptoError, FedinfraError, PolicyViolation, PrivacyBudgetExceeded, VerificationError
+from fedinfra.models import set_weights
 from fedinfra.site.context import SiteContext, site_context
 from fedinfra.site.receipts import current_size, verify_and_store
 from fedinfra.site.round import check_job, run_round
 from fedinfra.site.sync import current_model
-from fedinfra.site.training import evaluate as evaluate_model
 from fedinfra.site.weights import arrays_to_weights, weights_to_arrays
 from fedinfra.types import NDArrays
 
@@ -105,19 +105,17 @@ def _weights(msg: Message, ctx: SiteContext, instruction: TrainInstruction) -> N
 
 def _test_counts(ctx: SiteContext, weights: NDArrays) -> tuple[float, int, int]:
     """Evaluate ``weights`` on the local test shard: (loss sum, correct, count) - sums only."""
-    from fedinfra.models import build_model, set_weights
+    from fedinfra.site.tasks import job_model, job_task
+    from fedinfra.task.metrics import evaluate_sums
 
     tx, ty = ctx.data.test_x, ctx.data.test_y
     if tx is None or ty is None or len(ty) == 0:
         return 0.0, 0, 0
-    num_classes = int(weights[next(reversed(weights))].shape[0])
-    model = build_model(
-        ctx.job.model, num_features=int(ctx.data.x.shape[1]), num_classes=num_classes, seed=ctx.job.seed
-    )
+    model, _ = job_model(ctx.job)
     set_weights(model, weights)
-    loss, acc = evaluate_model(model, tx, ty)
-    count = len(ty)
-    return loss * count, int(np.rint(acc * count)), count
+    sums = evaluate_sums(job_task(ctx.job), model, tx, ty)
+    correct = int(np.rint(sums["correct"][0])) if "correct" in sums else 0
+    return float(sums["loss"][0]), correct, len(ty)
 
 
 @app.query()
@@ -145,7 +143,7 @@ def query(msg: Message, context: Context) -> Message:
     hello = SiteHello(
         site=ctx.name,
         num_examples=None if ctx.job.secure_aggregation.mode != "none" else len(ctx.data.y),
-        num_features=int(ctx.data.x.shape[1]),
+        num_features=int(np.prod(ctx.data.x.shape[1:])),
         dataset_fingerprint=ctx.data.fingerprint,
         manifest=ctx.manifest.model_dump(mode="json"),
         scan=ctx.scan.model_dump(mode="json"),

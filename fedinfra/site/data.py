@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +21,7 @@ from fedinfra.config.job import simulated_site_name
 from fedinfra.data import SplitData, dirichlet_partition, fingerprint_arrays, load_bundled
 from fedinfra.data.tables import read_csv_table
 from fedinfra.errors import ConfigError
+from fedinfra.task.api import DataSource, Table
 
 
 @dataclass(frozen=True)
@@ -28,12 +30,12 @@ class SiteData:
 
     name: str
     x: npt.NDArray[np.float32]
-    y: npt.NDArray[np.int64]
+    y: npt.NDArray[Any]
     fingerprint: str
     manifest: SiteManifest | None
     feature_names: tuple[str, ...] = ()
     test_x: npt.NDArray[np.float32] | None = None
-    test_y: npt.NDArray[np.int64] | None = None
+    test_y: npt.NDArray[Any] | None = None
     source: Path | None = None
 
 
@@ -53,29 +55,52 @@ def _load_split(dataset: str, test_fraction: float, seed: int) -> SplitData:
     return load_bundled(dataset, test_fraction=test_fraction, seed=seed)
 
 
+def _from_task(
+    job: JobSpec, name: str, source: DataSource, manifest: SiteManifest | None, path: Path | None = None
+) -> SiteData:
+    """Hand the site's (already admitted) data to the job's task; keep what it returns as arrays."""
+    from fedinfra.site.tasks import job_task
+    from fedinfra.task.training import as_arrays
+
+    task = job_task(job)
+    data = task.load_data(source)
+    regression = task.kind == "regression"
+    x, y = as_arrays(data.train, regression=regression)
+    test_x, test_y = as_arrays(data.eval, regression=regression) if data.eval is not None else (None, None)
+    return SiteData(
+        name=name,
+        x=x,
+        y=y,
+        fingerprint=fingerprint_arrays(x, y),
+        manifest=manifest,
+        feature_names=data.feature_names,
+        test_x=test_x,
+        test_y=test_y,
+        source=path,
+    )
+
+
 @lru_cache(maxsize=64)
 def _simulated(job_json: str, partition_id: int, num_partitions: int) -> SiteData:
     job = JobSpec.model_validate_json(job_json)
     split = load_split(job)
     parts = dirichlet_partition(split.y_train, num_sites=num_partitions, alpha=job.data.alpha, seed=job.seed)
     idx = parts[partition_id]
-    x, y = split.x_train[idx], split.y_train[idx]
+    names = tuple(split.feature_names)
     # The held-out test set is dealt out evenly: federated evaluation over all sites then
     # equals evaluation on the whole test set.
-    return SiteData(
-        name=simulated_site_name(job.scenario, partition_id, job.sites.count, job.sites.devices),
-        x=x,
-        y=y,
-        fingerprint=fingerprint_arrays(x, y),
-        manifest=None,
-        feature_names=tuple(split.feature_names),
-        test_x=split.x_test[partition_id::num_partitions],
-        test_y=split.y_test[partition_id::num_partitions],
+    source = DataSource(
+        read=lambda: Table(split.x_train[idx], split.y_train[idx], names),
+        read_eval=lambda: Table(
+            split.x_test[partition_id::num_partitions], split.y_test[partition_id::num_partitions], names
+        ),
     )
+    name = simulated_site_name(job.scenario, partition_id, job.sites.count, job.sites.devices)
+    return _from_task(job, name, source, None)
 
 
 @lru_cache(maxsize=8)
-def _deployed(manifest_path: str) -> SiteData:
+def _deployed(manifest_path: str, job_json: str) -> SiteData:
     manifest = load_site(manifest_path)
     if manifest.dataset is None:
         raise ConfigError(f"{manifest_path}: field 'dataset' is required for a deployed site")
@@ -83,28 +108,23 @@ def _deployed(manifest_path: str) -> SiteData:
     data_path = Path(decl.path)
     if not data_path.is_absolute():
         data_path = Path(manifest_path).parent / data_path
-    x, y, names = read_csv_table(data_path, label_column=decl.label_column, feature_columns=list(decl.feature_columns))
-    # A deployed site keeps the last 20% of its rows (seeded shuffle) for federated evaluation.
-    order = np.random.default_rng(0).permutation(len(y))
-    cut = max(1, int(len(y) * 0.8))
-    tr, te = np.sort(order[:cut]), np.sort(order[cut:])
-    return SiteData(
-        manifest.name,
-        x[tr],
-        y[tr],
-        fingerprint_arrays(x[tr], y[tr]),
-        manifest,
-        feature_names=tuple(names),
-        test_x=x[te],
-        test_y=y[te],
-        source=data_path,
-    )
+
+    def read() -> Table:
+        x, y, names = read_csv_table(
+            data_path, label_column=decl.label_column, feature_columns=list(decl.feature_columns)
+        )
+        return Table(x, y, tuple(names))
+
+    # Without an evaluation part of its own, the task keeps the last 20% of the rows
+    # (seeded shuffle) for federated evaluation.
+    source = DataSource(read=read, declaration=decl, path=data_path)
+    return _from_task(JobSpec.model_validate_json(job_json), manifest.name, source, manifest, data_path)
 
 
 def resolve_site_data(node_config: dict[str, object], job: JobSpec) -> SiteData:
     """Load the data of the site described by ``node_config`` for ``job``."""
     if "site-manifest" in node_config:
-        return _deployed(str(node_config["site-manifest"]))
+        return _deployed(str(node_config["site-manifest"]), job.model_dump_json())
     try:
         pid = int(str(node_config["partition-id"]))
         num = int(str(node_config["num-partitions"]))

@@ -9,20 +9,25 @@ round and nothing leaves the site.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedinfra.config.wire import TrainInstruction, TrainReport
 from fedinfra.errors import PolicyViolation
-from fedinfra.models import build_model, get_weights, set_weights
+from fedinfra.models import get_weights, set_weights
 from fedinfra.site import replay
 from fedinfra.site.context import SiteContext
 from fedinfra.site.receipts import verify_and_store
-from fedinfra.site.training import train_local
+from fedinfra.site.tasks import job_model, job_task
+from fedinfra.task.training import train_plain
 from fedinfra.types import NDArrays
+
+if TYPE_CHECKING:
+    from fedinfra.task import Task
 
 
 @dataclass
@@ -127,7 +132,9 @@ def _reserve(
         ledger.close()
 
 
-def _train_dp_sgd(ctx: SiteContext, model: object, instruction: TrainInstruction) -> tuple[float, dict[str, object]]:
+def _train_dp_sgd(
+    ctx: SiteContext, model: object, instruction: TrainInstruction, changes: tuple[str, ...] = ()
+) -> tuple[float, dict[str, object]]:
     """Train with DP-SGD (Abadi et al. 2016) and record the spend write-ahead."""
     from fedinfra.privacy import (
         compute_epsilon,
@@ -152,7 +159,9 @@ def _train_dp_sgd(ctx: SiteContext, model: object, instruction: TrainInstruction
     import torch
 
     assert isinstance(model, torch.nn.Module)
-    private_model, changes = make_private_compatible(model)
+    private_model, fixed = make_private_compatible(model)
+    changes = changes or fixed
+    task = job_task(job)
     result = train_dp_sgd(
         private_model,
         ctx.data.x,
@@ -165,6 +174,9 @@ def _train_dp_sgd(ctx: SiteContext, model: object, instruction: TrainInstruction
         delta=p.delta,
         steps_before=before,
         accountant=p.accountant,
+        criterion=task.loss(),
+        output=task.output,
+        batch_loss=_task_step(task) if task.overrides_training_step() else None,
     )
     _save_dp_state(ctx, instruction.run_id, {"sigma": sigma, "steps": result.total_steps})
     if private_model is not model:
@@ -184,6 +196,11 @@ def _train_dp_sgd(ctx: SiteContext, model: object, instruction: TrainInstruction
         "epsilon_cap_lifetime": caps.epsilon_lifetime,
     }
     return result.loss, details
+
+
+def _task_step(task: Task) -> Callable[[Any, Any, Any], Any]:
+    loss = task.loss()
+    return lambda model, x, y: task.training_step(model, x, y, loss)
 
 
 def _user_level(
@@ -322,15 +339,15 @@ def _train_round(
     ctx: SiteContext, instruction: TrainInstruction, global_weights: NDArrays, *, verified: int, sampled: int
 ) -> RoundOutput:
     job = ctx.job
-    num_classes = int(global_weights[next(reversed(global_weights))].shape[0])
-    model = build_model(job.model, num_features=int(ctx.data.x.shape[1]), num_classes=num_classes, seed=job.seed)
+    model, changes = job_model(job)
     set_weights(model, global_weights)
     details: dict[str, object] = {"receipts_verified": verified}
     if job.privacy.mechanism == "dp-sgd":
-        loss, dp = _train_dp_sgd(ctx, model, instruction)
+        loss, dp = _train_dp_sgd(ctx, model, instruction, changes)
         details.update(dp)
     else:
-        loss = train_local(
+        loss = train_plain(
+            job_task(job),
             model,
             ctx.data.x,
             ctx.data.y,

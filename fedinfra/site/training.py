@@ -1,4 +1,4 @@
-"""Plain (non-private) local training and evaluation of the tabular models."""
+"""Plain (non-private) local training and evaluation of classifiers over arrays."""
 
 from __future__ import annotations
 
@@ -21,39 +21,15 @@ def train_local(
     lr: float,
     seed: int,
 ) -> float:
-    """Train ``model`` in place with mini-batch SGD; return the mean loss of the last epoch.
+    """Train a classifier in place with mini-batch SGD; return the mean loss of the last epoch.
 
-    The SGD step is written out rather than taken from ``torch.optim``: constructing a
-    torch optimizer imports ``torch._dynamo``, which costs seconds in every fresh process -
-    and Flower's deployment engine starts a fresh ClientApp process for every message.
+    The loop of every task (:func:`fedinfra.task.training.train_plain`) with the default
+    classification task.
     """
-    import torch
-    from torch import nn
+    from fedinfra.task import Task
+    from fedinfra.task.training import train_plain
 
-    gen = torch.Generator().manual_seed(seed)
-    xt = torch.from_numpy(x)
-    yt = torch.from_numpy(y)
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    last = 0.0
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt), generator=gen)
-        total, seen = 0.0, 0
-        for start in range(0, len(xt), batch_size):
-            idx = perm[start : start + batch_size]
-            for p in params:
-                p.grad = None
-            loss = loss_fn(model(xt[idx]), yt[idx])
-            loss.backward()
-            with torch.no_grad():
-                for p in params:
-                    if p.grad is not None:
-                        p.add_(p.grad, alpha=-lr)
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        last = total / max(seen, 1)
-    return last
+    return train_plain(Task(), model, x, y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
 
 
 def evaluate(model: torch.nn.Module, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]) -> tuple[float, float]:

@@ -39,7 +39,7 @@ class FedAvgAggregator(Aggregator):
 
     def _accept(self, reply: Reply) -> Folded:
         w = check_weight(reply.weight)
-        update = plaintext_update(reply, self.spec.layout)
+        update = plaintext_update(reply, self.spec.layout, max_norm=self.spec.job.aggregation.max_update_norm)
         self._mean.add(update, w)
         names = [name for name, _ in self.spec.layout]
         return Folded("update", b"".join(np.ascontiguousarray(update[k]).tobytes() for k in sorted(names)))
@@ -72,7 +72,7 @@ class CompressedAggregator(Aggregator):
         spec = self.spec.job.compression
         assert spec is not None
         update = decompress(blob, self.spec.layout, clip=spec.clip, bits=spec.bits)
-        check_update(update, self.spec.layout)
+        check_update(update, self.spec.layout, max_norm=self.spec.job.aggregation.max_update_norm)
         self._mean.add(update, w)
         return Folded("update.compressed", blob)
 

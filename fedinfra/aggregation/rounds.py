@@ -216,19 +216,29 @@ def start_round(spec: RoundSpec) -> Aggregator:
 # -- plaintext validation shared by the float modes ---------------------------------------------------
 
 
-def check_update(update: NDArrays, layout: Layout) -> None:
-    """Raise :class:`UpdateRejected` unless ``update`` has exactly ``layout`` and finite numbers."""
+def check_update(update: NDArrays, layout: Layout, *, max_norm: float = math.inf) -> None:
+    """Raise :class:`UpdateRejected` unless ``update`` has exactly ``layout`` and bounded numbers.
+
+    The dtype comes from the model (float32, issue 16): a float64 1e300 is finite but no
+    value of the model, and would become inf in the float32 sum. ``max_norm`` (the job's
+    ``aggregation.max_update_norm``) bounds the L2 norm, so every coordinate - and every
+    weighted mean of updates - stays far inside float32 range.
+    """
     names = [name for name, _ in layout]
     if sorted(update.keys()) != sorted(names):
         raise UpdateRejected("layout", "update tensors do not match the model")
+    sq = 0.0
     for name, shape in layout:
         value = np.asarray(update[name])
         if tuple(value.shape) != shape:
             raise UpdateRejected("shape", f"update tensor {name!r} has shape {value.shape}, the model {shape}")
-        if value.dtype.kind not in "fiu":
-            raise UpdateRejected("dtype", f"update tensor {name!r} is not a real-valued numeric array")
+        if value.dtype != np.float32:
+            raise UpdateRejected("dtype", f"update tensor {name!r} is not float32 like the model")
         if not bool(np.all(np.isfinite(value))):
             raise UpdateRejected("finite", f"update tensor {name!r} has non-finite values")
+        sq += float(np.sum(np.square(value, dtype=np.float64)))
+    if not math.sqrt(sq) <= max_norm:
+        raise UpdateRejected("bound", "update norm exceeds the job's aggregation.max_update_norm")
 
 
 def check_weight(weight: float) -> float:
@@ -244,12 +254,12 @@ def running_mean(layout: Layout) -> StreamingFedAvg:
     return StreamingFedAvg(layout=layout)
 
 
-def plaintext_update(reply: Reply, layout: Layout) -> NDArrays:
-    """The reply's float tensors, validated against ``layout``."""
+def plaintext_update(reply: Reply, layout: Layout, *, max_norm: float = math.inf) -> NDArrays:
+    """The reply's float tensors, validated against ``layout`` (and ``max_norm``)."""
     if reply.arrays is None:
         raise UpdateRejected("missing", "reply carries no update tensors")
     update = arrays_from_record(reply.arrays)
-    check_update(update, layout)
+    check_update(update, layout, max_norm=max_norm)
     return update
 
 

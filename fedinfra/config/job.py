@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from fedinfra.config._load import StrictModel, load_model
+from fedinfra.config.aggregation import ROBUST_RULES, AggregationSpec
 from fedinfra.config.privacy import PrivacySpec
 from fedinfra.config.secagg import SecureAggSpec
 
@@ -107,12 +108,18 @@ class JobSpec(StrictModel):
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
     secure_aggregation: SecureAggSpec = Field(default_factory=SecureAggSpec)
     compression: CompressionSpec | None = None
+    aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
     policy_packs: list[str] = Field(default_factory=list)
     timeout_s: float = Field(default=600.0, gt=0, description="per-round reply timeout")
 
     @model_validator(mode="after")
     def _compatible(self) -> JobSpec:
         comp, sec = self.compression, self.secure_aggregation
+        if self.aggregation.rule in ROBUST_RULES and sec.mode != "none":
+            raise ValueError(
+                f"aggregation.rule = {self.aggregation.rule!r} needs visible updates; under secure aggregation the "
+                "coordinator sees only the sum (sites clip before encrypting instead): use rule = 'fedavg'"
+            )
         if self.privacy.mechanism == "user-dp" and sec.mode != "none" and sec.example_cap != 1:
             raise ValueError(
                 f"secure_aggregation.example_cap = {sec.example_cap} must be 1 with user-level DP: its noise is "

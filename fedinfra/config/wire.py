@@ -6,9 +6,12 @@ these models before use; a reply that does not validate is rejected, never guess
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from fedinfra.config._load import StrictModel
 from fedinfra.config.names import SLUG_PATTERN
@@ -26,6 +29,82 @@ HE_UPDATE = "he.update"
 COMPRESSED_UPDATE = "update.compressed"
 HE_AGGREGATES = "he.aggregates"
 
+# -- bounds on everything a site sends (issue 16) ----------------------------------------
+#: Largest finite float32: every float from a site must fit the model's dtype.
+F32_MAX = 3.4028234663852886e38
+#: Largest integer the audit log's canonical JSON carries exactly (RFC 8785, 2**53 - 1).
+MAX_SAFE_INTEGER = 2**53 - 1
+#: Upper bound on any example count a site declares (a billion records per site).
+MAX_EXAMPLES = 1_000_000_000
+#: Upper bound on a free-text string from a site (reasons, caveats).
+MAX_TEXT = 1000
+#: Upper bound on the entries of ``TrainReport.details`` and on any list inside it.
+MAX_DETAIL_ITEMS = 64
+#: The largest cumulative epsilon any site may report (far above every policy cap).
+MAX_EPSILON = 1e6
+
+#: Site names: slugs (the audit log's identifier alphabet, no spaces, no control characters).
+SiteName = Annotated[str, Field(min_length=1, max_length=64, pattern=SLUG_PATTERN)]
+#: A run id: the audit log's identifier alphabet.
+RunId = Annotated[str, Field(min_length=1, max_length=128, pattern=SLUG_PATTERN)]
+#: A finite float within float32 range, as every float a site sends must be.
+F32 = Annotated[float, Field(allow_inf_nan=False, ge=-F32_MAX, le=F32_MAX)]
+#: A non-negative finite float within float32 range.
+NonNegF32 = Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=F32_MAX)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+
+_DETAIL_KEY = re.compile(r"[a-z][a-z0-9_.]{0,63}")
+
+
+class ReplyDetails(StrictModel):
+    """The typed part of ``TrainReport.details``: what the coordinator reads and audits.
+
+    Keys the coordinator does not read are still bounded (:func:`_bounded_details`).
+    """
+
+    epsilon_total: float | None = Field(default=None, allow_inf_nan=False, ge=0.0, le=MAX_EPSILON)
+    delta: float | None = Field(default=None, allow_inf_nan=False, ge=0.0, le=1.0)
+    receipts_verified: int | None = Field(default=None, ge=0, le=MAX_SAFE_INTEGER)
+    replayed: bool | None = None
+    bytes_sent: int | None = Field(default=None, ge=0, le=MAX_SAFE_INTEGER)
+    mechanism: Literal["none", "dp-sgd", "user-dp"] | None = None
+
+
+def _bounded_value(value: object, where: str, depth: int = 0) -> None:
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise ValueError(f"details.{where}: integer out of range (|x| <= 2**53 - 1)")
+    elif isinstance(value, float):
+        if not (math.isfinite(value) and abs(value) <= F32_MAX):
+            raise ValueError(f"details.{where}: number not finite or outside float32 range")
+    elif isinstance(value, str):
+        if len(value) > MAX_TEXT:
+            raise ValueError(f"details.{where}: string longer than {MAX_TEXT} characters")
+    elif isinstance(value, list) and depth == 0:
+        if len(value) > MAX_DETAIL_ITEMS:
+            raise ValueError(f"details.{where}: list longer than {MAX_DETAIL_ITEMS} items")
+        for item in value:
+            _bounded_value(item, where, depth + 1)
+    else:
+        raise ValueError(f"details.{where}: unsupported value type {type(value).__name__}")
+
+
+def _bounded_details(details: dict[str, Any]) -> dict[str, Any]:
+    """Bound every entry of a site's ``details`` map; type the keys the coordinator reads."""
+    if len(details) > MAX_DETAIL_ITEMS:
+        raise ValueError(f"details: more than {MAX_DETAIL_ITEMS} entries")
+    for key, value in details.items():
+        if not _DETAIL_KEY.fullmatch(key):
+            raise ValueError("details: a key is not a lower-case code ([a-z][a-z0-9_.]*, <= 64 characters)")
+        _bounded_value(value, key)
+    typed = ReplyDetails.model_validate({k: v for k, v in details.items() if k in ReplyDetails.model_fields})
+    return {**details, **typed.model_dump(exclude_unset=True)}
+
+
+BoundedDetails = Annotated[dict[str, Any], AfterValidator(_bounded_details)]
+
 
 class SiteHello(StrictModel):
     """A site's answer to the admission QUERY.
@@ -34,17 +113,19 @@ class SiteHello(StrictModel):
     counts travel only encrypted.
     """
 
-    site: str = Field(min_length=1, max_length=64, pattern=SLUG_PATTERN)
-    num_examples: int | None = Field(default=None, ge=1)
-    num_features: int = Field(ge=1)
+    site: SiteName
+    num_examples: int | None = Field(default=None, ge=1, le=MAX_EXAMPLES)
+    num_features: int = Field(ge=1, le=1_000_000)
     dataset_fingerprint: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
     manifest: dict[str, object] = Field(default_factory=dict)
     scan: dict[str, object] | None = None
     preflight_passed: bool = True
-    preflight_reason: str = ""
-    epsilon_spent_lifetime: float | None = Field(default=None, ge=0)
-    epsilon_remaining_run: float | None = Field(default=None, ge=0)
-    checkpoint_size: int = Field(default=0, ge=0, description="tree size of the newest checkpoint the site holds")
+    preflight_reason: Text = ""
+    epsilon_spent_lifetime: float | None = Field(default=None, ge=0, le=MAX_EPSILON, allow_inf_nan=False)
+    epsilon_remaining_run: float | None = Field(default=None, ge=0, le=MAX_EPSILON, allow_inf_nan=False)
+    checkpoint_size: int = Field(
+        default=0, ge=0, le=MAX_SAFE_INTEGER, description="tree size of the newest checkpoint the site holds"
+    )
 
 
 class TrainInstruction(StrictModel):
@@ -60,8 +141,8 @@ class TrainInstruction(StrictModel):
     train wave: one message wave per round instead of two.
     """
 
-    run_id: str = Field(min_length=1, max_length=128, pattern=SLUG_PATTERN)
-    round: int = Field(ge=0)
+    run_id: RunId
+    round: int = Field(ge=0, le=MAX_SAFE_INTEGER)
     job: dict[str, object]
     phase: Literal["admit", "train", "evaluate", "close"] = "train"
     receipts: list[str] = Field(default_factory=list)
@@ -90,15 +171,15 @@ class EvalCounts(StrictModel):
     finite sum of non-negative cross-entropies).
     """
 
-    round: int = Field(ge=1)
-    loss_sum: float = Field(ge=0.0, allow_inf_nan=False)
-    correct: int = Field(ge=0)
+    round: int = Field(ge=1, le=MAX_SAFE_INTEGER)
+    loss_sum: NonNegF32
+    correct: int = Field(ge=0, le=MAX_EVAL_COUNT)
     count: int = Field(ge=0, le=MAX_EVAL_COUNT)
 
     @model_validator(mode="after")
     def _correct_within_count(self) -> EvalCounts:
         if self.correct > self.count:
-            raise ValueError(f"evaluation.correct={self.correct} exceeds evaluation.count={self.count}")
+            raise PydanticCustomError("correct_above_count", "evaluation.correct exceeds evaluation.count")
         return self
 
 
@@ -110,25 +191,35 @@ class TrainReport(StrictModel):
     the instruction's ``evaluate_round`` (HE mode).
     """
 
-    site: str = Field(min_length=1, max_length=64)
-    round: int = Field(ge=1)
+    site: SiteName
+    round: int = Field(ge=1, le=MAX_SAFE_INTEGER)
     status: Literal["ok", "refused"] = "ok"
-    reason: str = ""
+    reason: Text = ""
     code: Literal["", "budget", "policy", "receipt", "crypto", "error"] = ""
-    num_examples: int = Field(ge=0)
-    train_loss: float = 0.0
-    details: dict[str, object] = Field(default_factory=dict)
+    num_examples: int = Field(ge=0, le=MAX_EXAMPLES)
+    train_loss: NonNegF32 = 0.0
+    details: BoundedDetails = Field(default_factory=dict)
     evaluation: EvalCounts | None = None
 
 
 class EvalReport(StrictModel):
-    """A site's evaluation of the current global model on its local test shard."""
+    """A site's evaluation of the current global model on its local test shard.
 
-    site: str = Field(min_length=1, max_length=64)
-    round: int = Field(ge=0)
+    Bounded exactly as :class:`EvalCounts` (``correct <= count <= MAX_EVAL_COUNT``, a finite
+    non-negative loss sum), so one report cannot swamp the consortium's figures.
+    """
+
+    site: SiteName
+    round: int = Field(ge=0, le=MAX_SAFE_INTEGER)
     status: Literal["ok", "refused"] = "ok"
-    reason: str = ""
-    loss_sum: float = 0.0
-    correct: int = Field(default=0, ge=0)
-    count: int = Field(default=0, ge=0)
-    receipts_verified: int = Field(default=0, ge=0)
+    reason: Text = ""
+    loss_sum: NonNegF32 = 0.0
+    correct: int = Field(default=0, ge=0, le=MAX_EVAL_COUNT)
+    count: int = Field(default=0, ge=0, le=MAX_EVAL_COUNT)
+    receipts_verified: int = Field(default=0, ge=0, le=MAX_SAFE_INTEGER)
+
+    @model_validator(mode="after")
+    def _correct_within_count(self) -> EvalReport:
+        if self.correct > self.count:
+            raise PydanticCustomError("correct_above_count", "correct exceeds count")
+        return self

@@ -33,7 +33,6 @@ from fedinfra.aggregation.rounds import (
     Layout,
     Reply,
     RoundSpec,
-    UpdateRejected,
     aggregator_class,
     model_layout,
     start_round,
@@ -45,18 +44,18 @@ from fedinfra.config.wire import (
     CONFIG,
     DOC,
     HE_AGGREGATES,
-    EvalReport,
     SiteHello,
     TrainInstruction,
     TrainReport,
 )
+from fedinfra.coordinator import intake
 from fedinfra.coordinator.admission import GateContext, evaluate_job, evaluate_site, record_evaluation, site_details
 from fedinfra.coordinator.artifacts import RunArtifacts
 from fedinfra.coordinator.events import NullReporter, Reporter, RoundResult
 from fedinfra.coordinator.identity import identity_refusal, node_identities
 from fedinfra.coordinator.persist import RunState, SiteBook, load_aggregate, load_state, save_state
-from fedinfra.coordinator.trail import AuditTrail, codes, sha256_hex
-from fedinfra.errors import ConfigError, FedinfraError, PolicyViolation, RuntimeLaunchError
+from fedinfra.coordinator.trail import AuditTrail, codes, failed, sha256_hex
+from fedinfra.errors import ConfigError, PolicyViolation, RuntimeLaunchError
 from fedinfra.models import get_weights, set_weights
 from fedinfra.site.data import load_split
 from fedinfra.site.tasks import job_model, job_task
@@ -219,18 +218,26 @@ class Coordinator:
                 trail.event("site.rejected", outcome="denied", details={"node": str(node), "reason": reason})
                 continue
             try:
-                hello = SiteHello.model_validate_json(str(reply.content.config_records[CONFIG][DOC]))
+                hello = intake.parse_doc(SiteHello, reply)
                 evaluation, manifest = evaluate_site(self.job, packs, self.gate, hello)
-            except (ValueError, KeyError, FedinfraError) as exc:
-                trail.event("site.rejected", outcome="denied", details={"node": str(node), "reason": str(exc)})
+            except Exception as exc:  # one site's hello never ends the run (issue 16)
+                check = intake.check_of(exc)
+                trail.event(
+                    "site.rejected", outcome="denied", details={"node": str(node), "reason": check, "check": check}
+                )
                 continue
             refusal = identity_refusal(
-                hello.site, identities.get(node), pinned=self.settings.site_node_keys,
+                hello.site,
+                identities.get(node),
+                pinned=self.settings.site_node_keys,
                 admitted=[s.hello.site for s in admitted],
             )
             if refusal:  # a site is its node key, not the name it declares (coordinator/identity.py)
-                trail.event("site.rejected", outcome="denied", details={"node": str(node), "reason": refusal,
-                                                                       "code": "identity"})
+                trail.event(
+                    "site.rejected",
+                    outcome="denied",
+                    details={"node": str(node), "reason": refusal, "code": "identity"},
+                )
                 continue
             record_evaluation(trail, evaluation, gate="site", round=0, site=hello.site)
             details = site_details(hello, manifest)
@@ -343,11 +350,7 @@ class Coordinator:
                 continue
             name = site.hello.site
             try:
-                if reply.has_error():
-                    raise ConfigError(f"site error: {(reply.error.reason or '')[:200]}")
-                report = TrainReport.model_validate_json(str(reply.content.config_records[CONFIG][DOC]))
-                if report.site != name or report.round != rnd:
-                    raise ConfigError("reply names another site or round")
+                report = intake.train_report(reply, site=name, rnd=rnd, declared_examples=site.hello.num_examples)
                 self._delivered(state, name)
                 ev = report.evaluation
                 if evaluate_round is not None and ev is not None and ev.round == evaluate_round:
@@ -371,15 +374,15 @@ class Coordinator:
                     )
                 )
                 subject: tuple[str, bytes] = (folded.kind, folded.data)
-            except (ValueError, KeyError, TypeError, FedinfraError) as exc:
+            except Exception as exc:  # one site's reply never ends the run (issue 16)
+                check = intake.check_of(exc)
                 refused[name] = "invalid"
-                check = exc.check if isinstance(exc, UpdateRejected) else "reply"
                 trail.event(
                     "update.rejected",
                     round=rnd,
                     site=name,
                     outcome="denied",
-                    details={"site": name, "reason": str(exc), "code": "invalid", "check": check},
+                    details={"site": name, "reason": check, "code": "invalid", "check": check},
                 )
                 continue
             entry = trail.event(
@@ -399,8 +402,8 @@ class Coordinator:
             book.rounds_joined += 1
             loss_sum += report.train_loss
             loss_n += 1
-            if "epsilon_total" in report.details:
-                total = float(report.details["epsilon_total"])  # type: ignore[arg-type]
+            if report.details.get("epsilon_total") is not None:
+                total = float(report.details["epsilon_total"])
                 trail.event(
                     "budget.spent",
                     round=rnd,
@@ -516,20 +519,19 @@ class Coordinator:
     def _eval_reply(self, reply: Message, site: Site, rnd: int, state: RunState, tally: _EvalTally) -> None:
         """Add one site's evaluation counts of round ``rnd``'s model to ``tally``."""
         name = site.hello.site
-        if reply.has_error():
-            return
+        assert self.trail is not None
         try:
-            report = EvalReport.model_validate_json(str(reply.content.config_records[CONFIG][DOC]))
-        except (ValueError, KeyError):
-            return
-        if report.status != "ok" or report.site != name or report.round != rnd:
-            assert self.trail is not None
+            report = intake.eval_report(reply, site=name, rnd=rnd)
+            if report.status != "ok":
+                raise intake.Rejected("evaluation.refused")
+        except Exception as exc:  # one site's report never ends the run (issue 16)
+            check = intake.check_of(exc)
             self.trail.event(
                 "update.rejected",
                 round=rnd,
                 site=name,
                 outcome="denied",
-                details={"site": name, "reason": report.reason or "evaluation of another round", "code": "evaluation"},
+                details={"site": name, "reason": check, "code": "evaluation", "check": check},
             )
             return
         self._delivered(state, name)
@@ -691,9 +693,8 @@ class Coordinator:
                 )
             self._close(grid, trail, sites, state, stop_reason, time.monotonic() - t0)
             return state
-        except FedinfraError as exc:
-            trail.event("run.failed", outcome="failure", details={"reason": str(exc), "error": type(exc).__name__})
-            trail.checkpoint(None)
+        except BaseException as exc:
+            failed(trail, exc)
             raise
         finally:
             trail.log.close()

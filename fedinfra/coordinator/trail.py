@@ -100,3 +100,35 @@ class AuditTrail:
     def receipt(self, seq: int, *, since: int | None) -> str:
         """A receipt (JSON) for entry ``seq`` against the newest checkpoint."""
         return self.log.receipt(seq, since=since or None).to_json()
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a run ended abnormally, fit for the audit log.
+
+    fedinfra's own errors carry a message written for the operator; anything else may
+    carry an input value in its message, so only its class is named.
+    """
+    from fedinfra.errors import FedinfraError
+
+    if isinstance(exc, FedinfraError):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        return "interrupted by a signal or shutdown; resume with 'fedinfra run --resume RUN_ID'"
+    return f"unexpected {type(exc).__name__}; resume with 'fedinfra run --resume RUN_ID'"
+
+
+def failed(trail: AuditTrail, exc: BaseException) -> None:
+    """Write a signed ``run.failed`` entry (and checkpoint) for ``exc``; never raises.
+
+    The entry is covered by a signed checkpoint so that an abnormal end is part of the
+    tamper-evident record (RFC 9162 section 2.1), and a resumed run starts after it.
+    """
+    try:
+        trail.event(
+            "run.failed",
+            outcome="failure",
+            details={"reason": failure_reason(exc), "error": type(exc).__name__},
+        )
+        trail.checkpoint(None)
+    except Exception:  # noqa: S110 - the original exception is what the caller re-raises
+        pass

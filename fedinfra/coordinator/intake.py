@@ -1,0 +1,126 @@
+"""Reading one site's reply: every value is bounded before the coordinator uses it.
+
+A reply is untrusted bytes from a party the coordinator does not control (a broken,
+outdated or hostile site). Each reader here either returns values that are within the
+job's bounds - slugs for names, finite float32-range numbers, an example count no larger
+than the site declared at admission, the run and round asked for - or raises
+:class:`Rejected` naming the *check* that failed. The check is a code
+(``train_report.num_examples:less_than_equal``), never the offending value: rejections
+are audited, and the audit log holds no raw input (GDPR Art. 5(1)(c)).
+
+The update itself is checked by the round's aggregator
+(:mod:`fedinfra.aggregation.rounds`: layout, float32 dtype, finiteness, norm bound).
+
+The failure of one site's reply is contained by the caller: :func:`check_of` turns any
+exception into a check code so that the round continues with the other sites
+(Blanchard et al. 2017: a federation must tolerate faulty participants, not abort on them).
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from flwr.app import Message
+from pydantic import BaseModel, ValidationError
+
+from fedinfra.config.wire import CONFIG, DOC, EvalReport, TrainReport
+from fedinfra.errors import FedinfraError
+
+M = TypeVar("M", bound=BaseModel)
+
+#: Largest JSON document accepted from a site (reports are a few kB).
+MAX_DOC_BYTES = 1 << 20
+
+
+class Rejected(FedinfraError, ValueError):
+    """A site's reply failed ``check``; the message is the check code, never an input value."""
+
+    def __init__(self, check: str) -> None:
+        super().__init__(check)
+        self.check = check
+
+
+def check_of(exc: BaseException) -> str:
+    """The failing check of ``exc`` as a code fit for the audit log (no input values)."""
+    check = getattr(exc, "check", None)
+    if isinstance(exc, FedinfraError) and isinstance(check, str):
+        return check  # Rejected, or the aggregators' UpdateRejected
+    if isinstance(exc, ValidationError):
+        return schema_check(exc, exc.title)
+    return f"internal.{type(exc).__name__}"
+
+
+def schema_check(exc: ValidationError, model: str) -> str:
+    """``<model>.<field path>:<error type>`` of the first error of ``exc``."""
+    first = exc.errors(include_input=False, include_url=False)[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "root"
+    return f"{_snake(model)}.{loc}:{first['type']}"[:200]
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+def config_value(reply: Message, key: str) -> object:
+    """The value ``key`` of the reply's config record, or :class:`Rejected`."""
+    try:
+        return reply.content.config_records[CONFIG][key]
+    except KeyError:
+        raise Rejected(f"reply.{key}:missing") from None
+
+
+def parse_doc(model: type[M], reply: Message) -> M:
+    """Validate the reply's JSON document as ``model`` (bounded size, strict schema)."""
+    raw = config_value(reply, DOC)
+    if not isinstance(raw, str):
+        raise Rejected("reply.doc:type")
+    if len(raw) > MAX_DOC_BYTES:
+        raise Rejected("reply.doc:too_long")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise Rejected(schema_check(exc, model.__name__)) from None
+
+
+def train_report(reply: Message, *, site: str, rnd: int, declared_examples: int | None) -> TrainReport:
+    """The reply's :class:`TrainReport`, for ``site`` and round ``rnd``.
+
+    ``num_examples`` weighs the site in FedAvg: it may not exceed the dataset size the site
+    declared at admission (``declared_examples``; ``None`` when counts are withheld under
+    HE, where the report must carry 0).
+    """
+    if reply.has_error():
+        raise Rejected("reply.error")
+    report = parse_doc(TrainReport, reply)
+    if report.site != site:
+        raise Rejected("report.site:mismatch")
+    if report.round != rnd:
+        raise Rejected("report.round:mismatch")
+    bound = 0 if declared_examples is None else declared_examples
+    if report.num_examples > bound:
+        raise Rejected("report.num_examples:above_declared")
+    return report
+
+
+def eval_report(reply: Message, *, site: str, rnd: int) -> EvalReport:
+    """The reply's :class:`EvalReport` for ``site`` and the model after round ``rnd``."""
+    if reply.has_error():
+        raise Rejected("reply.error")
+    report = parse_doc(EvalReport, reply)
+    if report.site != site:
+        raise Rejected("report.site:mismatch")
+    if report.round != rnd:
+        raise Rejected("report.round:mismatch")
+    return report
+
+
+__all__ = [
+    "MAX_DOC_BYTES",
+    "Rejected",
+    "check_of",
+    "config_value",
+    "eval_report",
+    "parse_doc",
+    "schema_check",
+    "train_report",
+]

@@ -1,0 +1,166 @@
+"""Each bad reply of issue 16 against the real coordinator: rejected, audited, run completes.
+
+For every attack the honest sites' aggregate is exactly the aggregate of the run in which
+the bad site never answers, and the audit log names the site and the failing check.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+
+from fedinfra.config import JobSpec
+from fedinfra.config.job import CompressionSpec
+from tests.adversarial.harness import Malicious, doc_of, honest, rejections, run_job, silent, with_doc
+
+
+def _doc_attack(**changes: Any) -> Malicious:
+    def attack(msg: Message, reply: Message) -> Message:
+        doc = doc_of(reply)
+        for key, value in changes.items():
+            if key.startswith("details."):
+                doc.setdefault("details", {})[key.removeprefix("details.")] = value
+            else:
+                doc[key] = value
+        return with_doc(reply, doc)
+
+    return Malicious(attack)
+
+
+def _raw_doc_attack(edit: Any) -> Malicious:
+    def attack(msg: Message, reply: Message) -> Message:
+        return with_doc(reply, edit(doc_of(reply)))
+
+    return Malicious(attack)
+
+
+def _arrays_attack(make: Any) -> Malicious:
+    def attack(msg: Message, reply: Message) -> Message:
+        update = {k: v.numpy() for k, v in reply.content.array_records["arrays"].items()}
+        bad = make(update)
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in bad.items()}),
+                "config": ConfigRecord(dict(reply.content.config_records["config"])),
+            }
+        )
+        return Message(content, reply_to=_req(reply))
+
+    return Malicious(attack)
+
+
+def _req(reply: Message) -> Message:
+    from tests.adversarial.harness import _request_of
+
+    return _request_of(reply)
+
+
+def _huge_digits(doc: dict[str, Any]) -> str:
+    text = json.dumps(doc)
+    return text.replace(f'"num_examples": {doc["num_examples"]}', '"num_examples": ' + "9" * 400)
+
+
+def _infinite_loss(doc: dict[str, Any]) -> str:
+    return json.dumps({**doc, "train_loss": float("inf")})  # json.dumps writes Infinity
+
+
+ATTACKS: dict[str, tuple[Malicious, str]] = {
+    "epsilon_total is a string": (_doc_attack(**{"details.epsilon_total": "x"}), "details"),
+    "details integer 2**60": (_doc_attack(**{"details.steps": 2**60}), "details"),
+    "400-digit num_examples": (_raw_doc_attack(_huge_digits), "num_examples"),
+    "num_examples 10**15": (_doc_attack(num_examples=10**15), "num_examples"),
+    "num_examples above the declared dataset": (_doc_attack(num_examples=10**6), "report.num_examples:above_declared"),
+    "float64 update of 1e300": (
+        _arrays_attack(lambda u: {k: np.full(v.shape, 1e300, dtype=np.float64) for k, v in u.items()}),
+        "dtype",
+    ),
+    "float32 update of 3e38": (
+        _arrays_attack(lambda u: {k: np.full(v.shape, 3e38, dtype=np.float32) for k, v in u.items()}),
+        "bound",
+    ),
+    "nan update": (
+        _arrays_attack(lambda u: {k: np.full(v.shape, np.nan, dtype=np.float32) for k, v in u.items()}),
+        "finite",
+    ),
+    "wrong shape": (
+        _arrays_attack(lambda u: {k: np.zeros((*v.shape, 2), dtype=np.float32) for k, v in u.items()}),
+        "shape",
+    ),
+    "train_loss inf": (_raw_doc_attack(_infinite_loss), "train_report.train_loss"),
+    "evaluation correct > count": (
+        _doc_attack(evaluation={"round": 1, "loss_sum": 1.0, "correct": 10**10, "count": 1}),
+        "evaluation",
+    ),
+    "another site's name": (_doc_attack(site="edge-0"), "report.site:mismatch"),
+    "wrong round": (_doc_attack(round=7), "report.round:mismatch"),
+    "not json": (Malicious(lambda m, r: with_doc(r, "{not json")), "train_report"),
+    "oversize document": (Malicious(lambda m, r: with_doc(r, " " * (2 << 20))), "reply.doc:too_long"),
+}
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The run in which site 3 never answers."""
+    mp = pytest.MonkeyPatch()
+    try:
+        job = _job()
+        return run_job(tmp_path_factory.mktemp("base"), job, [honest, honest, honest, silent], monkeypatch=mp)
+    finally:
+        mp.undo()
+
+
+def _job() -> JobSpec:
+    return JobSpec.model_validate(
+        {
+            "name": "adversarial",
+            "scenario": "edge",
+            "purpose": "on-device-model-improvement",
+            "rounds": 2,
+            "sites": {"count": 4, "min_sites": 2},
+            "training": {"local_epochs": 1},
+            "timeout_s": 2.0,
+        }
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_a_bad_reply_is_rejected_and_the_honest_aggregate_is_unchanged(
+    name: str, baseline: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad, check = ATTACKS[name]
+
+    out = run_job(tmp_path, _job(), [honest, honest, honest, bad], monkeypatch=monkeypatch)
+
+    assert out.error is None, repr(out.error)
+    assert baseline.error is None
+    assert out.state is not None
+    assert baseline.state is not None
+    for k, v in baseline.state.weights.items():
+        assert np.array_equal(out.state.weights[k], v), k
+    rejected = [d for site, d in rejections(out) if site == "edge-3"]
+    assert len(rejected) >= 2
+    assert all(check in d["check"] for d in rejected), rejected
+    assert [e.type for e in out.entries][-2:] == ["run.completed", "checkpoint.published"]
+
+
+@pytest.mark.parametrize(
+    ("value", "check"),
+    [(10**13, "reply.update.compressed:type"), (b"\0" * (64 << 20), "reply.update.compressed:too_long")],
+)
+def test_a_compressed_update_that_is_no_bytes_or_too_long_is_rejected_before_it_is_read(
+    value: object, check: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = _job().model_copy(update={"compression": CompressionSpec(bits=8, clip=1.0)})
+    bad = Malicious(lambda m, r: with_doc(r, doc_of(r), **{"update.compressed": value}))
+
+    out = run_job(tmp_path, job, [honest, honest, honest, bad], monkeypatch=monkeypatch)
+
+    assert out.error is None, repr(out.error)
+    rejected = [d for site, d in rejections(out) if site == "edge-3"]
+    assert [d["check"] for d in rejected] == [check, check]
+    assert [e.type for e in out.entries][-2:] == ["run.completed", "checkpoint.published"]

@@ -1,28 +1,33 @@
 """Detectors for the HIPAA Safe Harbor identifiers that tabular data can hold.
 
 45 CFR 164.514(b)(2)(i) lists 18 identifiers (A)-(R) that must be removed for data to be
-de-identified under Safe Harbor. Biometrics (P) and full-face photographs (Q) do not
-appear as table cells; every other one has a detector here. A detector looks at two
-kinds of evidence, as a human reviewer would:
+de-identified under Safe Harbor; GDPR Art. 4(1) adds location data and online identifiers.
+Photographs and biometrics (P, Q) appear in tables as references to image, scan or
+template files. A detector judges a column **by its values**, as a reviewer who was handed
+the column without its header would:
 
-* the column *name*, split into tokens (``PatientDOB`` -> ``patient``, ``dob``), with
-  exclusions so that ``drug_name`` or ``age_group`` do not fire; and
-* the column *values*, with the structural check of each scheme (Luhn, mod-97, VIN
-  check digit...; see :mod:`._patterns`).
+* the structural check of each scheme (Luhn, mod-97, VIN check digit, postcode and plate
+  formats; see :mod:`._patterns`), or the statistical shape of the column (ages: whole
+  numbers in a human lifespan; record numbers: near-unique, one fixed pattern, not a
+  measurement);
+* the column *name*, split into tokens (``PatientDOB`` -> ``patient``, ``dob``), only
+  adjusts the confidence: a matching name raises it (and lets a looser value shape
+  count), a measurement name ("amount", "price") lowers the confidence of weak value
+  rules. Strong value evidence flags a column whatever it is called.
 
-Structured values alone flag a column when most of them match; weak value shapes (a
-5-digit number, an opaque id) need the column name too. Detectors register by name in
-``DETECTORS`` and run in order; the first that fires labels the column.
+Every detector runs; the finding with the highest confidence (ties: registration order)
+labels the column when it reaches :data:`THRESHOLD`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from fedinfra.policy._reference import restricted_zip3
-from fedinfra.policy.scan import _patterns as p
+from fedinfra.policy.scan import _names, _patterns as p
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _SPLIT = re.compile(r"[^A-Za-z0-9]+")
@@ -61,16 +66,16 @@ def tokens(column: str) -> frozenset[str]:
 _HEAD = 200
 
 
-@dataclass(frozen=True)
 class Column:
-    """One column as the detectors see it: its name, tokens and a sample of non-null values."""
+    """One column as the detectors see it: name tokens, a spread sample and all non-null values."""
 
-    name: str
-    tokens: frozenset[str]
-    sample: list[str]
-    distinct: set[str]
-    non_null: int
-    numeric: bool
+    def __init__(self, *, name: str, sample: list[str], values: Sequence[str], numeric: bool) -> None:
+        self.name = name
+        self.tokens = tokens(name)
+        self.sample = sample
+        self.values = values
+        self.non_null = len(values)
+        self.numeric = numeric
 
     def share(self, pred: Callable[[str], bool]) -> float:
         """Share of sampled values for which ``pred`` holds."""
@@ -82,10 +87,22 @@ class Column:
             return share  # clearly below every threshold: the head decides (keeps scans fast)
         return sum(1 for v in self.sample if pred(v)) / len(self.sample)
 
-    @property
+    @cached_property
+    def distinct(self) -> set[str]:
+        """Distinct values over the whole column."""
+        return set(self.values)
+
+    @cached_property
     def distinct_ratio(self) -> float:
         """Distinct values / sampled values (identifiers are high-cardinality)."""
         return len(set(self.sample)) / len(self.sample) if self.sample else 0.0
+
+    @cached_property
+    def numbers(self) -> list[float] | None:
+        """The sample as numbers, or ``None`` when a value is not a decimal number."""
+        if not self.numeric:
+            return None
+        return [float(v) for v in self.sample]
 
     def named(self, *alternatives: tuple[str, ...], exclude: frozenset[str] = frozenset()) -> bool:
         """``True`` when all tokens of one alternative appear and no excluded token does."""
@@ -93,14 +110,30 @@ class Column:
             return False
         return any(self.tokens.issuperset(alt) for alt in alternatives)
 
+    @cached_property
+    def measurement_name(self) -> bool:
+        """The name says the column is a quantity (lowers the confidence of weak value rules)."""
+        return bool(self.tokens & _MEASURES)
+
+
+_MEASURES = frozenset(
+    {
+        "amount", "price", "cost", "income", "salary", "total", "sum", "count", "qty", "quantity", "balance",
+        "weight", "height", "bmi", "rate", "pulse", "bpm", "hr", "pressure", "systolic", "diastolic", "glucose",
+        "score", "pct", "percent", "usd", "eur", "gbp", "revenue", "volume", "duration", "minutes", "seconds",
+    }
+)
+
 
 @dataclass(frozen=True)
 class Detection:
-    """An identifier found in a column."""
+    """An identifier found in a column: kind, evidence basis, matched share, confidence and rule."""
 
     kind: str
     basis: str
     share: float
+    confidence: float = 1.0
+    rule: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,6 +149,8 @@ class Detector:
 DETECTORS: list[Detector] = []
 STRONG = 0.6  # share of values that must match when the values alone decide
 WEAK = 0.5  # share of values that must fit the shape when the name already matches
+THRESHOLD = 0.5  # confidence at which a column is flagged
+LOOSE = 0.75  # strength of a loose value shape that counts only with a matching column name
 SH = "45 CFR 164.514(b)(2)(i)"
 
 
@@ -131,15 +166,39 @@ def detector(
     return wrap
 
 
+def confidence(share: float, *, strength: float, named: bool, measurement: bool = False) -> float:
+    """Confidence that a column holds an identifier, from value evidence and the name hint.
+
+    ``share`` of sampled values satisfy a rule of ``strength`` (1.0 for check digits, less
+    for shapes that other data can take). A matching name adds 0.25 once half the values
+    fit; a measurement name takes 0.35 off rules weaker than 0.9 (strong rules ignore it).
+    """
+    conf = share * strength
+    if named and share >= WEAK:
+        conf += 0.25
+    if measurement and strength < 0.9:
+        conf -= 0.35
+    return max(0.0, min(1.0, conf))
+
+
 def _decide(
-    kind: str, col: Column, named: bool, pred: Callable[[str], bool], *, unique: float = 0.0
+    kind: str,
+    col: Column,
+    named: bool,
+    pred: Callable[[str], bool],
+    *,
+    unique: float = 0.0,
+    strength: float = 1.0,
+    rule: str = "",
 ) -> Detection | None:
     share = col.share(pred)
-    if named and share >= WEAK and col.distinct_ratio >= unique:
-        return Detection(kind, "name+values", share)
-    if share >= STRONG and col.distinct_ratio >= unique:
-        return Detection(kind, "values", share)
-    return None
+    if share == 0.0 or col.distinct_ratio < unique:
+        return None
+    conf = confidence(share, strength=strength, named=named, measurement=col.measurement_name)
+    if conf < THRESHOLD:
+        return None
+    basis = "name+values" if named and share >= WEAK else "values"
+    return Detection(kind, basis, share, round(conf, 3), rule or kind)
 
 
 def _text(v: str) -> bool:
@@ -173,7 +232,7 @@ def _ssn(col: Column) -> Detection | None:
     named = col.named(("ssn",), ("social", "security"), ("sin",), ("tin",))
     found = _decide("ssn", col, named, p.is_ssn)
     if found is None and named:
-        found = _decide("ssn", col, True, p.is_ssn_digits)
+        found = _decide("ssn", col, True, p.is_ssn_digits, strength=LOOSE)
     return found
 
 
@@ -204,7 +263,7 @@ def _mac(col: Column) -> Detection | None:
 def _vin(col: Column) -> Detection | None:
     named = col.named(("vin",), ("vehicle", "id"), ("vehicle", "number"))
     if named:
-        return _decide("vin", col, True, lambda v: bool(p.VIN_CHARS.match(v.upper())))
+        return _decide("vin", col, True, lambda v: bool(p.VIN_CHARS.match(v.upper())), strength=LOOSE)
     return _decide("vin", col, False, p.is_vin)
 
 
@@ -216,7 +275,7 @@ def _mbi(col: Column) -> Detection | None:
 @detector("phone", "telephone or fax number", "D/E")
 def _phone(col: Column) -> Detection | None:
     named = col.named(("phone",), ("telephone",), ("tel",), ("mobile",), ("cell",), ("fax",), ("contact", "number"))
-    return _decide("phone", col, named, p.is_phone)
+    return _decide("phone", col, named, lambda v: p.is_phone(v) or p.is_phone_lenient(v), strength=0.95)
 
 
 @detector("date", "date more precise than the year", "C")
@@ -237,50 +296,99 @@ def _date(col: Column) -> Detection | None:
         ("time",),
         exclude=frozenset({"year", "yr", "code", "count", "days", "years", "months", "lag", "duration", "length"}),
     )
-    found = _decide("date", col, named, p.is_date)
+    found = _decide("date", col, named, p.is_day_date, strength=0.95)
     if found is None and named:
-        found = _decide("date", col, True, p.is_compact_date)
+        found = _decide("date", col, True, p.is_compact_date, strength=LOOSE)
     return found
+
+
+_AGE_EXCLUDE = frozenset(
+    {
+        "group", "band", "range", "bucket", "category", "class", "bin", "account", "months", "days", "weeks",
+        "tenure", "loan", "vehicle", "device",
+    }
+)
+OLDEST = 89  # Safe Harbor: "all ages over 89" are identifiers, 164.514(b)(2)(i)(C)
+LIFESPAN = 105  # ages above this are rare enough that many of them mean "not an age"
+
+
+def looks_like_ages(col: Column) -> bool:
+    """Whole numbers within a human lifespan, spread like ages (many values, a wide range)."""
+    nums = col.numbers
+    if not nums or not all(x.is_integer() for x in nums):
+        return False
+    lo, hi = min(nums), max(nums)
+    if lo < 0 or hi > 120 or hi - lo < 25 or len(set(nums)) < 12:
+        return False
+    mode = max(nums.count(x) for x in set(nums))
+    return mode <= 0.15 * len(nums)  # ages spread out; a spike (zeros, a default) is a measurement
+
+
+def _whole_column(col: Column) -> list[float]:
+    try:
+        return [float(v) for v in col.values]
+    except ValueError:
+        return []
 
 
 @detector("age_over_89", "age over 89", "C")
 def _age(col: Column) -> Detection | None:
-    if not col.named(
-        ("age",),
-        exclude=frozenset(
-            {
-                "group",
-                "band",
-                "range",
-                "bucket",
-                "category",
-                "class",
-                "bin",
-                "account",
-                "months",
-                "days",
-                "weeks",
-                "tenure",
-                "loan",
-                "vehicle",
-                "device",
-            }
-        ),
-    ):
+    named = col.named(("age",), exclude=_AGE_EXCLUDE)
+    if not named and not looks_like_ages(col):
         return None
-    numbers = [float(v) for v in col.distinct if p.is_number(v)]
-    old = {v for v in col.sample if p.is_number(v) and float(v) > 89}
-    if numbers and max(numbers) > 89:
-        return Detection("age_over_89", "name+values", len([v for v in col.sample if v in old]) / len(col.sample))
-    return None
-
-
-@detector("zip_code", "ZIP code beyond 3 digits", "B")
-def _zip(col: Column) -> Detection | None:
-    named = col.named(("zip",), ("postal", "code"), ("zip5",), ("postal",), exclude=frozenset({"zip3"}))
+    values = _whole_column(col) if col.numeric else []
+    if not values:
+        return None
+    old = sum(1 for v in values if v > OLDEST)
+    if old == 0:
+        return None
+    share = old / len(values)
     if named:
-        return _decide("zip_code", col, True, p.ZIP5.match)  # type: ignore[arg-type]
-    return _decide("zip_code", col, False, p.ZIP_PLUS4.match)  # type: ignore[arg-type]
+        return Detection("age_over_89", "name+values", share, 1.0, "age > 89")
+    beyond = sum(1 for v in values if v > LIFESPAN)
+    if beyond > max(1, len(values) // 1000) or share > 0.4:
+        return None  # more values past a human lifespan than ages have: a measurement
+    return Detection("age_over_89", "values", share, 0.9, "age-shaped column with values > 89")
+
+
+def _dense_integers(col: Column) -> bool:
+    """Distinct integers packed into their range: a row index or counter, not codes."""
+    try:
+        ints = {int(v) for v in col.distinct}
+    except ValueError:
+        return False
+    return len(ints) > 1 and len(ints) / (max(ints) - min(ints) + 1) > 0.5
+
+
+@detector("zip_code", "ZIP or 5-digit postal code beyond 3 digits", "B")
+def _zip(col: Column) -> Detection | None:
+    named = col.named(
+        ("zip",), ("postal", "code"), ("zip5",), ("postal",), ("postcode",), ("plz",), exclude=frozenset({"zip3"})
+    )
+    plus4 = _decide("zip_code", col, named, p.ZIP_PLUS4.match, rule="ZIP+4")  # type: ignore[arg-type]
+    if plus4 is not None:
+        return plus4
+    five = col.share(p.ZIP5.match)  # type: ignore[arg-type]
+    if five < WEAK or (not named and five < 0.9) or _dense_integers(col):
+        return None
+    leading_zero = any(v[0] == "0" for v in col.sample)
+    strength = 0.95 if leading_zero else 0.75
+    conf = confidence(five, strength=strength, named=named, measurement=col.measurement_name)
+    if conf < THRESHOLD:
+        return None
+    rule = "5-digit postal code" + (" with leading zeros" if leading_zero else "")
+    return Detection("zip_code", "name+values" if named else "values", five, round(conf, 3), rule)
+
+
+@detector("postal_code", "postal code (UK, NL, IE formats)", "B")
+def _postal(col: Column) -> Detection | None:
+    named = col.named(("postal",), ("postcode",), ("eircode",), ("zip",))
+    best = None
+    for rule, rx in (("UK postcode", p.POSTCODE_UK), ("NL postcode", p.POSTCODE_NL), ("IE Eircode", p.POSTCODE_IE)):
+        found = _decide("postal_code", col, named, lambda v, rx=rx: bool(rx.match(v.upper())), rule=rule)
+        if found is not None and (best is None or found.confidence > best.confidence):
+            best = found
+    return best
 
 
 @detector("restricted_zip3", "ZIP3 of an area of 20,000 people or fewer", "B")
@@ -290,14 +398,16 @@ def _zip3(col: Column) -> Detection | None:
     _, restricted = restricted_zip3()
     hits = sum(1 for v in col.sample if v in restricted)
     if any(v in restricted for v in col.distinct):
-        return Detection("restricted_zip3", "name+values", hits / len(col.sample))
+        return Detection("restricted_zip3", "name+values", hits / len(col.sample), 1.0, "restricted ZIP3 list")
     return None
 
 
 @detector("geography", "geographic subdivision below state", "B")
 def _geo(col: Column) -> Detection | None:
     if col.named(("latitude",), ("longitude",), ("lat",), ("lon",), ("lng",), ("geo",)):
-        return _decide("geography", col, True, lambda v: p.is_number(v) and "." in v and len(v.split(".")[1]) >= 2)
+        return _decide(
+            "geography", col, True, lambda v: p.is_number(v) and "." in v and len(v.split(".")[1]) >= 2, strength=LOOSE
+        )
     named = col.named(
         ("address",),
         ("street",),
@@ -313,10 +423,9 @@ def _geo(col: Column) -> Detection | None:
         ("neighbourhood",),
         exclude=frozenset({"ip", "email", "mac", "web", "url", "state", "country"}),
     )
-    found = _decide("geography", col, True, lambda v: _text(v) and "@" not in v) if named else None
-    if found is None:
-        found = _decide("geography", col, False, p.STREET.match)  # type: ignore[arg-type]
-    return found
+    loose = _decide("geography", col, True, lambda v: _text(v) and "@" not in v, strength=LOOSE) if named else None
+    found = _decide("geography", col, named, p.is_street_address, strength=0.9, rule="street address")
+    return max((d for d in (loose, found) if d is not None), key=lambda d: d.confidence, default=None)
 
 
 _NOT_A_PERSON = frozenset(
@@ -368,8 +477,17 @@ _NOT_A_PERSON = frozenset(
 def _name(col: Column) -> Detection | None:
     named = col.named(("name",), ("surname",), ("maiden",), ("forename",), exclude=_NOT_A_PERSON)
     if named:
-        return _decide("name", col, True, lambda v: _text(v) and not any(ch.isdigit() for ch in v), unique=0.2)
-    return _decide("name", col, False, p.PERSON_NAME.match, unique=0.5)  # type: ignore[arg-type]
+        return _decide(
+            "name", col, True, lambda v: _text(v) and not any(ch.isdigit() for ch in v), unique=0.2, strength=LOOSE
+        )
+    found = _decide("name", col, False, _names.is_person_name, unique=0.3, strength=0.9, rule="census name list")
+    if found is not None or (col.distinct_ratio < 0.6 and len(set(col.sample)) < 300):
+        return found  # closed vocabularies (countries, colours) repeat; names keep coming
+    shaped = col.share(_names.is_name_shaped)
+    known = col.share(_names.is_person_name)
+    if shaped >= 0.8 and known >= 0.1:
+        return Detection("name", "values", shaped, 0.8, "capitalised name-shaped words, some census names")
+    return None
 
 
 @detector("medical_record_number", "medical record number", "H")
@@ -385,7 +503,7 @@ def _mrn(col: Column) -> Detection | None:
         ("record", "number"),
         ("hospital", "number"),
     )
-    return _decide("medical_record_number", col, named, _opaque_id, unique=0.3) if named else None
+    return _decide("medical_record_number", col, named, _opaque_id, unique=0.3, strength=LOOSE) if named else None
 
 
 @detector("health_plan_number", "health plan beneficiary number", "I")
@@ -402,7 +520,7 @@ def _plan(col: Column) -> Detection | None:
         ("medicare", "id"),
         ("health", "plan", "id"),
     )
-    return _decide("health_plan_number", col, named, _opaque_id, unique=0.3) if named else None
+    return _decide("health_plan_number", col, named, _opaque_id, unique=0.3, strength=LOOSE) if named else None
 
 
 @detector("account_number", "account number", "J")
@@ -435,7 +553,7 @@ def _account(col: Column) -> Detection | None:
             }
         ),
     )
-    return _decide("account_number", col, named, _opaque_id, unique=0.3) if named else None
+    return _decide("account_number", col, named, _opaque_id, unique=0.3, strength=LOOSE) if named else None
 
 
 @detector("licence_number", "certificate or licence number", "K")
@@ -449,13 +567,22 @@ def _licence(col: Column) -> Detection | None:
         ("driver", "license"),
         exclude=frozenset({"type", "class", "status", "expiry", "expires", "state", "country", "plate", "valid"}),
     )
-    return _decide("licence_number", col, named, _opaque_id, unique=0.3) if named else None
+    return _decide("licence_number", col, named, _opaque_id, unique=0.3, strength=LOOSE) if named else None
 
 
 @detector("vehicle_plate", "licence plate", "L")
 def _plate(col: Column) -> Detection | None:
     named = col.named(("plate",), ("license", "plate"), ("registration", "number"))
-    return _decide("vehicle_plate", col, named, lambda v: _opaque_id(v.replace(" ", "")), unique=0.3) if named else None
+    if named:
+        loose = _decide(
+            "vehicle_plate", col, True, lambda v: _opaque_id(v.replace(" ", "")), unique=0.3, strength=LOOSE
+        )
+        if loose is not None:
+            return loose
+    letters = {"".join(ch for ch in v if ch.isalpha()) for v in col.sample}
+    if not named and len(letters) < 0.3 * len(col.sample):
+        return None  # one letter prefix on every value ("BR-430"): an internal code family, not plates
+    return _decide("vehicle_plate", col, named, p.is_plate, unique=0.5, strength=0.9, rule="plate formats")
 
 
 @detector("device_serial", "device serial number", "M")
@@ -463,18 +590,95 @@ def _serial(col: Column) -> Detection | None:
     named = col.named(
         ("serial",), ("device", "id"), ("udi",), ("device", "number"), exclude=frozenset({"type", "model"})
     )
-    return _decide("device_serial", col, named, _opaque_id, unique=0.3) if named else None
+    return _decide("device_serial", col, named, _opaque_id, unique=0.3, strength=LOOSE) if named else None
+
+
+_SHAPE = str.maketrans("0123456789" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ" + "abcdefghijklmnopqrstuvwxyz", "9" * 10 + "A" * 52)
+
+
+def _id_shaped(v: str) -> bool:
+    return 6 <= len(v) <= 32 and any(ch.isdigit() for ch in v) and not any(ch.isspace() or ch in ".,:/@" for ch in v)
+
+
+_OBJECT_IDS = frozenset(
+    {
+        "lot", "batch", "barcode", "sample", "specimen", "assay", "reagent", "run", "txn", "transaction",
+        "order", "invoice", "sku", "product", "ticket", "shipment", "tracking", "catalog", "catalogue",
+    }
+)
+_YEAR_MONTH = re.compile(r"(?:^|\D)(19[89]\d|20[0-4]\d)(0[1-9]|1[0-2])?")
+
+
+_HEX_TAIL = re.compile(r"^(?:[A-Za-z]{1,4}[-_])?(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{6,}$")
+
+
+def _random_hex(v: str) -> bool:
+    return bool(_HEX_TAIL.match(v))
+
+
+def _date_stamped(v: str) -> bool:
+    m = _YEAR_MONTH.search(v)
+    return m is not None and (m.start(1) <= 1) and (m[2] is not None or not v.isdigit())
+
+
+@detector("record_number", "record, account, certificate, licence or serial number", "H)-(K), (M")
+def _record(col: Column) -> Detection | None:
+    """Near-unique values of one fixed pattern that are not measurements (164.514(b)(2)(i)(H)-(K), (M)).
+
+    Value shape cannot tell a chart number from an account or a device serial; the kind is
+    the generic ``record_number`` and a matching column name picks the paragraph's own kind.
+    """
+    share = col.share(_id_shaped)
+    if share < 0.9 or col.distinct_ratio < 0.9:
+        return None
+    shapes: dict[str, int] = {}
+    for v in col.sample:
+        key = v.translate(_SHAPE)
+        shapes[key] = shapes.get(key, 0) + 1
+    coarse: dict[tuple[int, str], int] = {}
+    for v in col.sample:
+        key2 = (len(v), "".join(ch for ch in v if not ch.isalnum()))
+        coarse[key2] = coarse.get(key2, 0) + 1
+    fixed = max(max(shapes.values()), max(coarse.values())) / len(col.sample)
+    if fixed < 0.8:
+        return None
+    if all(v.isdigit() for v in col.sample[:_HEAD]) and (_dense_integers(col) or col.share(p.gs1_ok) >= 0.9):
+        return None  # a row counter, or GS1 product codes (GTIN check digit), not a person's number
+    if col.share(_random_hex) >= 0.9:
+        return None  # a random pseudonym: a re-identification code 164.514(c) allows
+    if col.share(_date_stamped) >= 0.95:
+        return None  # a batch, lot or run code stamped with its year and month
+    conf = confidence(min(share, fixed), strength=0.85, named=False, measurement=col.measurement_name)
+    if col.tokens & _OBJECT_IDS:
+        conf -= 0.4  # the name says the number belongs to a thing (a lot, a sample, a transaction)
+    if conf < THRESHOLD:
+        return None
+    return Detection("record_number", "values", min(share, fixed), round(conf, 3), "near-unique fixed-pattern id")
+
+
+@detector("photo_reference", "photograph, image or biometric file reference", "P)/(Q")
+def _media(col: Column) -> Detection | None:
+    named = col.named(("photo",), ("image",), ("picture",), ("scan",), ("fingerprint",), ("biometric",), ("face",))
+    return _decide("photo_reference", col, named, p.is_media_reference, strength=0.95, rule="image/biometric file")
+
+
+def _has_identifier(text: str) -> bool:
+    return p.has_embedded_identifier(text) or _names.text_has_name(text)
 
 
 @detector("free_text", "free text holding identifiers", "R")
 def _free_text(col: Column) -> Detection | None:
     if col.numeric or not col.sample:
         return None
-    mean_words = sum(len(v.split()) for v in col.sample) / len(col.sample)
-    if mean_words < 4:
+    words = [w for v in col.sample for w in v.split()]
+    if len(words) < 4 * len(col.sample):
         return None
-    share = col.share(p.has_embedded_identifier)
-    return Detection("free_text", "values", share) if share >= 0.02 else None
+    if sum(1 for w in words if w[:1].islower()) < 0.3 * len(words):
+        return None  # capitalised word lists (addresses, titles) are not running text
+    share = sum(1 for v in col.sample if _has_identifier(v)) / len(col.sample)
+    if share < 0.02:
+        return None
+    return Detection("free_text", "values", share, round(min(1.0, 0.6 + share), 3), "names and identifiers in text")
 
 
 #: Tokens of columns that are quasi-identifiers: not identifiers alone, but linkable in
@@ -496,3 +700,27 @@ QUASI_TOKENS: tuple[tuple[str, ...], ...] = (
     ("county",),
     ("city",),
 )
+
+#: Identifier kinds that are also quasi-identifiers (HIPAA Expert Determination guidance
+#: 2012, section 2.2: dates, ZIP codes and ages are the classic linkable fields).
+QUASI_KINDS = frozenset({"age_over_89", "zip_code", "postal_code", "restricted_zip3", "date"})
+_SEX_VALUES = frozenset({"m", "f", "male", "female", "u", "x", "unknown", "other", "w", "d", "man", "woman"})
+
+
+def quasi_by_values(col: Column) -> bool:
+    """A quasi-identifier judged by values: sex codes, ages, 5-digit postcodes or dates.
+
+    Sweeney (2002) found ZIP, birth date and sex single out 87% of the US population; the
+    column name is not needed to see that a column holds one of them.
+    """
+    sample = col.sample
+    if not sample:
+        return False
+    distinct = {v.lower() for v in sample[:_HEAD]}
+    if 2 <= len(distinct) <= 4 and distinct <= _SEX_VALUES:
+        return True
+    if looks_like_ages(col):
+        return True
+    if col.share(p.ZIP5.match) >= 0.9 and not _dense_integers(col):  # type: ignore[arg-type]
+        return True
+    return col.share(p.is_day_date) >= STRONG

@@ -96,20 +96,31 @@ def _digits(value: str) -> str | None:
 
 
 def is_card_number(value: str) -> bool:
-    """A payment card number: issuer prefix and length of a major scheme, and Luhn."""
+    """A payment card number: issuer prefix and length of a major scheme (ISO/IEC 7812), and Luhn."""
     d = _digits(value)
-    if d is None or not 13 <= len(d) <= 19 or not luhn_ok(d):
+    if d is None or not 12 <= len(d) <= 19 or not luhn_ok(d):
         return False
-    n = len(d)
+    n, two, three, four = len(d), int(d[:2]), int(d[:3]), int(d[:4])
     if d[0] == "4":
-        return n in (13, 16, 19)
-    if d[:2] in ("34", "37"):
-        return n == 15
-    if 51 <= int(d[:2]) <= 55 or 2221 <= int(d[:4]) <= 2720:
-        return n == 16
-    if d.startswith(("6011", "65")) or 644 <= int(d[:3]) <= 649:
-        return 16 <= n <= 19
-    return d[:2] == "35" and 16 <= n <= 19
+        return n in (13, 16, 19)  # Visa
+    if two in (34, 37):
+        return n == 15  # American Express
+    if 51 <= two <= 55 or 2221 <= four <= 2720:
+        return n == 16  # Mastercard
+    if d.startswith(("6011", "65")) or 644 <= three <= 649:
+        return 16 <= n <= 19  # Discover
+    if two == 35 or 300 <= three <= 305 or two in (36, 38, 39):
+        return 14 <= n <= 19  # JCB, Diners Club
+    return (two == 50 or 56 <= two <= 69) and 12 <= n <= 19  # Maestro
+
+
+def gs1_ok(digits: str) -> bool:
+    """GS1 mod-10 check digit (GTIN-8/12/13/14): a product code, not a person's number."""
+    if not digits.isdigit() or len(digits) not in (8, 12, 13, 14):
+        return False
+    body, check = digits[:-1], int(digits[-1])
+    total = sum(int(ch) * (3 if i % 2 == 0 else 1) for i, ch in enumerate(reversed(body)))
+    return (10 - total % 10) % 10 == check
 
 
 def is_imei(value: str) -> bool:
@@ -212,3 +223,139 @@ def is_number(value: str) -> bool:
 def has_embedded_identifier(text: str) -> bool:
     """Free text that contains an email, phone, SSN, URL, full date, titled name or MRN."""
     return any(p.search(text) for p in (EMAIL_IN, SSN_IN, PHONE_IN, URL_IN, DATE_IN, TITLE_NAME_IN, MRN_IN))
+
+
+# --- postal codes (GDPR Art. 4(1) "location data"; 45 CFR 164.514(b)(2)(i)(B)) --------------
+#: UK postcode (Royal Mail PAF format: outward code, space optional, inward code).
+POSTCODE_UK = re.compile(r"^(?:GIR ?0AA|[A-PR-UWYZ][A-HK-Y]?\d[A-Z\d]? ?\d[ABD-HJLNP-UW-Z]{2})$")
+#: Netherlands: four digits (no leading zero) and two letters (PostNL).
+POSTCODE_NL = re.compile(r"^[1-9]\d{3} ?[A-Z]{2}$")
+#: Ireland: Eircode routing key and unique identifier (An Post, 2015).
+POSTCODE_IE = re.compile(r"^(?:[AC-FHKNPRTV-Y]\d{2}|D6W) ?[0-9AC-FHKNPRTV-Y]{4}$")
+#: Five digits: US ZIP, German, French, Italian and Spanish postcodes share this shape.
+POSTCODE_5 = re.compile(r"^\d{5}$")
+
+# --- vehicle plates of the jurisdictions in compliance/reference (45 CFR 164.514(b)(2)(i)(L)) --
+PLATES = (
+    re.compile(r"^[A-Z]{2}\d{2} ?[A-Z]{3}$"),  # GB (2001 scheme)
+    re.compile(r"^[A-ZÄÖÜ]{1,3}[- ][A-Z]{1,2}[- ]?\d{1,4}[EH]?$"),  # DE
+    re.compile(r"^[A-Z]{2}-\d{3}-[A-Z]{2}$"),  # FR (SIV, 2009)
+    re.compile(r"^\d{1,4}-?[A-Z]{2,3}-?\d{2}$"),  # FR (FNI, before 2009)
+    re.compile(r"^(?=.*\d)(?=.*[A-Z])[A-Z\d]{1,3}-[A-Z\d]{1,3}-[A-Z\d]{1,3}$"),  # NL side codes
+    re.compile(r"^[A-Z]{2} ?\d{3} ?[A-Z]{2}$"),  # IT
+    re.compile(r"^\d{4} ?[B-DF-HJ-NP-TV-Z]{3}$|^[A-Z]{1,2} ?\d{4} ?[A-Z]{1,2}$"),  # ES (2000 / provincial)
+    re.compile(r"^\d{2,3}-[A-Z]{1,2}-\d{1,6}$"),  # IE
+)
+#: US states: 5-7 letters and digits, mixed, in one or two groups.
+PLATE_US = re.compile(r"^(?=.*\d)(?=.*[A-Z])[A-Z\d]{1,4}[- ]?[A-Z\d]{1,4}$")
+
+
+def is_plate(value: str) -> bool:
+    """A licence plate in one of the formats above, 4 to 8 letters and digits long."""
+    v = value.upper()
+    n = sum(ch.isalnum() for ch in v)
+    if not 4 <= n <= 8 or v != value:
+        return False
+    return any(p.match(v) for p in PLATES) or (n <= 7 and bool(PLATE_US.match(v)))
+
+
+# --- photographs and biometrics (45 CFR 164.514(b)(2)(i)(P), (Q); GDPR Art. 4(14), 9(1)) ------
+_MEDIA = re.compile(
+    r"^(?:[\w.~-]*[/\\])*[\w .~()-]+\.(?:jpe?g|png|gif|bmp|tiff?|webp|heic|raw|dcm|dicom|nii(?:\.gz)?|"
+    r"wsq|fmr|iso19794|wav|flac|mp4|mov|avi)$",
+    re.IGNORECASE,
+)
+
+
+def is_media_reference(value: str) -> bool:
+    """A file name or path of an image, scan, recording or biometric template."""
+    return len(value) <= 260 and bool(_MEDIA.match(value))
+
+
+# --- telephone numbers, leniently: the way people write them ----------------------------------
+_PHONE_CHARS = re.compile(r"^\+?[\d\s().-]+$")
+_EXTENSION = re.compile(r"\s*(?:x|ext\.?|#)\s*\d{1,6}$", re.IGNORECASE)
+
+
+def is_phone_lenient(value: str) -> bool:
+    """A written telephone number: 10-15 digits (8+ after a ``+``) with separators or a prefix.
+
+    Digits with separators are ambiguous with dates, SSNs, ZIP+4 and IP addresses; those
+    shapes are excluded here and have their own rules.
+    """
+    v = _EXTENSION.sub("", value.strip())
+    if not _PHONE_CHARS.match(v) or SSN_DASHED.match(v) or ZIP_PLUS4.match(v) or is_date(v):
+        return False
+    digits = sum(ch.isdigit() for ch in v)
+    if v.startswith(("+", "00")):
+        return 8 <= digits <= 15
+    separated = sum(ch in " ().-" for ch in v) >= 1
+    return separated and 10 <= digits <= 13 and v.count(".") != 3
+
+
+# --- dates at day precision in more written forms ----------------------------------------------
+_MDY2 = re.compile(r"^(\d{1,2})([/.-])(\d{1,2})\2(\d{2})$")
+_MON_D_Y_LONG = re.compile(r"^([A-Za-z]{3,9})\.? (\d{1,2})(?:st|nd|rd|th)?,? (\d{4})$")
+
+
+def is_day_date(value: str) -> bool:
+    """A date more precise than the year: :func:`is_date`, ``YYYYMMDD`` or a 2-digit-year form."""
+    if is_date(value):
+        return True
+    if m := _COMPACT.match(value):
+        return _valid(int(m[1]), int(m[2]), int(m[3]))
+    if m := _MDY2.match(value):
+        a, b = int(m[1]), int(m[3])
+        return (1 <= a <= 12 and 1 <= b <= 31) or (1 <= b <= 12 and 1 <= a <= 31)
+    if m := _MON_D_Y_LONG.match(value):
+        return _valid(int(m[3]), _month(m[1]), int(m[2]))
+    return False
+
+
+# --- street addresses (45 CFR 164.514(b)(2)(i)(B): "street address") ----------------------------
+#: Street suffixes: USPS Publication 28 Appendix C1 (common subset) and UK usage.
+_STREET_WORDS = frozenset(
+    """
+    alley allee aly anex arcade ave avenue bayou bch beach bend bluff bluffs blvd bottom boulevard branch
+    bridge brook brooks burg burgs bypass camp canyon cape causeway center centers cir circle circles cliff
+    cliffs club common commons corner corners course court courts cove coves creek crescent crest crossing
+    crossroad curve dale dam divide dr drive drives estate estates expressway extension extensions falls ferry
+    field fields flat flats ford fords forest forge forges fork forks fort freeway garden gardens gateway glen
+    glens green greens grove groves harbor harbors haven heights highway hill hills hollow inlet island islands
+    isle junction junctions key keys knoll knolls lake lakes landing lane ln light lights loaf lock locks lodge
+    loop mall manor manors meadow meadows mews mill mills mission motorway mount mountain mountains neck
+    orchard oval overpass park parks parkway parkways pass passage path pike pine pines pkwy place pl plain
+    plains plaza point points port ports prairie radial ramp ranch rapid rapids rd rest ridge ridges river road
+    roads route row rue run shoal shoals shore shores skyway spring springs spur spurs square squares st
+    station stravenue stream street streets summit ter terrace throughway trace track trafficway trail trailer
+    tunnel turnpike underpass union unions valley valleys viaduct view views village villages ville vista walk
+    walks wall way ways well wells close gate wynd
+    """.split()
+)
+#: Words that open an address in European forms ("rue ...", "Via ...", "Flat 4, ...").
+_STREET_LEADERS = (
+    "rue", "avenue", "boulevard", "chemin", "place", "impasse", "allée", "quai", "route", "via", "viale",
+    "piazza", "piazzale", "strada", "borgo", "vicolo", "corso", "largo", "contrada", "rotonda", "incrocio",
+    "canale", "stretto", "calle", "avenida", "paseo", "plaza", "camino", "ronda", "cañada", "callejón",
+    "acceso", "urbanización", "pasaje", "vía", "glorieta", "alameda", "carrera", "cuesta", "travesía",
+    "rambla", "flat", "studio", "apartment", "suite", "unit", "c/", "c\\.", "avda\\.", "pl\\.", "pza\\.",
+)
+_STREET_A = re.compile(r"^\d{1,6}[A-Za-z]?,?\s+(?:[^\s,]+\s+){0,4}?([A-Za-z]+)\.?(?:[\s,]|$)")
+_STREET_B = re.compile(r"^(?:\d{1,6},?\s+)?(?:" + "|".join(_STREET_LEADERS) + r")(?:\b|(?<=[./]))\.?\s*\S", re.IGNORECASE)
+_STREET_C = re.compile(
+    r"\b\w*(?:straße|strasse|str\.|weg|platz|allee|ring|gasse|damm|ufer|straat|laan|plein|gracht|singel|hof|"
+    r"baan|kade|dijk|steeg|markt)\s+\d{1,5}\b",
+    re.IGNORECASE,
+)
+
+
+def is_street_address(value: str) -> bool:
+    """A street address: number + street suffix (US/UK), a European opening word, or DE/NL form."""
+    if len(value) > 160 or not any(ch.isalpha() for ch in value):
+        return False
+    if _STREET_B.match(value) or _STREET_C.search(value):
+        return True
+    if m := _STREET_A.match(value):
+        words = re.findall(r"[A-Za-z]+", value.split(",")[0])
+        return any(w.lower() in _STREET_WORDS for w in words[:7]) or m[1].lower() in _STREET_WORDS
+    return False

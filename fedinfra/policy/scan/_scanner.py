@@ -7,6 +7,7 @@ rows read stay in memory for the duration of the scan.
 from __future__ import annotations
 
 import csv
+import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import islice
@@ -17,7 +18,15 @@ from fedinfra._optional import extra_imports
 from fedinfra.config import SiteManifest
 from fedinfra.errors import DataError
 from fedinfra.policy.scan import _patterns as p
-from fedinfra.policy.scan._detectors import DETECTORS, QUASI_TOKENS, Column, tokens
+from fedinfra.policy.scan._detectors import (
+    DETECTORS,
+    QUASI_KINDS,
+    QUASI_TOKENS,
+    Column,
+    Detection,
+    Detector,
+    quasi_by_values,
+)
 from fedinfra.policy.scan._summary import ColumnReport, ScanSummary
 
 #: Values per column the pattern detectors look at (ages and ZIP3 prefixes use all rows).
@@ -109,48 +118,61 @@ def _dtype(values: list[str]) -> Literal["integer", "float", "date", "string", "
     return "string"
 
 
-def _report(name: str, values: Sequence[str | None], in_training: bool) -> ColumnReport:
+def _spread_sample(values: list[str]) -> list[str]:
+    """Up to :data:`SAMPLE` values spread over the whole column (a sorted file's head is not typical)."""
+    n = len(values)
+    if n <= SAMPLE:
+        return values
+    picks = sorted(random.Random(n).sample(range(n), SAMPLE))  # deterministic: seeded by the length
+    return [values[i] for i in picks]
+
+
+def _report(name: str, values: Sequence[str | None], in_training: bool) -> tuple[ColumnReport, bool]:
     non_null = [v for v in values if v is not None]
-    sample = non_null[:SAMPLE]
-    dtype = _dtype(non_null)
-    col = Column(
-        name=name,
-        tokens=tokens(name),
-        sample=sample,
-        distinct=set(non_null),
-        non_null=len(non_null),
-        numeric=dtype in ("integer", "float"),
+    sample = _spread_sample(non_null)
+    dtype = _dtype(sample)
+    col = Column(name=name, sample=sample, values=non_null, numeric=dtype in ("integer", "float"))
+    quasi = bool(sample) and (
+        col.named(*QUASI_TOKENS, exclude=frozenset({"group", "band", "id"})) or quasi_by_values(col)
     )
-    quasi = col.named(*QUASI_TOKENS, exclude=frozenset({"group", "band", "id"})) if sample else False
+    best: tuple[Detection, Detector] | None = None
     if sample:
         for det in DETECTORS:
             found = det.fn(col)
-            if found is not None:
-                return ColumnReport(
-                    column=name,
-                    dtype=dtype,
-                    non_null=len(non_null),
-                    identifier=found.kind,
-                    label=det.label,
-                    citation=det.citation,
-                    basis=found.basis,
-                    share=round(found.share, 4),
-                    in_training=in_training,
-                    blocking=in_training,
-                    quasi_identifier=quasi,
-                )
-    return ColumnReport(
-        column=name, dtype=dtype, non_null=len(non_null), in_training=in_training, quasi_identifier=quasi
+            if found is not None and (best is None or found.confidence > best[0].confidence):
+                best = (found, det)
+    if best is None:
+        report = ColumnReport(
+            column=name, dtype=dtype, non_null=len(non_null), in_training=in_training, quasi_identifier=quasi
+        )
+        return report, quasi
+    found, det = best
+    report = ColumnReport(
+        column=name,
+        dtype=dtype,
+        non_null=len(non_null),
+        identifier=found.kind,
+        label=det.label,
+        citation=det.citation,
+        basis=found.basis,  # type: ignore[arg-type]
+        share=round(found.share, 4),
+        confidence=round(found.confidence, 3),
+        rule=found.rule or found.kind,
+        in_training=in_training,
+        blocking=in_training,
+        quasi_identifier=quasi or found.kind in QUASI_KINDS,
     )
+    return report, report.quasi_identifier
 
 
 def _k_anonymity(table: Table, quasi: list[str], k_target: int) -> tuple[int | None, int]:
+    """Smallest group of rows sharing their quasi-identifier values (Sweeney 2002), and rows in groups < k."""
     if not quasi:
         return None, 0
     n = min(len(table[q]) for q in quasi)
     if n == 0:
         return None, 0
-    groups = Counter(tuple(table[q][i] for q in quasi) for i in range(n))
+    groups = Counter(zip(*(table[q][:n] for q in quasi), strict=True))
     small = sum(c for c in groups.values() if c < k_target)
     return min(groups.values()), small
 
@@ -170,8 +192,8 @@ def scan_table(
     reported but does not block. ``None`` means every column is used.
     """
     used = None if training_columns is None else set(training_columns)
-    reports = [_report(name, values, used is None or name in used) for name, values in table.items()]
-    quasi = [r.column for r in reports if r.quasi_identifier]
+    reports = [_report(name, values, used is None or name in used)[0] for name, values in table.items()]
+    quasi = [r.column for r in reports if r.quasi_identifier and r.in_training]
     k, small = _k_anonymity(table, quasi, k_target)
     rows = max((len(v) for v in table.values()), default=0)
     return ScanSummary(

@@ -29,6 +29,8 @@ class ColumnReport(_Frozen):
     citation: str | None = None
     basis: Basis | None = None
     share: float = Field(default=0.0, ge=0.0, le=1.0, description="share of sampled values that match")
+    confidence: float = Field(default=0.0, ge=0.0, le=1.0, description="value evidence adjusted by the name")
+    rule: str | None = Field(default=None, description="the rule that fired (never a value)")
     in_training: bool = True
     blocking: bool = False
     quasi_identifier: bool = False

@@ -46,6 +46,38 @@ FAMILIES = {
     "free_text": "R",
 }
 
+#: Scanner kind -> evaluation family: a column is found when its kind maps to its truth.
+KIND_FAMILY = {
+    "name": "name",
+    "geography": "address",
+    "zip_code": "postal_code",
+    "postal_code": "postal_code",
+    "restricted_zip3": "postal_code",
+    "date": "date",
+    "age_over_89": "age_over_89",
+    "phone": "phone",
+    "email": "email",
+    "ssn": "ssn",
+    "record_number": "record_number",
+    "medical_record_number": "record_number",
+    "health_plan_number": "record_number",
+    "account_number": "record_number",
+    "licence_number": "record_number",
+    "device_serial": "record_number",
+    "mbi": "record_number",
+    "card_number": "financial_account",
+    "iban": "financial_account",
+    "vin": "vehicle",
+    "vehicle_plate": "vehicle",
+    "imei": "device",
+    "mac_address": "device",
+    "url": "url",
+    "ip_address": "ip_address",
+    "photo_reference": "photo_or_biometric",
+    "free_text": "free_text",
+}
+
+
 LOCALES = ("en_US", "en_GB", "de_DE", "fr_FR", "nl_NL", "en_IE", "it_IT", "es_ES")
 NEUTRAL = ("col", "field", "var", "x", "attr", "c", "value", "item", "f")
 MISLEADING = (
@@ -106,7 +138,9 @@ def _dates(f: Faker, r: random.Random, n: int) -> Cells:
         elif kind == "recent":
             d = f.date_between(start_date=dt.date(2015, 1, 1), end_date=_REF)
         else:
-            out.append(f.date_time_between(start_date=dt.datetime(2018, 1, 1), end_date=dt.datetime(2024, 1, 1)).isoformat())
+            out.append(
+                f.date_time_between(start_date=dt.datetime(2018, 1, 1), end_date=dt.datetime(2024, 1, 1)).isoformat()
+            )
             continue
         out.append(d.strftime(fmt))
     return out
@@ -203,7 +237,10 @@ def _faker_decoys() -> list[tuple[str, Gen]]:
         ("job", _each(lambda f: f.job())),
         ("year", _each(lambda f: f.year())),
         ("ages 18-89", lambda f, r, n: [str(r.randint(18, 89)) for _ in range(n)]),
-        ("icd10-shaped codes", lambda f, r, n: [r.choice([f.bothify("?##.#") for _ in range(40)]).upper() for _ in range(n)]),
+        (
+            "icd10-shaped codes",
+            lambda f, r, n: [r.choice([f.bothify("?##.#") for _ in range(40)]).upper() for _ in range(n)],
+        ),
         ("row index", lambda f, r, n: [str(i) for i in range(n)]),
         ("row index from 1", lambda f, r, n: [str(i + 1) for i in range(n)]),
         ("shuffled row id", lambda f, r, n: [str(i) for i in r.sample(range(10_000, 10_000 + n), n)]),
@@ -219,7 +256,10 @@ def _faker_decoys() -> list[tuple[str, Gen]]:
         ("plain text", _plain_text),
         ("year-month", lambda f, r, n: [f.date_between(dt.date(2015, 1, 1), _REF).strftime("%Y-%m") for _ in range(n)]),
         ("price", lambda f, r, n: [f"{r.uniform(1, 500):.2f}" for _ in range(n)]),
-        ("uuid-free batch label", lambda f, r, n: [r.choice(["A", "B", "C", "D"]) + str(r.randint(1, 9)) for _ in range(n)]),
+        (
+            "uuid-free batch label",
+            lambda f, r, n: [r.choice(["A", "B", "C", "D"]) + str(r.randint(1, 9)) for _ in range(n)],
+        ),
     ]
 
 
@@ -241,7 +281,27 @@ def _real_tables() -> list[tuple[str, list[str], str | None]]:
             values = ["" if v != v else str(v) for v in col.tolist()]
             out.append((f"{prefix}.{name}", values, "age" if str(name).lower() == "age" else None))
 
-    for ds in ("anes96", "fair", "heart", "grunfeld", "macrodata", "randhie", "star98", "statecrime", "scotland", "sunspots", "fertility", "modechoice", "ccard", "longley", "copper", "cpunish", "spector", "strikes", "nile"):
+    for ds in (
+        "anes96",
+        "fair",
+        "heart",
+        "grunfeld",
+        "macrodata",
+        "randhie",
+        "star98",
+        "statecrime",
+        "scotland",
+        "sunspots",
+        "fertility",
+        "modechoice",
+        "ccard",
+        "longley",
+        "copper",
+        "cpunish",
+        "spector",
+        "strikes",
+        "nile",
+    ):
         add(f"statsmodels.{ds}", getattr(sm.datasets, ds).load_pandas().data)
     add("sklearn.diabetes", skd.load_diabetes(as_frame=True, scaled=False).frame)
     add("sklearn.breast_cancer", skd.load_breast_cancer(as_frame=True).frame)
@@ -270,7 +330,9 @@ def _column_name(r: random.Random, i: int, honest: str) -> str:
     return f"{honest}_{i:02d}"
 
 
-def evaluation_tables(seed: int = 0, *, rows: int = 400, tables: int = 6) -> Iterator[tuple[dict[str, Cells], dict[str, str | None], dict[str, str]]]:
+def evaluation_tables(
+    seed: int = 0, *, rows: int = 400, tables: int = 6
+) -> Iterator[tuple[dict[str, Cells], dict[str, str | None], dict[str, str]]]:
     """Yield ``(table, truth, source)`` per generated table: every identifier generator and decoy
     appears in every table, each under a freshly drawn neutral or misleading name."""
     r = random.Random(seed)

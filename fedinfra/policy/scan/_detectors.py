@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from fedinfra.policy._reference import restricted_zip3
-from fedinfra.policy.scan import _names, _patterns as p
+from fedinfra.policy.scan import _names
+from fedinfra.policy.scan import _patterns as p
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _SPLIT = re.compile(r"[^A-Za-z0-9]+")
@@ -118,9 +119,39 @@ class Column:
 
 _MEASURES = frozenset(
     {
-        "amount", "price", "cost", "income", "salary", "total", "sum", "count", "qty", "quantity", "balance",
-        "weight", "height", "bmi", "rate", "pulse", "bpm", "hr", "pressure", "systolic", "diastolic", "glucose",
-        "score", "pct", "percent", "usd", "eur", "gbp", "revenue", "volume", "duration", "minutes", "seconds",
+        "amount",
+        "price",
+        "cost",
+        "income",
+        "salary",
+        "total",
+        "sum",
+        "count",
+        "qty",
+        "quantity",
+        "balance",
+        "weight",
+        "height",
+        "bmi",
+        "rate",
+        "pulse",
+        "bpm",
+        "hr",
+        "pressure",
+        "systolic",
+        "diastolic",
+        "glucose",
+        "score",
+        "pct",
+        "percent",
+        "usd",
+        "eur",
+        "gbp",
+        "revenue",
+        "volume",
+        "duration",
+        "minutes",
+        "seconds",
     }
 )
 
@@ -304,8 +335,21 @@ def _date(col: Column) -> Detection | None:
 
 _AGE_EXCLUDE = frozenset(
     {
-        "group", "band", "range", "bucket", "category", "class", "bin", "account", "months", "days", "weeks",
-        "tenure", "loan", "vehicle", "device",
+        "group",
+        "band",
+        "range",
+        "bucket",
+        "category",
+        "class",
+        "bin",
+        "account",
+        "months",
+        "days",
+        "weeks",
+        "tenure",
+        "loan",
+        "vehicle",
+        "device",
     }
 )
 OLDEST = 89  # Safe Harbor: "all ages over 89" are identifiers, 164.514(b)(2)(i)(C)
@@ -380,12 +424,16 @@ def _zip(col: Column) -> Detection | None:
     return Detection("zip_code", "name+values" if named else "values", five, round(conf, 3), rule)
 
 
+def _upper_match(rx: re.Pattern[str]) -> Callable[[str], bool]:
+    return lambda v: bool(rx.match(v.upper()))
+
+
 @detector("postal_code", "postal code (UK, NL, IE formats)", "B")
 def _postal(col: Column) -> Detection | None:
     named = col.named(("postal",), ("postcode",), ("eircode",), ("zip",))
-    best = None
+    best: Detection | None = None
     for rule, rx in (("UK postcode", p.POSTCODE_UK), ("NL postcode", p.POSTCODE_NL), ("IE Eircode", p.POSTCODE_IE)):
-        found = _decide("postal_code", col, named, lambda v, rx=rx: bool(rx.match(v.upper())), rule=rule)
+        found = _decide("postal_code", col, named, _upper_match(rx), rule=rule)
         if found is not None and (best is None or found.confidence > best.confidence):
             best = found
     return best
@@ -602,8 +650,25 @@ def _id_shaped(v: str) -> bool:
 
 _OBJECT_IDS = frozenset(
     {
-        "lot", "batch", "barcode", "sample", "specimen", "assay", "reagent", "run", "txn", "transaction",
-        "order", "invoice", "sku", "product", "ticket", "shipment", "tracking", "catalog", "catalogue",
+        "lot",
+        "batch",
+        "barcode",
+        "sample",
+        "specimen",
+        "assay",
+        "reagent",
+        "run",
+        "txn",
+        "transaction",
+        "order",
+        "invoice",
+        "sku",
+        "product",
+        "ticket",
+        "shipment",
+        "tracking",
+        "catalog",
+        "catalogue",
     }
 )
 _YEAR_MONTH = re.compile(r"(?:^|\D)(19[89]\d|20[0-4]\d)(0[1-9]|1[0-2])?")

@@ -39,19 +39,79 @@ def name_lists() -> tuple[frozenset[str], frozenset[str]]:
 
 
 #: Lower-case particles inside surnames ("Lisa de Bruijn", "Ludwig van Beethoven").
-_PARTICLES = frozenset({"de", "van", "von", "der", "den", "da", "di", "del", "della", "la", "le", "du", "ter", "ten", "y", "zu"})
+_PARTICLES = frozenset(
+    {"de", "van", "von", "der", "den", "da", "di", "del", "della", "la", "le", "du", "ter", "ten", "y", "zu"}
+)
 #: Words that make a capitalised phrase an organisation, not a person.
 _ORG = frozenset(
     {
-        "inc", "llc", "ltd", "plc", "gmbh", "ag", "kg", "sa", "sarl", "sas", "srl", "spa", "bv", "nv", "co", "corp",
-        "group", "sons", "and", "und", "et", "e", "&", "company", "hospital", "clinic", "bank", "university",
-        "motors", "electric", "steel", "oil", "chemical", "foods", "partners", "associates", "ltda", "oy", "ab",
+        "inc",
+        "llc",
+        "ltd",
+        "plc",
+        "gmbh",
+        "ag",
+        "kg",
+        "sa",
+        "sarl",
+        "sas",
+        "srl",
+        "spa",
+        "bv",
+        "nv",
+        "co",
+        "corp",
+        "group",
+        "sons",
+        "and",
+        "und",
+        "et",
+        "e",
+        "&",
+        "company",
+        "hospital",
+        "clinic",
+        "bank",
+        "university",
+        "motors",
+        "electric",
+        "steel",
+        "oil",
+        "chemical",
+        "foods",
+        "partners",
+        "associates",
+        "ltda",
+        "oy",
+        "ab",
     }
 )
-_TOKEN = re.compile(r"^[A-ZÀ-ÖØ-Þ][A-Za-zÀ-ÖØ-öø-ÿ'’]*[a-zà-öø-ÿ][A-Za-zà-öø-ÿ'’]*(?:-[A-ZÀ-ÖØ-Þ][A-Za-zà-öø-ÿ'’]+)*\.?$")
+_TOKEN = re.compile(
+    r"^[A-ZÀ-ÖØ-Þ][A-Za-zÀ-ÖØ-öø-ÿ'’]*[a-zà-öø-ÿ][A-Za-zà-öø-ÿ'’]*(?:-[A-ZÀ-ÖØ-Þ][A-Za-zà-öø-ÿ'’]+)*\.?$"
+)
 #: Academic degrees and generational suffixes after a name ("MBA", "B.Sc.", "Jr.").
 _DEGREE = re.compile(r"^(?:(?:[A-Z][A-Za-z]{0,3}\.-?){1,3}[A-Za-z]*\.?|MBA|PhD|MD|Jr|Sr|II|III|IV|BSc|MSc|BA|MA)\.?$")
-_TITLES = frozenset({"mr", "mrs", "ms", "miss", "mx", "dr", "prof", "sir", "dame", "herr", "frau", "mme", "mlle", "m", "sr", "sra", "sig"})
+_TITLES = frozenset(
+    {
+        "mr",
+        "mrs",
+        "ms",
+        "miss",
+        "mx",
+        "dr",
+        "prof",
+        "sir",
+        "dame",
+        "herr",
+        "frau",
+        "mme",
+        "mlle",
+        "m",
+        "sr",
+        "sra",
+        "sig",
+    }
+)
 
 
 def _known(token: str, given: frozenset[str], surnames: frozenset[str]) -> bool:
@@ -99,10 +159,52 @@ def is_person_name(value: str) -> bool:
 #: Words after which a capitalised census name is a person (clinical notes, letters).
 _CONTEXT = frozenset(
     {
-        "patient", "pt", "mr", "mrs", "ms", "miss", "dr", "prof", "nurse", "physician", "doctor", "seen", "by",
-        "with", "named", "name", "contact", "mother", "father", "wife", "husband", "son", "daughter", "brother",
-        "sister", "spouse", "partner", "guardian", "caregiver", "called", "visited", "referred", "herr", "frau",
-        "mme", "madame", "monsieur", "signor", "signora", "sr", "sra", "dear", "attn", "from", "to", "cc",
+        "patient",
+        "pt",
+        "mr",
+        "mrs",
+        "ms",
+        "miss",
+        "dr",
+        "prof",
+        "nurse",
+        "physician",
+        "doctor",
+        "seen",
+        "by",
+        "with",
+        "named",
+        "name",
+        "contact",
+        "mother",
+        "father",
+        "wife",
+        "husband",
+        "son",
+        "daughter",
+        "brother",
+        "sister",
+        "spouse",
+        "partner",
+        "guardian",
+        "caregiver",
+        "called",
+        "visited",
+        "referred",
+        "herr",
+        "frau",
+        "mme",
+        "madame",
+        "monsieur",
+        "signor",
+        "signora",
+        "sr",
+        "sra",
+        "dear",
+        "attn",
+        "from",
+        "to",
+        "cc",
     }
 )
 _WORD = re.compile(r"[A-Za-zÀ-ÖØ-öø-ÿ'’-]+\.?")

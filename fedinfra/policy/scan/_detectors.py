@@ -362,7 +362,7 @@ def looks_like_ages(col: Column) -> bool:
     if not nums or not all(x.is_integer() for x in nums):
         return False
     lo, hi = min(nums), max(nums)
-    if lo < 0 or hi > 120 or hi - lo < 25 or len(set(nums)) < 12:
+    if lo < 0 or hi > 120 or hi < 50 or hi - lo < 25 or len(set(nums)) < 12:
         return False
     mode = max(nums.count(x) for x in set(nums))
     return mode <= 0.15 * len(nums)  # ages spread out; a spike (zeros, a default) is a measurement

@@ -194,12 +194,14 @@ def aggregator_name(job: JobSpec) -> str:
     mode = job.secure_aggregation.mode
     if mode != "none":
         return str(mode)
+    if job.aggregation.rule != "fedavg":  # robust rules (plaintext only; the job validator checks)
+        return job.aggregation.rule
     return "compressed" if job.compression is not None else "fedavg"
 
 
 def aggregator_class(job: JobSpec) -> type[Aggregator]:
     """Return the aggregator class for ``job`` (imports the built-ins on first use)."""
-    from fedinfra.aggregation import modes  # noqa: F401  (registers the built-ins)
+    from fedinfra.aggregation import modes, robust_rules  # noqa: F401  (registers the built-ins)
 
     name = aggregator_name(job)
     try:

@@ -502,6 +502,7 @@ class Coordinator:
             "replies": count,
             "train_loss": train_loss,
             "mode": self.job.secure_aggregation.mode,
+            **outcome.details,
         }
         if aggregate is None:
             details.update(test_loss=test_loss, test_accuracy=test_acc)

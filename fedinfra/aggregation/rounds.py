@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -106,8 +106,29 @@ class RoundAggregate:
     details: dict[str, object] = field(default_factory=dict)
 
 
+@dataclass
+class Stage:
+    """An extra message wave a multi-stage protocol (SecAgg) needs around the train wave.
+
+    The coordinator sends ``payloads[site]`` (a JSON document) to each named site, hands
+    every reply to ``collect(site, document)`` (raising :class:`UpdateRejected` drops that
+    site from the protocol) and calls ``close()`` when the wave is over.
+    """
+
+    name: str
+    payloads: dict[str, str]
+    collect: Callable[[str, str], None]
+    close: Callable[[], None] = lambda: None
+
+
 class Aggregator(ABC):
-    """Start a round from the model's layout, accept one validated reply at a time, finish."""
+    """Start a round from the model's layout, accept one validated reply at a time, finish.
+
+    Single-wave modes implement :meth:`_accept` and :meth:`finish` only. Multi-stage
+    protocols also yield :class:`Stage` waves from :meth:`stages_before` (before training),
+    say per site what the train message must carry (:meth:`train_extra`; ``None`` leaves the
+    site out of the train wave) and yield waves from :meth:`stages_after`.
+    """
 
     #: Registry name (the job's mode, or the rule's name).
     name: ClassVar[str] = ""
@@ -143,6 +164,22 @@ class Aggregator(ABC):
             raise UpdateRejected(_check_of(exc), str(exc)) from exc
         self._sites.append(reply.site)
         return folded
+
+    def stages_before(self) -> Iterator[Stage]:
+        """Waves before the train wave (none by default)."""
+        return iter(())
+
+    def train_extra(self, site: str) -> dict[str, Any] | None:
+        """Extra config values for ``site``'s train message; ``None``: do not ask it to train."""
+        return {}
+
+    def stages_after(self) -> Iterator[Stage]:
+        """Waves after the train wave, before :meth:`finish` (none by default)."""
+        return iter(())
+
+    def audit_details(self) -> dict[str, object]:
+        """Mode-specific figures for ``aggregation.completed`` (ids and counts only)."""
+        return {}
 
     @abstractmethod
     def _accept(self, reply: Reply) -> Folded:
@@ -201,7 +238,7 @@ def aggregator_name(job: JobSpec) -> str:
 
 def aggregator_class(job: JobSpec) -> type[Aggregator]:
     """Return the aggregator class for ``job`` (imports the built-ins on first use)."""
-    from fedinfra.aggregation import modes, robust_rules  # noqa: F401  (registers the built-ins)
+    from fedinfra.aggregation import modes, robust_rules, secagg  # noqa: F401  (register the built-ins)
 
     name = aggregator_name(job)
     try:
@@ -274,6 +311,7 @@ __all__ = [
     "Reply",
     "RoundAggregate",
     "RoundSpec",
+    "Stage",
     "UpdateRejected",
     "aggregator_class",
     "aggregator_name",

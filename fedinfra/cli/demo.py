@@ -58,7 +58,7 @@ class RichReporter:
         self.progress.stop()
 
 
-PRIVACY_MODES = ("none", "dp", "he", "dp+he")
+PRIVACY_MODES = ("none", "dp", "he", "dp+he", "secagg", "dp+secagg")
 SCENARIO_DEFAULTS: dict[str, dict[str, object]] = {
     "hospital": {
         "purpose": "medical-research",
@@ -255,6 +255,15 @@ def _build_job(
             if scenario == "edge"
             else {"mode": "bfv"}
         )
+    if "secagg" in privacy:
+        # Pairwise masks (SecAgg+): no shared secret, the same 20-bit codec as packed BFV.
+        data["secure_aggregation"] = {
+            "mode": "secagg",
+            "max_sites": max(2, sites),
+            "max_dropouts": 1 if sites >= 4 else 0,
+            "max_colluders": 1 if sites >= 4 else 0,
+            "min_contributors": min(3, max(2, sites - 1)),
+        }
     try:
         job = parse_model(JobSpec, data, "command line")
     except ConfigError as exc:
@@ -280,7 +289,7 @@ def register(app: typer.Typer) -> None:
         scenario: str = typer.Option(
             "hospital", "--scenario", help="hospital (breast cancer), bank (Caravan) or edge (digits on devices)."
         ),
-        privacy: str = typer.Option("dp+he", "--privacy", help="none, dp (DP-SGD), he (packed BFV) or dp+he."),
+        privacy: str = typer.Option("dp+he", "--privacy", help="none, dp (DP-SGD), he (packed BFV), dp+he, secagg (pairwise masks) or dp+secagg."),
         epsilon: float = typer.Option(
             3.0, "--epsilon", callback=positive, help="Target epsilon per site for the run (with dp)."
         ),

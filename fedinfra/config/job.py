@@ -125,10 +125,30 @@ class JobSpec(StrictModel):
                 f"secure_aggregation.example_cap = {sec.example_cap} must be 1 with user-level DP: its noise is "
                 "calibrated to one clipped update per site (McMahan et al. 2018), so sites are not weighted by examples"
             )
+        if sec.mode == "secagg":
+            from fedinfra.config.secagg_plan import plan
+
+            sampled = max(self.sites.min_sites, round(self.sites.fraction * self.sites.count))
+            try:
+                plan(
+                    sampled,
+                    max_dropouts=sec.max_dropouts,
+                    max_colluders=sec.max_colluders,
+                    min_contributors=sec.min_contributors,
+                )
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+            if sampled > sec.max_sites:
+                raise ValueError(
+                    f"secure_aggregation.max_sites={sec.max_sites} is below the {sampled} sites sampled per round"
+                )
         if comp is None or sec.mode == "none":
             return self
         if sec.mode != "bfv":
-            raise ValueError("compression composes with secure_aggregation.mode = 'bfv' only (CKKS encrypts floats)")
+            raise ValueError(
+                "compression composes with secure_aggregation.mode = 'bfv' only (CKKS encrypts floats; "
+                "secagg already sends quant_bits-wide integers)"
+            )
         if comp.topk_fraction is not None:
             raise ValueError(
                 "compression.topk_fraction does not compose with secure aggregation: sites keep different "

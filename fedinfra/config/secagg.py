@@ -76,7 +76,13 @@ class SecureAggSpec(StrictModel):
     """How updates are hidden from the coordinator.
 
     ``mode``: ``none`` (plaintext aggregation), ``bfv`` (packed BFV, exact integer sums of
-    quantized updates; the default for HE) or ``ckks`` (approximate float sums, no clip).
+    quantized updates; the default for HE), ``ckks`` (approximate float sums, no clip) or
+    ``secagg`` (SecAgg+ pairwise masks over the same quantized integers: the coordinator
+    learns only the sum, with no shared secret; see :mod:`fedinfra.crypto.secagg`).
+
+    secagg fields: ``max_dropouts`` and ``max_colluders`` are the declared bounds that fix
+    the threshold t and degree k (:func:`fedinfra.config.secagg_plan.plan`);
+    ``min_contributors`` (at least 2) is the fewest sites whose sum a site helps to unmask.
 
     Fields (BFV unless noted):
 
@@ -93,13 +99,28 @@ class SecureAggSpec(StrictModel):
       a larger value is refused (it would wrap modulo q).
     """
 
-    mode: Literal["none", "bfv", "ckks"] = "none"
+    mode: Literal["none", "bfv", "ckks", "secagg"] = "none"
     quant_bits: Literal[8, 12, 16, 20] = 20
     clip: float = Field(default=1.0, gt=0, le=1e6, description="bound on |update value| before quantization")
     max_sites: int = Field(default=16, ge=1, le=100_000, description="most replies one encrypted sum holds")
     example_cap: int = Field(default=10_000, ge=1, le=2**31, description="most examples one site weighs in")
     plain_modulus_bits: int | None = Field(default=None, ge=MIN_PLAIN_BITS, le=COEFF_MODULUS_BITS - 1)
     ckks_max_abs: float = Field(default=1024.0, gt=0, description="bound on |value| a site may encrypt (CKKS)")
+    max_dropouts: int = Field(default=1, ge=0, le=100_000, description="sites that may drop out of a round (secagg)")
+    max_colluders: int = Field(default=1, ge=0, le=100_000, description="sites that may collude with the coordinator")
+    min_contributors: int = Field(
+        default=3, ge=2, le=100_000, description="fewest sites whose sum the sites agree to unmask or decrypt"
+    )
+
+    @property
+    def encrypted(self) -> bool:
+        """The coordinator holds only a ciphertext of the aggregate (sites decrypt it)."""
+        return self.mode in ("bfv", "ckks")
+
+    @property
+    def masked(self) -> bool:
+        """Updates are pairwise-masked (SecAgg / SecAgg+)."""
+        return self.mode == "secagg"
 
     @property
     def plain_bits(self) -> int:
@@ -126,7 +147,17 @@ class SecureAggSpec(StrictModel):
             self._check_bfv()
         elif self.mode == "ckks":
             self._check_ckks()
+        elif self.mode == "secagg":
+            self._check_secagg()
         return self
+
+    def _check_secagg(self) -> None:
+        # Masking is modulo 2^L with L = quant_bits + ceil(log2 max_sites): the integer sum of
+        # max_sites updates never wraps (fedinfra.crypto.secagg.codec); the trailer is mod 2^64.
+        if self.lane_bits > 62:
+            raise ValueError(f"a {self.lane_bits}-bit lane is too wide for masking; lower max_sites or quant_bits")
+        if self.max_sites * self.example_cap >= 2**62:
+            raise ValueError("max_sites * example_cap is too large for the secagg trailer; lower example_cap")
 
     def _check_bfv(self) -> None:
         ceiling = max_plain_bits(self.max_sites)

@@ -28,6 +28,9 @@ DOC = "doc"
 HE_UPDATE = "he.update"
 COMPRESSED_UPDATE = "update.compressed"
 HE_AGGREGATES = "he.aggregates"
+#: Secure aggregation (secagg): the stage document (JSON) and the masked update (bytes).
+SECAGG = "secagg"
+SECAGG_UPDATE = "secagg.update"
 
 # -- bounds on everything a site sends (issue 16) ----------------------------------------
 #: Largest finite float32: every float from a site must fit the model's dtype.
@@ -144,7 +147,7 @@ class TrainInstruction(StrictModel):
     run_id: RunId
     round: int = Field(ge=0, le=MAX_SAFE_INTEGER)
     job: dict[str, object]
-    phase: Literal["admit", "train", "evaluate", "close"] = "train"
+    phase: Literal["admit", "train", "evaluate", "close", "secagg"] = "train"
     receipts: list[str] = Field(default_factory=list)
     sync_from: int | None = Field(default=None, ge=1)
     sampled: int = Field(default=1, ge=1, description="sites sampled this round (user-level DP noise share)")

@@ -15,11 +15,12 @@ round is evaluated by the close wave. Round ``r``'s test figures are then record
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ from fedinfra.coordinator.artifacts import RunArtifacts
 from fedinfra.coordinator.events import NullReporter, Reporter, RoundResult
 from fedinfra.coordinator.identity import identity_refusal, node_identities
 from fedinfra.coordinator.persist import RunState, SiteBook, load_aggregate, load_state, save_state
+from fedinfra.coordinator.stages import run_stage
 from fedinfra.coordinator.trail import AuditTrail, codes, failed, sha256_hex
 from fedinfra.errors import ConfigError, PolicyViolation, RuntimeLaunchError
 from fedinfra.models import get_weights, set_weights
@@ -268,7 +270,14 @@ class Coordinator:
         return [sites[i] for i in sorted(chosen)]
 
     def _payload(
-        self, state: RunState, site: Site, rnd: int, phase: str, sampled: int, evaluate_round: int | None = None
+        self,
+        state: RunState,
+        site: Site,
+        rnd: int,
+        phase: str,
+        sampled: int,
+        evaluate_round: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> RecordDict:
         """The message to one site: receipts owed to it, and the model (or HE aggregates)."""
         assert self.trail is not None
@@ -277,7 +286,7 @@ class Coordinator:
         # Only entries a signed checkpoint already covers can get a receipt now.
         book.sent = [seq for seq in book.pending if head is not None and seq < head.size]
         receipts = [self.trail.receipt(seq, since=book.seen_size) for seq in book.sent]
-        config: dict[str, Any] = {}
+        config: dict[str, Any] = dict(extra or {})
         records: dict[str, Any] = {}
         sync_from = None
         if not self.he:
@@ -313,19 +322,6 @@ class Coordinator:
         by_node = {s.node_id: s for s in sample}
         # HE: the previous round's federated evaluation joins this wave (module docstring).
         evaluate_round = rnd - 1 if self.he and rnd > 1 else None
-        messages = [
-            Message(
-                self._payload(state, s, rnd, "train", len(sample), evaluate_round),
-                dst_node_id=s.node_id,
-                message_type=MessageType.TRAIN,
-            )
-            for s in sample
-        ]
-        evaluators: dict[int, Site] = {}
-        if evaluate_round is not None:
-            evaluators = {s.node_id: s for s in sites if s.node_id not in by_node}
-            messages += self._eval_messages(state, evaluate_round, list(evaluators.values()), "evaluate")
-        tally = _EvalTally()
         agg = start_round(
             RoundSpec(
                 run_id=self.run_id,
@@ -336,6 +332,26 @@ class Coordinator:
                 sites=tuple(s.hello.site for s in sample),
             )
         )
+        stage_doc = self._doc(rnd, "secagg").model_dump_json()
+        nodes = {s.hello.site: s.node_id for s in sample}
+        with _abandon_on_failure(rnd):
+            for stage in agg.stages_before():  # multi-stage protocols (SecAgg): key waves
+                run_stage(lambda m: self._send(grid, m), trail, rnd=rnd, doc=stage_doc, nodes=nodes, stage=stage)
+        extras = {s.node_id: agg.train_extra(s.hello.site) for s in sample}
+        messages = [
+            Message(
+                self._payload(state, s, rnd, "train", len(sample), evaluate_round, extra=extras[s.node_id]),
+                dst_node_id=s.node_id,
+                message_type=MessageType.TRAIN,
+            )
+            for s in sample
+            if extras[s.node_id] is not None
+        ]
+        evaluators: dict[int, Site] = {}
+        if evaluate_round is not None:
+            evaluators = {s.node_id: s for s in sites if s.node_id not in by_node}
+            messages += self._eval_messages(state, evaluate_round, list(evaluators.values()), "evaluate")
+        tally = _EvalTally()
         received: dict[str, int] = {}
         refused: dict[str, str] = {}
         loss_sum, loss_n = 0.0, 0
@@ -419,6 +435,9 @@ class Coordinator:
                 max_eps = max(max_eps, total)
         if evaluate_round is not None:
             self._record_evaluation(state, rnd, evaluate_round, tally)
+        with _abandon_on_failure(rnd):
+            for stage in agg.stages_after():  # SecAgg: the unmasking wave
+                run_stage(lambda m: self._send(grid, m), trail, rnd=rnd, doc=stage_doc, nodes=nodes, stage=stage)
         return self._finish_round(rnd, state, agg, received, refused, loss_sum / max(loss_n, 1), max_eps, start)
 
     def model_layout(self) -> Layout:
@@ -469,7 +488,8 @@ class Coordinator:
         if round_eval.blocking:
             raise PolicyViolation(f"round {rnd} denied: {round_eval.reason()}")
         aggregate: bytes | None = None
-        outcome = agg.finish()
+        with _abandon_on_failure(rnd):
+            outcome = agg.finish()
         if outcome.ciphertext is not None:
             aggregate = outcome.ciphertext
             state.round = rnd
@@ -764,6 +784,21 @@ class Coordinator:
         extra.update(final_accuracy=acc, final_loss=loss)
         self.artifacts.write_metrics(self.run_id, state.results, names, seconds, extra=extra)
         self.artifacts.write_sites({s.hello.site: s.hello.manifest for s in sites})
+
+
+@contextlib.contextmanager
+def _abandon_on_failure(rnd: int) -> Iterator[None]:
+    """A secure-aggregation round that cannot complete is abandoned: nothing is released.
+
+    The run ends with ``run.failed`` naming the reason (too few survivors for the threshold
+    or for ``min_contributors``); the model is not updated and no aggregate leaves.
+    """
+    from fedinfra.crypto.secagg import SecAggAbandoned
+
+    try:
+        yield
+    except SecAggAbandoned as exc:
+        raise PolicyViolation(f"round {rnd} abandoned, nothing released: {exc}") from exc
 
 
 class _BudgetExhausted(Exception):

@@ -93,7 +93,7 @@ def register_kit_part(name: str, part: Callable[[KitSet], None]) -> None:
 def _he_part(kits: KitSet) -> None:
     """Generate the HE secret key and per-site signing keys (skipped when mode is none)."""
     spec = kits.consortium.secure_aggregation
-    if spec.mode == "none":
+    if not spec.encrypted:  # none, or secagg: no shared secret at all
         return
     from fedinfra.crypto.codec import context_for  # SEAL is loaded only here
 

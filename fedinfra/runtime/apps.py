@@ -127,7 +127,7 @@ def run_deployed(grid: Grid, run: DeployedRun) -> None:
     run.run_dir.mkdir(parents=True, exist_ok=True)
     (run.run_dir / ERROR_FILE).unlink(missing_ok=True)
     settings = settings_from_kit(
-        run.kit, store=run.store, tls=True, he=run.job.secure_aggregation.mode != "none", resume=run.resume
+        run.kit, store=run.store, tls=True, he=run.job.secure_aggregation.encrypted, resume=run.resume
     )
 
     def report(run_dir: Path, run_id: str) -> None:

@@ -92,7 +92,7 @@ def run_simulated(
     os.environ[KIT_ROOT_ENV] = str(kits / "sites")
     store = str(run_dir / AUDIT_STORE)
     settings = settings_from_kit(
-        kits / "coordinator", store=store, tls=False, in_process=True, he=job.secure_aggregation.mode != "none"
+        kits / "coordinator", store=store, tls=False, in_process=True, he=job.secure_aggregation.encrypted
     )
     server_app, outcome = make_server_app(job, run_id=run_id, run_dir=run_dir, settings=settings, reporter=reporter)
     with ray_home(run_dir / ".ray-home"):

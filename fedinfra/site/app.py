@@ -33,6 +33,8 @@ from fedinfra.config.wire import (
     DOC,
     HE_AGGREGATES,
     HE_UPDATE,
+    SECAGG,
+    SECAGG_UPDATE,
     EvalCounts,
     EvalReport,
     SiteHello,
@@ -93,7 +95,7 @@ def _reply(msg: Message, doc: str, blob: bytes | None = None, key: str = HE_UPDA
 def _weights(msg: Message, ctx: SiteContext, instruction: TrainInstruction) -> NDArrays:
     """The global model: sent in plaintext, or (HE) rebuilt from encrypted aggregates."""
     base = arrays_to_weights(msg.content.array_records[ARRAYS]) if ARRAYS in msg.content.array_records else None
-    if ctx.job.secure_aggregation.mode == "none":
+    if not ctx.job.secure_aggregation.encrypted:
         if base is None:
             raise ValueError("plaintext round without the global model")
         return base
@@ -125,6 +127,8 @@ def query(msg: Message, context: Context) -> Message:
         instruction, ctx = _context(msg, context)
     except FedinfraError as exc:  # refused before its data is even loaded (fail closed)
         return Message(Error(code=403, reason=str(exc)[:500]), reply_to=msg)
+    if instruction.phase == "secagg":
+        return _secagg_stage(msg, context, instruction, ctx)
     reason = ""
     try:
         check_job(ctx, tls=_tls(context))
@@ -156,6 +160,20 @@ def query(msg: Message, context: Context) -> Message:
     return _reply(msg, hello.model_dump_json())
 
 
+def _secagg_stage(msg: Message, context: Context, instruction: TrainInstruction, ctx: SiteContext) -> Message:
+    """A SecAgg key, share or unmask stage (see :mod:`fedinfra.site.secagg`)."""
+    from fedinfra.site.secagg import handle_stage
+
+    try:
+        check_job(ctx, tls=_tls(context))
+        if not ctx.job.secure_aggregation.masked:
+            raise PolicyViolation("this job does not use secure_aggregation.mode = 'secagg'")
+        answer = handle_stage(context, ctx, instruction, str(msg.content.config_records[CONFIG][SECAGG]))
+    except (FedinfraError, ValueError, KeyError) as exc:
+        return Message(Error(code=403, reason=str(exc)[:240]), reply_to=msg)
+    return Message(RecordDict({CONFIG: ConfigRecord({DOC: "{}", SECAGG: answer})}), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train one round and reply with the protected update, or refuse with a reason."""
@@ -171,6 +189,13 @@ def train(msg: Message, context: Context) -> Message:
                 round=instruction.evaluate_round, loss_sum=max(0.0, loss_sum), correct=correct, count=count
             )
             out.report = out.report.model_copy(update={"evaluation": evaluation})
+        if ctx.job.secure_aggregation.masked:
+            from fedinfra.site.secagg import mask_update
+
+            assert out.update is not None
+            stage = msg.content.config_records[CONFIG].get(SECAGG)
+            masked = mask_update(context, ctx, instruction, out.update, stage)
+            return _reply(msg, out.report.model_dump_json(), masked, key=SECAGG_UPDATE)
     except (FedinfraError, ValueError) as exc:
         refused = TrainReport(
             site=ctx.name,

@@ -362,7 +362,7 @@ def _train_round(
         update, dp = _user_level(ctx, update, instruction, sampled)
         details.update(dp)
     blob = None
-    he = job.secure_aggregation.mode != "none"
+    he = job.secure_aggregation.encrypted
     if job.compression is not None and he:
         update = _clip_for_codec(ctx, update, details)
     elif job.compression is not None:
@@ -371,7 +371,8 @@ def _train_round(
     report = TrainReport(
         site=ctx.name,
         round=instruction.round,
-        num_examples=0 if he else len(ctx.data.y),
+        # Under secure aggregation the example count travels inside the sum only.
+        num_examples=0 if job.secure_aggregation.mode != "none" else len(ctx.data.y),
         train_loss=loss,
         details=details,
     )

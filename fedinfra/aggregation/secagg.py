@@ -1,0 +1,226 @@
+"""``secure_aggregation.mode = "secagg"``: SecAgg+ as an aggregator (coordinator side).
+
+Four waves per round (Bonawitz et al., CCS 2017, figure 4; Bell et al., CCS 2020):
+
+1. ``advertise`` (before training): each sampled site answers with two fresh X25519 keys;
+2. ``share``: the roster of keys goes out; each site answers with Shamir shares of its
+   secrets sealed to each neighbour, and a commitment to its self-mask seed;
+3. the train wave: each site gets the list ``U2`` of sites that shared and the sealed
+   shares addressed to it, trains, and replies with its masked quantized update;
+4. ``unmask`` (after training): the survivors ``U3`` get the list; each answers with the
+   shares that remove the masks (``b`` of survivors, ``s^SK`` of sites that dropped).
+
+The coordinator learns only the sum of the survivors' updates. Sites derive the plan
+(t, k) themselves from the job's bounds and the roster size, and refuse to unmask fewer
+than ``max(t, min_contributors)`` survivors; a round that cannot be unmasked is abandoned
+(:class:`~fedinfra.crypto.secagg.SecAggAbandoned`) and releases nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from fedinfra.aggregation.rounds import Aggregator as _Base
+from fedinfra.aggregation.rounds import (
+    Folded,
+    Reply,
+    RoundAggregate,
+    RoundSpec,
+    Stage,
+    UpdateRejected,
+    register,
+)
+from fedinfra.config.secagg_plan import SecAggPlan, plan
+from fedinfra.config.wire import SECAGG, SECAGG_UPDATE
+from fedinfra.config.wire_secagg import StageReply, StageRequest
+from fedinfra.crypto.quantize import unflatten
+from fedinfra.crypto.secagg import Roster, RosterEntry, SecAggAbandoned, Unmasker
+from fedinfra.crypto.secagg import codec as sa_codec
+from fedinfra.errors import CryptoError
+
+
+def plan_for(spec: Any, n: int) -> SecAggPlan:
+    """The plan of a round with ``n`` sites under the job's declared bounds."""
+    return plan(
+        n,
+        max_dropouts=spec.max_dropouts,
+        max_colluders=spec.max_colluders,
+        min_contributors=spec.min_contributors,
+    )
+
+
+@register
+class SecAggAggregator(_Base):
+    """Pairwise-masked sums of quantized updates; the coordinator unmasks only the sum."""
+
+    name = "secagg"
+    hides_aggregate: ClassVar[bool] = False
+
+    def __init__(self, spec: RoundSpec) -> None:
+        super().__init__(spec)
+        self.sa = spec.job.secure_aggregation
+        self.n_values = sum(_prod(shape) for _, shape in spec.layout)
+        self.bits = sa_codec.widths(self.sa)
+        self.sizes = sa_codec.sizes(self.n_values)
+        self.plan: SecAggPlan | None = None
+        self.roster: Roster | None = None
+        self._entries: dict[str, RosterEntry] = {}
+        self._boxes: dict[str, dict[str, str]] = {}
+        self._commitments: dict[str, bytes] = {}
+        self._unmasker: Unmasker | None = None
+        self._responses: dict[str, dict[str, tuple[str, bytes]]] = {}
+        self.survivors: tuple[str, ...] = ()
+        self.dropped: tuple[str, ...] = ()
+        # The bounds must hold for the round's sample before anything is sent.
+        plan_for(self.sa, len(spec.sites))
+
+    # -- stage 1 and 2 ---------------------------------------------------------------------------
+
+    def stages_before(self) -> Iterator[Stage]:
+        """Advertise keys, then share secrets."""
+        request = StageRequest(stage="advertise").model_dump_json()
+        yield Stage("advertise", {s: request for s in self.spec.sites}, self._collect_keys, self._close_keys)
+        assert self.roster is not None
+        assert self.plan is not None
+        share = StageRequest(stage="share", n=self.plan.n, roster=[tuple(r) for r in self.roster.to_json()])
+        doc = share.model_dump_json()
+        yield Stage("share", {name: doc for name in self.roster.names}, self._collect_shares, self._close_shares)
+
+    def _collect_keys(self, site: str, document: str) -> None:
+        reply = _reply(document, site, "advertise")
+        if not reply.c_pk or not reply.s_pk:
+            raise UpdateRejected("protocol", "key advertisement without both public keys")
+        self._entries[site] = RosterEntry(site, bytes.fromhex(reply.c_pk), bytes.fromhex(reply.s_pk))
+
+    def _close_keys(self) -> None:
+        names = sorted(self._entries)
+        self.plan = self._plan_or_abandon(len(names), "advertised keys")
+        try:
+            self.roster = Roster(tuple(self._entries[n] for n in names))
+        except CryptoError as exc:
+            raise SecAggAbandoned(f"secure aggregation: {exc}") from exc
+
+    def _collect_shares(self, site: str, document: str) -> None:
+        assert self.roster is not None
+        reply = _reply(document, site, "share")
+        if site not in self.roster.names or not set(reply.boxes) <= set(self.roster.names) or not reply.commitment:
+            raise UpdateRejected("protocol", "shares addressed outside the roster, or no commitment")
+        for box in reply.boxes.values():
+            if len(box) != 2 * (2 * 66 + 16):
+                raise UpdateRejected("protocol", "a sealed share has the wrong length")
+        self._boxes[site] = dict(reply.boxes)
+        self._commitments[site] = bytes.fromhex(reply.commitment)
+
+    def _close_shares(self) -> None:
+        assert self.roster is not None
+        assert self.plan is not None
+        u2 = sorted(self._boxes)
+        self._plan_or_abandon(len(u2), "shared their secrets", n=self.plan.n)
+        self._unmasker = Unmasker(
+            self.plan,
+            self.roster,
+            run_id=self.spec.run_id,
+            round_id=self.spec.round,
+            u2=u2,
+            commitments=self._commitments,
+            sizes=self.sizes,
+            bits=self.bits,
+        )
+
+    def _plan_or_abandon(self, count: int, what: str, n: int | None = None) -> SecAggPlan:
+        try:
+            p = plan_for(self.sa, n if n is not None else count)
+        except ValueError as exc:
+            raise SecAggAbandoned(f"secure aggregation: only {count} sites {what}: {exc}") from exc
+        if count < max(p.t, p.min_contributors):
+            raise SecAggAbandoned(
+                f"secure aggregation: only {count} sites {what}, fewer than "
+                f"max(t={p.t}, min_contributors={p.min_contributors}); round abandoned"
+            )
+        return p
+
+    # -- stage 3: the train wave -------------------------------------------------------------------
+
+    def train_extra(self, site: str) -> dict[str, Any] | None:
+        """The sharing sites and the sealed shares addressed to ``site``; None if it did not share."""
+        if self._unmasker is None or site not in self._unmasker.u2:
+            return None
+        mine = {sender: boxes[site] for sender, boxes in self._boxes.items() if site in boxes}
+        doc = StageRequest(stage="mask", u2=list(self._unmasker.u2), shares=mine)
+        return {SECAGG: doc.model_dump_json()}
+
+    def _accept(self, reply: Reply) -> Folded:
+        if self._unmasker is None:
+            raise UpdateRejected("protocol", "masked input before the key stages completed")
+        raw = reply.config.get(SECAGG_UPDATE)
+        if not isinstance(raw, bytes | bytearray):
+            raise UpdateRejected("missing", "reply carries no masked update")
+        blob = bytes(raw)
+        try:
+            segments = sa_codec.from_wire(blob, self.sizes, self.bits)
+            self._unmasker.add(reply.site, segments)
+        except CryptoError as exc:
+            raise UpdateRejected("encoding", str(exc)) from exc
+        return Folded("update.masked", blob)
+
+    # -- stage 4 -----------------------------------------------------------------------------------
+
+    def stages_after(self) -> Iterator[Stage]:
+        """Ask the survivors for the shares that remove the masks."""
+        if self._unmasker is None:
+            return
+        u3 = sorted(self._unmasker.u3)
+        doc = StageRequest(stage="unmask", u3=u3).model_dump_json()
+        yield Stage("unmask", {s: doc for s in u3}, self._collect_unmask)
+
+    def _collect_unmask(self, site: str, document: str) -> None:
+        reply = _reply(document, site, "unmask")
+        if reply.refused:
+            raise UpdateRejected("protocol", f"site refused to unmask: {reply.refused}")
+        try:
+            self._responses[site] = {owner: (kind, bytes.fromhex(h)) for owner, (kind, h) in reply.shares.items()}
+        except ValueError as exc:
+            raise UpdateRejected("encoding", "unmasking share is not hex") from exc
+
+    def finish(self) -> RoundAggregate:
+        """Unmask the sum; :class:`SecAggAbandoned` (nothing released) if it cannot be done."""
+        if self._unmasker is None or self.plan is None:
+            raise SecAggAbandoned("secure aggregation: the key stages did not complete; round abandoned")
+        u = self._unmasker
+        self.survivors = tuple(sorted(u.u3))
+        self.dropped = tuple(sorted(set(u.u2) - set(u.u3)))
+        total = u.finish(self._responses)
+        mean, _examples, sites = sa_codec.decode(total, self.sa)
+        if sites != len(u.u3):
+            raise SecAggAbandoned("secure aggregation: the unmasked contribution count disagrees with the survivors")
+        tensors = unflatten(mean, [(n, s) for n, s in self.spec.layout])
+        return RoundAggregate(sites=self.survivors, mean=tensors, details=self.audit_details())
+
+    def audit_details(self) -> dict[str, object]:
+        """Mode, n, t, k, the bounds, the survivors and the dropouts of this round."""
+        out: dict[str, object] = {"mode": self.name}
+        if self.plan is not None:
+            out.update(self.plan.summary())
+        out.update(survivors=list(self.survivors), dropped=list(self.dropped))
+        return out
+
+
+def _reply(document: str, site: str, stage: str) -> StageReply:
+    try:
+        reply = StageReply.model_validate_json(document)
+    except ValueError as exc:
+        raise UpdateRejected("encoding", f"malformed {stage} reply") from exc
+    if reply.stage != stage or reply.site != site:
+        raise UpdateRejected("protocol", f"{stage} reply names another stage or site")
+    return reply
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    out = 1
+    for d in shape:
+        out *= int(d)
+    return out
+
+
+__all__ = ["SecAggAggregator", "plan_for"]

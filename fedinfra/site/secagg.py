@@ -1,0 +1,119 @@
+"""The site's side of SecAgg+ (``secure_aggregation.mode = "secagg"``).
+
+The site keeps its round secrets (two X25519 private keys, the self-mask seed, the shares
+it holds) in its own Flower node state between the stages, never in a message. It trusts
+nothing the coordinator says about the protocol's parameters: it derives the plan (t, k)
+from the job's declared bounds and the size of the roster it is shown, masks only against
+neighbours that shared, answers one unmask request per round, and refuses to unmask fewer
+than ``max(t, min_contributors)`` survivors (Bonawitz et al., CCS 2017, section 4; the
+floor is issue 13's "nothing released below min_contributors", checked by the site).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Context
+
+from fedinfra.config.secagg_plan import SecAggPlan, plan
+from fedinfra.config.wire import TrainInstruction
+from fedinfra.config.wire_secagg import StageReply, StageRequest
+from fedinfra.crypto.quantize import flatten, secure_generator
+from fedinfra.crypto.secagg import Roster, SecAggAbandoned, SiteSession
+from fedinfra.crypto.secagg import codec as sa_codec
+from fedinfra.errors import CryptoError
+from fedinfra.site.context import SiteContext
+from fedinfra.types import NDArrays
+
+_STATE_KEY = "fedinfra.secagg"
+
+
+def _plan(ctx: SiteContext, n: int) -> SecAggPlan:
+    sa = ctx.job.secure_aggregation
+    return plan(n, max_dropouts=sa.max_dropouts, max_colluders=sa.max_colluders, min_contributors=sa.min_contributors)
+
+
+def _load(context: Context, instruction: TrainInstruction) -> SiteSession:
+    record = context.state.config_records.get(_STATE_KEY)
+    raw = record.get("session") if record is not None else None
+    if not isinstance(raw, bytes):
+        raise CryptoError("secure aggregation: no key stage for this round at this site")
+    session = SiteSession.from_bytes(raw)
+    if session.run_id != instruction.run_id or session.round_id != instruction.round:
+        raise CryptoError("secure aggregation: the key stage was for another run or round")
+    return session
+
+
+def _save(context: Context, session: SiteSession) -> None:
+    context.state.config_records[_STATE_KEY] = ConfigRecord({"session": session.to_bytes()})
+
+
+def handle_stage(context: Context, ctx: SiteContext, instruction: TrainInstruction, document: str) -> str:
+    """Answer one QUERY stage (advertise, share, unmask); return the reply document."""
+    request = StageRequest.model_validate_json(document)
+    name = ctx.name
+    if request.stage == "advertise":
+        record = context.state.config_records.get(_STATE_KEY)
+        raw = record.get("session") if record is not None else None
+        if isinstance(raw, bytes):
+            old = SiteSession.from_bytes(raw)
+            if old.run_id == instruction.run_id and old.round_id == instruction.round and old.u2:
+                raise CryptoError("secure aggregation: this site already masked its input for this round")
+        session = SiteSession.start(name, run_id=instruction.run_id, round_id=instruction.round)
+        _save(context, session)
+        entry = session.advertise()
+        return StageReply(stage="advertise", site=name, c_pk=entry.c_pk.hex(), s_pk=entry.s_pk.hex()).model_dump_json()
+    session = _load(context, instruction)
+    if request.stage == "share":
+        roster = Roster.from_json([list(r) for r in request.roster])
+        p = _plan(ctx, len(roster.entries))
+        if request.n != p.n:
+            raise CryptoError("secure aggregation: the coordinator's n disagrees with the roster")
+        if session.roster is not None:
+            raise CryptoError("secure aggregation: this site already shared its secrets for this round")
+        boxes, commitment = session.share(p, roster)
+        _save(context, session)
+        return StageReply(
+            stage="share", site=name, boxes={k: v.hex() for k, v in boxes.items()}, commitment=commitment.hex()
+        ).model_dump_json()
+    if request.stage == "unmask":
+        if session.roster is None:
+            raise CryptoError("secure aggregation: unmask before share")
+        p = _plan(ctx, len(session.roster.entries))
+        try:
+            shares = session.unmask(p, request.u3)
+        except SecAggAbandoned as exc:
+            _save(context, session)
+            return StageReply(stage="unmask", site=name, refused=str(exc)[:240]).model_dump_json()
+        _save(context, session)
+        return StageReply(
+            stage="unmask", site=name, shares={k: (kind, v.hex()) for k, (kind, v) in shares.items()}
+        ).model_dump_json()
+    raise CryptoError(f"secure aggregation: stage {request.stage!r} does not come as a query")
+
+
+def mask_update(
+    context: Context, ctx: SiteContext, instruction: TrainInstruction, update: NDArrays, document: Any
+) -> bytes:
+    """Quantize ``update`` like the BFV codec, mask it against the sharing neighbours; the wire bytes."""
+    if not isinstance(document, str):
+        raise CryptoError("secure aggregation: the train message carries no mask stage")
+    request = StageRequest.model_validate_json(document)
+    if request.stage != "mask":
+        raise CryptoError("secure aggregation: expected the mask stage with the train message")
+    session = _load(context, instruction)
+    if session.roster is None:
+        raise CryptoError("secure aggregation: mask before share")
+    if session.u2:
+        raise CryptoError("secure aggregation: this site already masked its input for this round")
+    p = _plan(ctx, len(session.roster.entries))
+    sa = ctx.job.secure_aggregation
+    values, _ = flatten(update)
+    weight = 1 if ctx.job.privacy.mechanism == "user-dp" else len(ctx.data.y)
+    segments = sa_codec.encode(np.asarray(values, dtype=np.float64), weight, sa, secure_generator())
+    bits = sa_codec.widths(sa)
+    shares = {k: bytes.fromhex(v) for k, v in request.shares.items()}
+    session.mask(p, segments, bits, u2=request.u2, shares_for_me=shares)
+    _save(context, session)
+    return sa_codec.to_wire(segments, bits)

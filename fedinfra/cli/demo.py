@@ -289,7 +289,11 @@ def register(app: typer.Typer) -> None:
         scenario: str = typer.Option(
             "hospital", "--scenario", help="hospital (breast cancer), bank (Caravan) or edge (digits on devices)."
         ),
-        privacy: str = typer.Option("dp+he", "--privacy", help="none, dp (DP-SGD), he (packed BFV), dp+he, secagg (pairwise masks) or dp+secagg."),
+        privacy: str = typer.Option(
+            "dp+he",
+            "--privacy",
+            help="none, dp (DP-SGD), he (packed BFV), dp+he, secagg (pairwise masks) or dp+secagg.",
+        ),
         epsilon: float = typer.Option(
             3.0, "--epsilon", callback=positive, help="Target epsilon per site for the run (with dp)."
         ),

@@ -1,0 +1,172 @@
+"""The secagg aggregator: four stages, exact mean of the survivors, nothing released below t."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedinfra.aggregation.rounds import Reply, RoundSpec, UpdateRejected, start_round
+from fedinfra.config import JobSpec
+from fedinfra.config.secagg_plan import plan
+from fedinfra.config.wire import SECAGG, SECAGG_UPDATE
+from fedinfra.config.wire_secagg import StageReply, StageRequest
+from fedinfra.crypto.quantize import flatten
+from fedinfra.crypto.secagg import Roster, SecAggAbandoned, SiteSession
+from fedinfra.crypto.secagg import codec as sa_codec
+
+LAYOUT = (("w", (3, 50)), ("b", (3,)))
+SITES = ("a", "b", "c", "d")
+
+
+def _job() -> JobSpec:
+    return JobSpec.model_validate(
+        {
+            "sites": {"count": 4},
+            "secure_aggregation": {"mode": "secagg", "max_dropouts": 1, "max_colluders": 1, "example_cap": 10},
+        }
+    )
+
+
+def _update(value: float) -> dict[str, np.ndarray]:
+    return {n: np.full(s, value, dtype=np.float32) for n, s in LAYOUT}
+
+
+class _Site:
+    """A site answering the stage documents the way fedinfra.site.secagg does."""
+
+    def __init__(self, name: str, job: JobSpec) -> None:
+        self.name, self.job = name, job
+        self.session = SiteSession.start(name, run_id="run", round_id=1)
+
+    def _plan(self):
+        sa = self.job.secure_aggregation
+        n = len(self.session.roster.entries)
+        return plan(n, max_dropouts=sa.max_dropouts, max_colluders=sa.max_colluders, min_contributors=3)
+
+    def answer(self, document: str) -> str:
+        req = StageRequest.model_validate_json(document)
+        if req.stage == "advertise":
+            e = self.session.advertise()
+            return StageReply(stage="advertise", site=self.name, c_pk=e.c_pk.hex(), s_pk=e.s_pk.hex()).model_dump_json()
+        if req.stage == "share":
+            roster = Roster.from_json([list(r) for r in req.roster])
+            sa = self.job.secure_aggregation
+            p = plan(
+                len(roster.entries),
+                max_dropouts=sa.max_dropouts,
+                max_colluders=sa.max_colluders,
+                min_contributors=sa.min_contributors,
+            )
+            boxes, commit = self.session.share(p, roster)
+            return StageReply(
+                stage="share", site=self.name, boxes={k: v.hex() for k, v in boxes.items()}, commitment=commit.hex()
+            ).model_dump_json()
+        try:
+            shares = self.session.unmask(self._plan(), req.u3)
+        except SecAggAbandoned as exc:
+            return StageReply(stage="unmask", site=self.name, refused=str(exc)[:240]).model_dump_json()
+        return StageReply(
+            stage="unmask", site=self.name, shares={k: (kind, v.hex()) for k, (kind, v) in shares.items()}
+        ).model_dump_json()
+
+    def masked(self, document: str, update, n_examples: int) -> bytes:
+        req = StageRequest.model_validate_json(document)
+        sa = self.job.secure_aggregation
+        values, _ = flatten(update)
+        segs = sa_codec.encode(values, n_examples, sa, np.random.default_rng(1))
+        bits = sa_codec.widths(sa)
+        self.session.mask(
+            self._plan(), segs, bits, u2=req.u2, shares_for_me={k: bytes.fromhex(v) for k, v in req.shares.items()}
+        )
+        return sa_codec.to_wire(segs, bits)
+
+
+def _round(drop_after_share=(), drop_before_unmask=(), bad_first=None):
+    job = _job()
+    agg = start_round(RoundSpec(run_id="run", round=1, layout=LAYOUT, job=job, sites=SITES))
+    sites = {n: _Site(n, job) for n in SITES}
+    for stage in agg.stages_before():
+        for name, doc in stage.payloads.items():
+            stage.collect(name, sites[name].answer(doc))
+        stage.close()
+    rejected = None
+    if bad_first is not None:
+        try:
+            agg.accept(Reply(site="a", weight=1.0, config={SECAGG_UPDATE: bad_first}))
+        except UpdateRejected as exc:
+            rejected = exc
+    values = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}
+    for name in SITES:
+        extra = agg.train_extra(name)
+        if name in drop_after_share or extra is None:
+            continue
+        blob = sites[name].masked(extra[SECAGG], _update(values[name]), 10)
+        agg.accept(Reply(site=name, weight=1.0, config={SECAGG_UPDATE: blob}))
+    for stage in agg.stages_after():
+        for name, doc in stage.payloads.items():
+            if name not in drop_before_unmask:
+                try:
+                    stage.collect(name, sites[name].answer(doc))
+                except UpdateRejected:
+                    continue  # the coordinator audits it and carries on
+        stage.close()
+    return agg, rejected
+
+
+def test_the_mean_of_all_sites_is_exact_up_to_quantization():
+    agg, _ = _round()
+
+    out = agg.finish()
+
+    assert out.mean is not None
+    assert np.allclose(out.mean["w"], 0.25, atol=1e-3)
+    assert out.details["t"] == 3
+    assert out.details["dropped"] == []
+
+
+def test_a_site_dropping_after_sharing_is_unmasked_and_named():
+    agg, _ = _round(drop_after_share=("c",))
+
+    out = agg.finish()
+
+    assert out.mean is not None
+    assert np.allclose(out.mean["b"], (0.1 + 0.2 + 0.4) / 3, atol=1e-3)
+    assert out.details["dropped"] == ["c"]
+    assert out.details["survivors"] == ["a", "b", "d"]
+
+
+def test_a_site_silent_at_unmasking_still_counts_once_t_others_answer():
+    agg, _ = _round(drop_before_unmask=("a",))
+
+    out = agg.finish()
+
+    assert out.mean is not None
+    assert np.allclose(out.mean["w"], 0.25, atol=1e-3)
+    assert out.details["survivors"] == ["a", "b", "c", "d"]
+
+
+def test_a_masked_input_for_another_model_is_rejected_and_leaves_no_trace():
+    wrong = sa_codec.to_wire([np.zeros(10, np.uint64), np.zeros(2, np.uint64)], [24, 64])
+
+    agg, rejected = _round(bad_first=wrong)
+
+    assert rejected is not None
+    assert rejected.check == "encoding"
+    mean = agg.finish().mean
+    assert mean is not None
+    assert np.allclose(mean["w"], 0.25, atol=1e-3)
+
+
+def test_too_few_survivors_abandon_the_round_and_release_nothing():
+    agg, _ = _round(drop_after_share=("c", "d"))
+
+    with pytest.raises(SecAggAbandoned, match="fewer than"):
+        agg.finish()
+    assert agg.survivors == ("a", "b")
+
+
+def test_bounds_the_sample_cannot_meet_are_refused_at_job_validation():
+    with pytest.raises(ValueError, match="max_dropouts=2"):
+        JobSpec.model_validate(
+            {"sites": {"count": 4}, "secure_aggregation": {"mode": "secagg", "max_dropouts": 2, "max_colluders": 1}}
+        )

@@ -34,7 +34,8 @@ def check_slug(value: object, field: str) -> str:
     """
     if not is_slug(value):
         raise ConfigError(
-            f"{field} is not a plain name (letters, digits, '.', '_', '-'; no '/', no '..', not absolute); refused"
+            f"{field} is not a plain name (letters, digits, '.', '_', '-'; no '/', no '..', "
+            "not absolute); refused"
         )
     return str(value)
 

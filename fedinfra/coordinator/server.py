@@ -229,12 +229,17 @@ class Coordinator:
                 )
                 continue
             refusal = identity_refusal(
-                hello.site, identities.get(node), pinned=self.settings.site_node_keys,
+                hello.site,
+                identities.get(node),
+                pinned=self.settings.site_node_keys,
                 admitted=[s.hello.site for s in admitted],
             )
             if refusal:  # a site is its node key, not the name it declares (coordinator/identity.py)
-                trail.event("site.rejected", outcome="denied", details={"node": str(node), "reason": refusal,
-                                                                       "code": "identity"})
+                trail.event(
+                    "site.rejected",
+                    outcome="denied",
+                    details={"node": str(node), "reason": refusal, "code": "identity"},
+                )
                 continue
             record_evaluation(trail, evaluation, gate="site", round=0, site=hello.site)
             details = site_details(hello, manifest)

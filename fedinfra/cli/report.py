@@ -56,14 +56,15 @@ def register(compliance_app: typer.Typer) -> None:
                         "paths": {k: str(v) for k, v in files.paths.items()},
                         "sha256": files.sha256,
                         "recorded_seq": files.recorded_seq,
-                        "status": files.report.header.status,
+                        "status": files.report.verdict.status,
+                        "open_findings": [o.model_dump() for o in files.report.verdict.open_findings],
                     }
                 )
                 return
             for fmt, path in files.paths.items():
                 console.print(f"{fmt:>4}  {path}  sha256 {files.sha256[fmt]}", highlight=False, soft_wrap=True)
             console.print(
-                f"run {files.run_id} {files.report.header.status}; report hash logged as entry {files.recorded_seq}. "
+                f"run {files.run_id} {files.report.verdict.status}; report hash logged as entry {files.recorded_seq}. "
                 f"Verify the log with: {files.report.verify.command}",
                 highlight=False,
                 soft_wrap=True,

@@ -10,7 +10,7 @@ from fedinfra.report.collect import build_report
 from fedinfra.report.generate import FORMATS, ReportFiles, generate_report, load_report, parse_formats
 from fedinfra.report.model import SCHEMA_VERSION, ReportData
 from fedinfra.report.records import AuditRecord, Checkpoint, RunConfig, VerifiedLog
-from fedinfra.report.render import SECTIONS, to_html, to_json, to_pdf
+from fedinfra.report.render import SECTIONS, applicable_sections, to_html, to_json, to_pdf
 
 __all__ = [
     "FORMATS",
@@ -22,6 +22,7 @@ __all__ = [
     "ReportFiles",
     "RunConfig",
     "VerifiedLog",
+    "applicable_sections",
     "build_report",
     "generate_report",
     "load_report",

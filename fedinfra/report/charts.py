@@ -44,47 +44,75 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+def _series_groups(budgets: list[Any]) -> list[tuple[list[str], list[int], list[float]]]:
+    """Sites whose cumulative-epsilon series are identical, grouped (one line each group)."""
+    groups: dict[tuple[tuple[int, float], ...], list[str]] = {}
+    for b in budgets:
+        key = tuple((p.round, round(p.cumulative, 9)) for p in b.points)
+        groups.setdefault(key, []).append(b.site)
+    return [([*sites], [r for r, _ in key], [e for _, e in key]) for key, sites in groups.items()]
+
+
+def _label(sites: list[str]) -> str:
+    if len(sites) == 1:
+        return sites[0]
+    shown = ", ".join(sites[:3]) + (f" +{len(sites) - 3}" if len(sites) > 3 else "")
+    return f"{shown} (identical)"
+
+
 def epsilon_chart(report: ReportData) -> str | None:
-    """Cumulative epsilon per site over rounds, with each distinct per-run cap as a dashed line."""
+    """Cumulative epsilon per site over rounds, against the sites' run and lifetime caps and the target.
+
+    Sites with identical series are one line (four lines drawn on top of each other read as
+    one site); beyond :data:`_MAX_LEGEND` distinct series the chart draws the min-max band
+    and the median instead. Every reference line is labelled on the chart.
+    """
     import matplotlib
+    import numpy as np
 
     budgets = [b for b in report.controls.budgets if b.points]
     if not budgets:
         return None
+    groups = _series_groups(budgets)
     with matplotlib.rc_context(_RC):
         fig = _figure(7.0, 3.0)
         ax = fig.add_subplot()
-        for b in budgets:
-            ax.plot(
-                [p.round for p in b.points],
-                [p.cumulative for p in b.points],
-                marker="o",
-                markersize=3,
-                linewidth=1.4,
-                label=b.site,
+        if len(groups) <= _MAX_LEGEND:
+            for i, (sites, xs, ys) in enumerate(groups):
+                ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.4, label=_label(sites), gid=f"epsilon-series-{i}")
+        else:
+            rounds = sorted({p.round for b in budgets for p in b.points})
+            table = np.array(
+                [[next((p.cumulative for p in b.points if p.round == n), np.nan) for n in rounds] for b in budgets]
             )
-        caps = sorted({b.cap_run for b in budgets if b.cap_run is not None})
-        for cap in caps:
-            ax.axhline(cap, color="#D55E00", linestyle="--", linewidth=1)
-            ax.annotate(
-                f"cap {cap:g}",
-                xy=(1, cap),
-                xycoords=("axes fraction", "data"),
-                xytext=(-4, 3),
-                textcoords="offset points",
-                ha="right",
-                fontsize=8,
-                color="#D55E00",
-            )
-        if report.controls.epsilon_target is not None:
-            ax.axhline(report.controls.epsilon_target, color="#555555", linestyle=":", linewidth=1)
+            ax.fill_between(rounds, np.nanmin(table, axis=0), np.nanmax(table, axis=0), color="#56B4E9", alpha=0.35,
+                            label=f"{len(budgets)} sites: min-max")
+            ax.plot(rounds, np.nanmedian(table, axis=0), color="#0072B2", linewidth=1.4, label="median")
+        top = max(b.total for b in budgets)
+        run_caps = sorted({b.cap_run for b in budgets if b.cap_run is not None})
+        life_caps = sorted({b.cap_lifetime for b in budgets if b.cap_lifetime is not None})
+        target = report.controls.epsilon_target
+        shown = [*run_caps, *([target] if target is not None else [])]
+        ceiling = max([top, *shown]) * 1.15
+        lines = [(cap, f"run cap {cap:g}", "--", "#D55E00", "run-cap") for cap in run_caps]
+        lines += [
+            (cap, f"lifetime cap {cap:g}", "-.", "#CC79A7", "lifetime-cap") for cap in life_caps if cap <= ceiling * 1.5
+        ]
+        if target is not None:
+            lines.append((target, f"target ε {target:g}", ":", "#555555", "target"))
+        for value, text, style, colour, gid in lines:
+            ax.axhline(value, color=colour, linestyle=style, linewidth=1, gid=f"{gid}-{value:g}")
+            ax.annotate(text, xy=(1, value), xycoords=("axes fraction", "data"), xytext=(-4, 3),
+                        textcoords="offset points", ha="right", fontsize=8, color=colour)
+        for cap in (c for c in life_caps if c > ceiling * 1.5):  # in the legend: on the axis it would flatten
+            ax.plot([], [], color="#CC79A7", linestyle="-.", linewidth=1, label=f"lifetime cap {cap:g} (above)",
+                    gid=f"lifetime-cap-{cap:g}")
         ax.set_xlabel("round")
         ax.set_ylabel("cumulative ε")
-        ax.set_ylim(bottom=0, top=max([*caps, *(b.total for b in budgets)]) * 1.12)
+        ax.set_ylim(bottom=0, top=max([ceiling, *(v * 1.1 for v, *_ in lines)]))
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(axis="y", color="#DDDDDD", linewidth=0.6)
-        if len(budgets) <= _MAX_LEGEND:
-            ax.legend(loc="upper left", fontsize=8, frameon=False, ncols=min(4, len(budgets)))
+        ax.legend(loc="upper left", fontsize=8, frameon=False, ncols=2)
         return _svg(fig)
 
 
@@ -128,6 +156,13 @@ def participation_chart(report: ReportData) -> str | None:
         return _svg(fig)
 
 
+def accuracy_range(values: list[float]) -> tuple[float, float]:
+    """The accuracy axis' own range: the data with a margin, never a fixed 0-1 that flattens it."""
+    low, high = min(values), max(values)
+    pad = max(0.01, (high - low) * 0.15)
+    return max(0.0, low - pad), min(1.0, high + pad) + 0.002
+
+
 def metrics_chart(report: ReportData) -> str | None:
     """Test loss (left axis) and accuracy (right axis) of the global model after each round."""
     import matplotlib
@@ -152,7 +187,8 @@ def metrics_chart(report: ReportData) -> str | None:
             ax2.spines["top"].set_visible(False)
             lines += ax2.plot(*zip(*acc, strict=True), color="#009E73", marker="s", markersize=3, label="test accuracy")
             ax2.set_ylabel("accuracy")
-            ax2.set_ylim(0, 1.02)
+            # Its own range: on a fixed 0-1 axis a model moving from 0.91 to 0.95 looks flat.
+            ax2.set_ylim(*accuracy_range([v for _, v in acc]))
         ax.legend(handles=lines, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, frameon=False, fontsize=8)
         return _svg(fig)
 

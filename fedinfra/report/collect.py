@@ -48,7 +48,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from fedinfra.errors import VerificationError
-from fedinfra.report import regulation
+from fedinfra.report import regulation, verdict
 from fedinfra.report.model import (
     CheckpointRef,
     Controls,
@@ -301,6 +301,17 @@ def _budgets(records: list[AuditRecord], sites: list[SiteView]) -> list[SiteBudg
     return out
 
 
+def _dp_on(records: list[AuditRecord], config: RunConfig) -> bool:
+    """Whether the run applied DP: without it a zero epsilon would read as a perfect guarantee."""
+    created = _first(records, "run.created")
+    priv = created.details.get("privacy") if created else None
+    if isinstance(priv, dict) and "mechanism" in priv:
+        return str(priv["mechanism"]) != "none"
+    if config.job is not None:
+        return config.job.privacy.mechanism != "none"
+    return any(r.type == "budget.spent" for r in records)
+
+
 def _controls(records: list[AuditRecord], config: RunConfig, budgets: list[SiteBudget], log: VerifiedLog) -> Controls:
     created = _first(records, "run.created")
     d = created.details if created else {}
@@ -313,12 +324,22 @@ def _controls(records: list[AuditRecord], config: RunConfig, budgets: list[SiteB
         sa = config.job.secure_aggregation.model_dump(mode="json")
     sa = dict(sa or {})
     mode = str(sa.pop("mode", "not recorded"))
-    params = {str(k): v for k, v in sorted(sa.items()) if isinstance(v, str | int | float | bool) or v is None}
+    # An unset parameter (None: chosen automatically) is not a figure to print.
+    params = {str(k): v for k, v in sorted(sa.items()) if isinstance(v, str | int | float | bool)}
     tls = d.get("tls")
+    transport = _str(d.get("transport")) or ("tls" if tls is True else "insecure" if tls is False else "not recorded")
     cps = [c for c in log.checkpoints if c.tree_size > records[0].index]
+    mechanism = str(priv.get("mechanism", "not recorded"))
+    sigma, source = _num(priv.get("noise_multiplier")), "job"
+    if sigma is None:  # planned by each site from its target epsilon: the ledger's figure
+        spent = [_num(r.details.get("noise_multiplier")) for r in records if r.type == "budget.spent"]
+        planned = sorted({v for v in spent if v is not None})
+        sigma, source = (planned[0], "budget.spent") if planned else (None, "")
     return Controls(
-        dp_mechanism=str(priv.get("mechanism", "not recorded")),
-        noise_multiplier=_num(priv.get("noise_multiplier")),
+        dp_mechanism=mechanism,
+        dp_guarantee=_guarantee(mechanism, mode, budgets),
+        noise_multiplier=sigma,
+        noise_multiplier_source=source or None,
         max_grad_norm=_num(priv.get("max_grad_norm")),
         delta=_num(priv.get("delta")),
         epsilon_target=_num(priv.get("epsilon")),
@@ -327,12 +348,28 @@ def _controls(records: list[AuditRecord], config: RunConfig, budgets: list[SiteB
         secure_aggregation=mode,
         secure_aggregation_params=params if mode not in ("none", "not recorded") else {},
         tls=tls if isinstance(tls, bool) else None,
+        transport=transport,
         audit_log=(
             f"RFC 9162 Merkle log '{log.origin}': {len(log.records)} entries, {len(log.checkpoints)} signed "
             f"checkpoints up to the cited one, all verified when this report was generated "
             f"({len(cps)} since this run began)"
         ),
     )
+
+
+def _guarantee(mechanism: str, secure_aggregation: str, budgets: list[SiteBudget]) -> str:
+    """What the run's privacy figures mean - or that there are none.
+
+    Encryption (HE, secure aggregation) hides updates from the coordinator but bounds
+    nothing about what the released model reveals; only DP does (Dwork & Roth 2014, §2.3).
+    """
+    if mechanism in ("none", "not recorded"):
+        hidden = f"; updates are protected by {secure_aggregation} only" if secure_aggregation not in (
+            "none", "not recorded") else ""
+        return f"no DP guarantee: no differential privacy was applied{hidden}"
+    if not budgets or not any(b.points for b in budgets):
+        return f"{mechanism} declared but no privacy spend was recorded"
+    return f"{mechanism}: (epsilon, delta)-DP per site, the accountant's upper bound"
 
 
 def _evaluations(records: list[AuditRecord]) -> dict[int, dict[str, Any]]:
@@ -477,7 +514,7 @@ def build_report(log: VerifiedLog, run_id: str, config: RunConfig) -> ReportData
     sites = _site_views(records, config)
     numbers = _round_numbers(records)
     grid = _participation(records, sites, numbers)
-    budgets = _budgets(records, sites)
+    budgets = _budgets(records, sites) if _dp_on(records, config) else []
     controls = _controls(records, config, budgets, log)
     rounds = _rounds(records, numbers)
     findings = _findings(records)
@@ -493,8 +530,24 @@ def build_report(log: VerifiedLog, run_id: str, config: RunConfig) -> ReportData
         command=f"fedinfra audit verify {log.store_name} --public-key log.vkey",
         checkpoints=[_ref(c) for c in chain],
     )
+    findings_grid = verdict.finding_grid(findings, [v.name for v in sites])
+    hipaa = (
+        regulation.hipaa_table(records, sites, controls, findings, len(chain))
+        if regulation.is_health_run(header.scenario, packs)
+        else []
+    )
+    pci = (
+        regulation.pci_table(records, controls, findings, log)
+        if regulation.is_payment_run(header.scenario, packs)
+        else None
+    )
+    evidence = regulation.manual_evidence(sites)
+    kept = regulation.retention(records, sites, packs)
+    rule_grid = verdict.reconcile(findings_grid, [*hipaa, *(pci or [])])
     return ReportData(
         header=header,
+        verdict=verdict.verdict(header, controls, findings, [*hipaa, *(pci or [])], evidence, kept),
+        summary=verdict.summary(records, header, config, participants, controls, rule_grid, cp),
         roles=_roles(header, sites, config),
         participants=participants,
         data=_data_rows(sites),
@@ -503,13 +556,12 @@ def build_report(log: VerifiedLog, run_id: str, config: RunConfig) -> ReportData
         events=_events(records),
         metrics=[MetricPoint(round=r.round, test_loss=r.test_loss, test_accuracy=r.test_accuracy) for r in rounds],
         findings=findings,
+        finding_grid=rule_grid,
         art30=regulation.art30(header, sites, controls),
-        hipaa=regulation.hipaa_table(records, sites, controls, findings, len(chain)),
-        pci=regulation.pci_table(records, controls, findings, log)
-        if regulation.is_payment_run(header.scenario, packs)
-        else None,
-        manual_evidence=regulation.manual_evidence(sites),
-        retention=regulation.retention(records, sites, packs),
+        hipaa=hipaa,
+        pci=pci,
+        manual_evidence=evidence,
+        retention=kept,
         verify=verify,
         limitations=regulation.LIMITATIONS,
         round_numbers=numbers,

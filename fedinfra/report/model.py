@@ -16,9 +16,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 #: Bumped whenever the JSON form changes incompatibly.
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 RunStatus = Literal["completed", "failed", "incomplete"]
+#: The report's one verdict: the run's recorded outcome, downgraded to "completed with
+#: findings" when any requirement table or finding is not met (issue 18: one verdict).
+VerdictStatus = Literal["completed", "completed with findings", "failed", "incomplete"]
 FindingStatus = Literal["pass", "fail", "warn", "manual"]
 Scalar = str | int | float | bool | None
 Evidence = Scalar | list[Scalar] | dict[str, Any]
@@ -137,7 +140,9 @@ class Controls(_Model):
     """Technical controls in force (GDPR Art. 25, 32; HIPAA 164.312)."""
 
     dp_mechanism: str
+    dp_guarantee: str = Field(description="what the DP figures mean, or that there is no DP guarantee")
     noise_multiplier: float | None
+    noise_multiplier_source: str | None = Field(description="job (declared) or budget.spent (planned by the sites)")
     max_grad_norm: float | None
     delta: float | None
     epsilon_target: float | None
@@ -146,6 +151,7 @@ class Controls(_Model):
     secure_aggregation: str
     secure_aggregation_params: dict[str, Scalar]
     tls: bool | None
+    transport: str = Field(description="tls, insecure, in-process (simulation: no network link) or not recorded")
     audit_log: str
 
 
@@ -220,6 +226,63 @@ class ManualEvidence(_Model):
     sha256: str | None
     date: str | None
     attested_by: str
+    placeholder: bool = Field(description="the hash is all zeros or the document is a simulation's stand-in")
+
+
+class OpenFinding(_Model):
+    """One reason the run is "completed with findings": where it was found and what it says."""
+
+    source: str = Field(description="e.g. HIPAA 164.312(e)(1), policy rule gdpr.dpia, privacy budget, DPIA")
+    site: str | None
+    text: str
+
+
+class Verdict(_Model):
+    """The report's single status, computed from every table, finding, budget and placeholder."""
+
+    status: VerdictStatus
+    tone: Literal["green", "amber", "red"]
+    open_findings: list[OpenFinding]
+    waived: list[OpenFinding]
+    notes: list[str] = Field(description="what the run does not show (a simulation's transport, keys)")
+
+
+class GridRow(_Model):
+    """A policy rule across the job gate and the sites: one cell per column, worst status over rounds."""
+
+    rule_id: str
+    title: str | None
+    citation: str | None
+    pack: str | None
+    cells: dict[str, str] = Field(description="column (job or site) -> pass/fail/warn/manual/waived/contradicted")
+    evaluations: int
+
+
+class SiteEpsilon(_Model):
+    """Page 1: a site's epsilon against its caps."""
+
+    site: str
+    spent: float
+    cap_run: float | None
+    cap_lifetime: float | None
+    within_cap: bool | None
+
+
+class Summary(_Model):
+    """Page 1: what a DPO looks for first."""
+
+    task: str
+    dataset: str | None
+    model: str | None
+    rounds: int
+    sites_admitted: int
+    sites_rejected: int
+    protections: list[str]
+    epsilon: list[SiteEpsilon]
+    policy_totals: dict[str, int] = Field(description="distinct (rule, column) outcomes by status")
+    audit: str
+    cosigners: list[str]
+    final_accuracy: float | None
 
 
 class Retention(_Model):
@@ -254,6 +317,8 @@ class ReportData(_Model):
 
     schema_version: str = SCHEMA_VERSION
     header: Header
+    verdict: Verdict
+    summary: Summary
     roles: list[RoleRow]
     participants: list[Participant]
     data: list[DataRow]
@@ -262,6 +327,7 @@ class ReportData(_Model):
     events: list[EventRow]
     metrics: list[MetricPoint]
     findings: list[Finding]
+    finding_grid: list[GridRow]
     art30: list[Art30Field]
     hipaa: list[TableRow]
     pci: list[TableRow] | None
@@ -275,7 +341,7 @@ class ReportData(_Model):
     )
 
 
-SCHEMA_ID = "https://fedinfra.dev/schemas/compliance-report/1.0/report.schema.json"
+SCHEMA_ID = "https://fedinfra.dev/schemas/compliance-report/1.1/report.schema.json"
 
 
 def report_schema() -> dict[str, Any]:

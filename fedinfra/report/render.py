@@ -34,7 +34,7 @@ from fedinfra.report.model import ReportData
 
 #: Report sections in order: (HTML id, title). A test checks the HTML has them in this order.
 SECTIONS: list[tuple[str, str]] = [
-    ("header", "Run"),
+    ("header", "Run summary"),
     ("roles", "Roles and purposes"),
     ("participants", "Participants"),
     ("data", "Data"),
@@ -49,6 +49,16 @@ SECTIONS: list[tuple[str, str]] = [
     ("verify", "How to verify"),
     ("limitations", "Limitations"),
 ]
+
+
+def applicable_sections(report: ReportData) -> list[tuple[str, str]]:
+    """The sections this report has: a regulation's table only where the regulation applies."""
+    skip = set()
+    if report.pci is None:
+        skip.add("pci")
+    if not report.hipaa:
+        skip.add("hipaa")
+    return [(sid, title) for sid, title in SECTIONS if sid not in skip]
 
 
 def _template_text(name: str) -> str:
@@ -81,8 +91,22 @@ def to_json(report: ReportData) -> bytes:
 def to_html(report: ReportData) -> str:
     """The HTML form: one self-contained page (inline CSS and SVG)."""
     with extra_imports("the HTML compliance report"):  # jinja2, matplotlib
+        from fedinfra.report.regulation import transport_text
+
         template = _environment().get_template("report.html.j2")
-        return str(template.render(r=report, charts=all_charts(report), css=_template_text("report.css")))
+        sections = applicable_sections(report)
+        return str(
+            template.render(
+                r=report,
+                charts=all_charts(report),
+                # Inserted unescaped: autoescaping turned its quotes into &#34;, which broke
+                # every quoted CSS string - and with them the page footer's margin boxes.
+                css=_template_text("report.css"),
+                sections=sections,
+                numbers={sid: i for i, (sid, _) in enumerate(sections, start=1)},
+                transport=transport_text(report.controls),
+            )
+        )
 
 
 def to_pdf(html: str) -> bytes:

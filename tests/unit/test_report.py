@@ -402,7 +402,7 @@ def test_html_parses_and_has_every_section_in_order(store: Path) -> None:
     parser = _Sections()
     parser.feed(html)
     parser.close()
-    assert parser.ids == [sid for sid, _ in SECTIONS]
+    assert parser.ids == [sid for sid, _ in SECTIONS if sid != "pci"]  # a hospital run: no PCI DSS section
     assert parser.external == []
     assert html.count("<svg") == 3
 

@@ -212,8 +212,10 @@ def test_a_rejected_masked_input_leaves_no_trace():
     unmasker = Unmasker(p, roster, run_id="r", round_id=1, u2="abcd", commitments=commits, sizes=[4], bits=[8])
     before = unmasker.sum[0].copy()
 
-    with pytest.raises(CryptoError):
-        unmasker.add("a", [np.array([1, 2, 3, 256], np.uint64)])  # 256 exceeds 8 bits
+    with pytest.raises(CryptoError, match="wrong length"):
+        unmasker.add("a", [np.array([1, 2, 3, 4, 5], np.uint64)])
+    with pytest.raises(CryptoError, match="not unsigned"):
+        unmasker.add("a", [np.array([1.0, 2, 3, 4])])
 
     assert np.array_equal(unmasker.sum[0], before)
     assert unmasker.u3 == []
@@ -223,3 +225,35 @@ def test_the_session_survives_serialisation():
     s = SiteSession.start("a", run_id="r", round_id=2)
 
     assert SiteSession.from_bytes(s.to_bytes()) == s
+
+
+@pytest.mark.parametrize("bits", [12, 24, 32, 40])
+def test_batched_masking_equals_mask_by_mask(bits):
+    rng = np.random.default_rng(5)
+    start = rng.integers(0, 2**bits, size=777, dtype=np.uint64)
+    masks = [(bytes([i]) * 32, f"m{i}", i % 2 == 1) for i in range(4)]
+    one_by_one = start.copy()
+    for seed, label, subtract in masks:
+        prg.expand_into(one_by_one, seed, label, bits, subtract=subtract)
+    batched = start.copy()
+
+    prg.apply_masks(batched, bits, masks)
+
+    assert np.array_equal(batched, one_by_one)
+
+
+@pytest.mark.parametrize("bits", [12, 24, 36])
+def test_the_wire_form_round_trips_modulo_the_segment_width(bits):
+    from fedinfra.crypto.secagg import codec
+
+    rng = np.random.default_rng(9)
+    segs = [rng.integers(0, 2**bits, size=1001, dtype=np.uint64), np.array([7, 1], np.uint64)]
+    wire = codec.to_wire(segs, [bits, 64])
+
+    back = codec.from_wire(wire, [1001, 2], [bits, 64])
+
+    assert len(wire) == 1001 * ((bits + 7) // 8) + 16
+    assert np.array_equal(back[0].astype(np.uint64) & np.uint64(2**bits - 1), segs[0])
+    assert back[1].tolist() == [7, 1]
+    with pytest.raises(CryptoError, match="expected"):
+        codec.from_wire(wire[:-1], [1001, 2], [bits, 64])

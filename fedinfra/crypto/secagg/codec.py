@@ -81,20 +81,33 @@ def to_wire(segments: Segments, bits: list[int]) -> bytes:
     return b"".join(parts)
 
 
-def from_wire(data: bytes, n_sizes: list[int], bits: list[int]) -> Segments:
-    """Inverse of :func:`to_wire`; wrong length or out-of-range values raise :class:`CryptoError`."""
+def from_wire(data: bytes, n_sizes: list[int], bits: list[int]) -> list[npt.NDArray[Any]]:
+    """Inverse of :func:`to_wire`, read modulo ``2^bits``; a wrong length raises :class:`CryptoError`.
+
+    Segments of at most 32 bits come back as a strided uint32 view of the bytes (no
+    decoding pass): each word holds its value in the low ``8 * width`` bits and the next
+    value's first bytes above them, which the reduction modulo ``2^bits`` drops
+    (:class:`~fedinfra.crypto.secagg.protocol.Unmasker` sums them in uint32).
+    """
     expected = sum(n * _nbytes(b) for n, b in zip(n_sizes, bits, strict=True))
     if len(data) != expected:
         raise CryptoError(f"secure aggregation: masked input of {len(data)} bytes, expected {expected}")
-    out: Segments = []
+    out: list[npt.NDArray[Any]] = []
     pos = 0
     for n, b in zip(n_sizes, bits, strict=True):
         width = _nbytes(b)
-        grid = np.zeros((n, 8), dtype=np.uint8)
-        grid[:, :width] = np.frombuffer(data, dtype=np.uint8, count=n * width, offset=pos).reshape(n, width)
-        seg: Any = grid.view("<u8").reshape(-1).astype(np.uint64)
-        if b < 64 and n and int(seg.max()) >> b:
-            raise CryptoError("secure aggregation: a masked value exceeds its modulus")
-        out.append(seg)
+        if b <= 32:
+            if pos + n * width + 4 - width <= len(data):  # the bytes after it pad the last word
+                out.append(np.ndarray(shape=(n,), dtype="<u4", buffer=data, offset=pos, strides=(width,)))
+            else:
+                buf = data[pos : pos + n * width] + bytes(4)
+                out.append(np.ndarray(shape=(n,), dtype="<u4", buffer=buf, offset=0, strides=(width,)))
+        else:
+            grid = np.zeros((n, 8), dtype=np.uint8)
+            grid[:, :width] = np.frombuffer(data, dtype=np.uint8, count=n * width, offset=pos).reshape(n, width)
+            seg: Any = grid.view("<u8").reshape(-1).astype(np.uint64)
+            if b < 64:
+                seg &= np.uint64((1 << b) - 1)
+            out.append(seg)
         pos += n * width
     return out

@@ -40,6 +40,34 @@ def expand(seed: bytes, label: str, count: int, bits: int) -> U64:
     return values
 
 
+def raw_words(seed: bytes, label: str, count: int) -> npt.NDArray[np.uint32]:
+    """``count`` raw 32-bit keystream words (a read-only view, no copy)."""
+    raw = _primitives.keystream(derive_key(seed, label), count * 4)
+    return np.frombuffer(raw, dtype="<u4")
+
+
+def apply_masks(acc: U64, bits: int, masks: list[tuple[bytes, str, bool]]) -> None:
+    """``acc += sum(+/- PRG(seed, label))  (mod 2^bits)`` for every ``(seed, label, subtract)``.
+
+    For ``bits <= 32`` the sum runs in uint32, whose wrap-around is arithmetic modulo
+    2^32 (a multiple of 2^bits), with one reduction at the end: one pass over 4 bytes per
+    value per mask. Equal to applying :func:`expand_into` mask by mask.
+    """
+    if bits > 32:
+        for seed, label, subtract in masks:
+            expand_into(acc, seed, label, bits, subtract=subtract)
+        return
+    work = acc.astype(np.uint32)
+    for seed, label, subtract in masks:
+        words = raw_words(seed, label, acc.shape[0])
+        if subtract:
+            np.subtract(work, words, out=work)
+        else:
+            np.add(work, words, out=work)
+    np.bitwise_and(work, np.uint32((1 << bits) - 1), out=work)
+    acc[:] = work
+
+
 def expand_into(acc: U64, seed: bytes, label: str, bits: int, *, subtract: bool = False) -> None:
     """``acc = acc +/- expand(seed, label, len(acc), bits)  (mod 2^bits)``, in place."""
     mask = expand(seed, label, acc.shape[0], bits)

@@ -28,6 +28,7 @@ import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -135,8 +136,7 @@ def _check_segments(segments: Sequence[U64], bits: Sequence[int]) -> None:
 def add_masks(segments: Segments, bits: Sequence[int], *, seeds: Sequence[tuple[bytes, str, bool]]) -> None:
     """Add (or subtract) ``PRG(seed, label + segment)`` to every segment, in place."""
     for i, (seg, b) in enumerate(zip(segments, bits, strict=True)):
-        for seed, label, subtract in seeds:
-            prg.expand_into(seg, seed, f"{label}\x00{i}", b, subtract=subtract)
+        prg.apply_masks(seg, b, [(seed, f"{label}\x00{i}", subtract) for seed, label, subtract in seeds])
 
 
 @dataclass
@@ -286,6 +286,14 @@ class SiteSession:
         )
 
 
+def _reduce(acc: npt.NDArray[Any], bits: int) -> U64:
+    """A running sum reduced modulo ``2^bits``, as uint64."""
+    out = acc.astype(np.uint64)
+    if bits < 64:
+        np.bitwise_and(out, np.uint64((1 << bits) - 1), out=out)
+    return out
+
+
 def commitment(b_seed: bytes) -> bytes:
     """SHA-256 commitment to a self-mask seed (checked after reconstruction)."""
     return hashlib.sha256(b"fedinfra/secagg/v1/b\x00" + b_seed).digest()
@@ -311,21 +319,28 @@ class Unmasker:
         self.commitments = dict(commitments)
         self.bits = list(bits)
         self.sizes = list(sizes)
-        self.sum: Segments = [np.zeros(n, dtype=np.uint64) for n in sizes]
+        # Segments of at most 32 bits are summed in uint32 (wrap-around is arithmetic modulo
+        # 2^32, a multiple of 2^bits) and reduced once in finish(); wider ones in uint64.
+        self.sum: list[npt.NDArray[Any]] = [
+            np.zeros(n, dtype=np.uint32 if b <= 32 else np.uint64) for n, b in zip(sizes, bits, strict=True)
+        ]
         self.u3: list[str] = []
         self._graph = neighbours(p, graph_seed(run_id, round_id, roster.digest()))
 
-    def add(self, site: str, segments: Segments) -> None:
-        """Fold one masked input in; checked completely first (a rejected one leaves no trace)."""
+    def add(self, site: str, segments: list[npt.NDArray[Any]]) -> None:
+        """Fold one masked input in; checked completely first (a rejected one leaves no trace).
+
+        Values are read modulo ``2^bits``: every residue is a valid masked value (the masks
+        are uniform), so higher bits carry nothing and are dropped when the sum is reduced.
+        """
         if site not in self.u2 or site in self.u3:
             raise CryptoError(f"secure aggregation: site {site!r} did not share keys or already sent its input")
-        if [s.shape[0] for s in segments] != self.sizes:
+        if len(segments) != len(self.sizes) or [s.shape[0] for s in segments] != self.sizes:
             raise CryptoError("secure aggregation: masked input has the wrong length")
-        _check_segments(segments, self.bits)
-        for acc, seg, b in zip(self.sum, segments, self.bits, strict=True):
-            np.add(acc, seg, out=acc)
-            if b < 64:
-                np.bitwise_and(acc, np.uint64((1 << b) - 1), out=acc)
+        if any(s.dtype.kind != "u" for s in segments):
+            raise CryptoError("secure aggregation: masked input is not unsigned integers")
+        for acc, seg in zip(self.sum, segments, strict=True):
+            np.add(acc, seg if seg.dtype == acc.dtype else seg.astype(acc.dtype), out=acc)
         self.u3.append(site)
 
     def holders(self, site: str) -> set[str]:
@@ -358,7 +373,7 @@ class Unmasker:
                 peer = self.roster.entries[self.roster.index(u)]
                 # u added +PRG(s_uv) if u < v, else -PRG(s_uv): undo it.
                 corrections.append((pair_seed(s_sk, peer.s_pk), _pair_label(self.run_id, self.round_id, u, v), u < v))
-        out = [s.copy() for s in self.sum]
+        out = [_reduce(s, b) for s, b in zip(self.sum, self.bits, strict=True)]
         add_masks(out, self.bits, seeds=corrections)
         return out
 

@@ -112,12 +112,13 @@ def _edge_split(seed: int) -> Any:
     )
 
 
-def _edge_release_clip(noise_multiplier: float, per_round: int, seed: int) -> float:
+def _edge_release_clip(noise_multiplier: float, split_over: int, seed: int) -> float:
     """L2 bound of what a device releases: its clipped update plus its noise share.
 
     Compression (and, under HE, the codec) clip *after* the noise, so the bound must hold
     the noised vector, not just ``S``: its norm concentrates at
-    ``sqrt(S^2 + z^2 S^2 d / n)`` for ``d`` parameters (Laurent & Massart 2000). A tighter
+    ``sqrt(S^2 + z^2 S^2 d / m)`` for ``d`` parameters and a share split over ``m = min_sites``
+    devices (Laurent & Massart 2000). A tighter
     bound would shrink every update - signal and noise alike - which only lowers the server
     step. 10% margin, rounded up to 0.1, never below the former fixed bound 1.0.
     """
@@ -128,7 +129,7 @@ def _edge_release_clip(noise_multiplier: float, per_round: int, seed: int) -> fl
     model = JobSpec.model_validate({"model": SCENARIO_DEFAULTS["edge"]["model"]}).model
     widths = [features, *(model.hidden if model.kind == "mlp" else []), classes]
     params = sum(a * b + b for a, b in itertools.pairwise(widths))
-    norm = math.sqrt(EDGE_CLIP**2 + (noise_multiplier * EDGE_CLIP) ** 2 * params / per_round)
+    norm = math.sqrt(EDGE_CLIP**2 + (noise_multiplier * EDGE_CLIP) ** 2 * params / split_over)
     return max(1.0, math.ceil(11 * norm) / 10)
 
 
@@ -205,14 +206,24 @@ def _build_job(
     per_round, released = sites, 1.0
     if scenario == "edge":
         # Cross-device: user-level DP-FedAvg with each sampled device adding its share of
-        # the noise, 8-bit compressed updates, a sample of devices per round.
+        # the noise, 8-bit compressed updates, a Poisson sample of devices per round.
         per_round = max(2, min(sites, round(sites * 0.2)))
-        data["sites"] = {"count": sites, "fraction": per_round / sites, "min_sites": 2}
+        dp = "dp" in privacy
+        if dp and "he" not in privacy:
+            raise ConfigError(
+                "command line: --privacy dp on --scenario edge is user-level DP, whose noise is split across "
+                "devices and needs a secure sum; use --privacy dp+he"
+            )
+        # Each device's share is z S / sqrt(min_sites): any sum of at least min_sites devices
+        # carries the full noise (fedinfra.privacy.distributed). Half the expected sample keeps
+        # a short Poisson draw rare while the noise stays within sqrt(2) of the ideal.
+        floor = max(2, per_round // 2)
+        data["sites"] = {"count": sites, "fraction": per_round / sites, "min_sites": floor}
         from fedinfra.privacy import user_level_epsilon
 
-        dp = "dp" in privacy
-        # The run's user-level epsilon follows from z, q and the rounds: declare it as the
-        # job's target so the policy's epsilon cap is checked against it.
+        # The run's amplified epsilon follows from z, q and the rounds: declare it as the
+        # job's target so the policy's epsilon cap is checked against it. The demo trusts
+        # the coordinator's Poisson sampling (privacy.trust_sampling) and says so.
         spend = user_level_epsilon(
             noise_multiplier=noise_multiplier,
             sites_per_round=per_round,
@@ -228,8 +239,9 @@ def _build_job(
             "max_grad_norm": EDGE_CLIP,
             "delta": delta,
             "accountant": accountant,
+            "trust_sampling": True,
         }
-        released = _edge_release_clip(noise_multiplier if dp else 0.0, per_round, seed)
+        released = _edge_release_clip(noise_multiplier if dp else 0.0, floor, seed)
         data["compression"] = {"bits": 8, "clip": released}
     elif "dp" in privacy:
         dp_sgd: dict[str, object] = {"mechanism": "dp-sgd", "epsilon": epsilon, "delta": delta}
@@ -246,7 +258,7 @@ def _build_job(
             {
                 "mode": "bfv",
                 "quant_bits": 8,
-                "max_sites": per_round,
+                "max_sites": sites,  # a Poisson sample may exceed its expected size
                 "clip": released,
                 # User-level DP sums unweighted clipped updates (sensitivity S); without
                 # it, devices weigh in by examples, scaled by the largest device's count.

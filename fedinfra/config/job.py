@@ -12,6 +12,14 @@ from fedinfra.config.aggregation import ROBUST_RULES, AggregationSpec
 from fedinfra.config.privacy import PrivacySpec
 from fedinfra.config.secagg import SecureAggSpec
 
+#: Secure-aggregation modes under which the coordinator only ever sees a sum (or nothing), so
+#: user-level DP may split its noise across sites (see :mod:`fedinfra.privacy.distributed`).
+DISTRIBUTED_NOISE_MODES = frozenset({"bfv", "ckks", "he", "secagg", "secagg+he"})
+DISTRIBUTED_NOISE_RULE = (
+    "user-level DP splits its noise across sites, so secure_aggregation.mode must be he, bfv, ckks, "
+    "secagg or secagg+he (the coordinator may only see a sum); set secure_aggregation.mode"
+)
+
 Scenario = Literal["hospital", "bank", "edge"]
 Dataset = Literal["breast_cancer", "digits", "wine", "caravan"]
 
@@ -120,7 +128,9 @@ class JobSpec(StrictModel):
                 f"aggregation.rule = {self.aggregation.rule!r} needs visible updates; under secure aggregation the "
                 "coordinator sees only the sum (sites clip before encrypting instead): use rule = 'fedavg'"
             )
-        if self.privacy.mechanism == "user-dp" and sec.mode != "none" and sec.example_cap != 1:
+        if self.privacy.mechanism == "user-dp" and sec.mode not in DISTRIBUTED_NOISE_MODES:
+            raise ValueError(f"{DISTRIBUTED_NOISE_RULE} (got {sec.mode!r})")
+        if self.privacy.mechanism == "user-dp" and sec.example_cap != 1:
             raise ValueError(
                 f"secure_aggregation.example_cap = {sec.example_cap} must be 1 with user-level DP: its noise is "
                 "calibrated to one clipped update per site (McMahan et al. 2018), so sites are not weighted by examples"

@@ -22,6 +22,11 @@ class PrivacySpec(StrictModel):
     clip bound S for ``user-dp``. Every number must be finite; the checks that need the data
     (delta < 1/n, a noise multiplier that reaches the target, unsupported layers) run in
     :func:`fedinfra.privacy.resolve_noise_multiplier` and the trainer, before any step.
+
+    ``trust_sampling`` (user-dp): sites enforce their caps on the figure *against the
+    coordinator* (no amplification by a sample it chose) unless this is true; then they
+    enforce the amplified figure, which holds only if the coordinator samples honestly
+    (Poisson, secret) - the report states that assumption.
     """
 
     mechanism: Literal["none", "dp-sgd", "user-dp"] = "none"
@@ -30,6 +35,10 @@ class PrivacySpec(StrictModel):
     noise_multiplier: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     max_grad_norm: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     accountant: Literal["prv", "rdp"] = "prv"
+    trust_sampling: bool = Field(
+        default=False,
+        description="user-dp: enforce caps on the amplified figure (assumes honest Poisson sampling)",
+    )
 
     @model_validator(mode="after")
     def _target_given(self) -> PrivacySpec:

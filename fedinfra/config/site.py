@@ -120,11 +120,19 @@ class BudgetCaps(StrictModel):
     epsilon_per_run: float = Field(default=10.0, gt=0)
     epsilon_lifetime: float = Field(default=50.0, gt=0)
     delta: float = Field(default=1e-5, gt=0, lt=1)
+    delta_lifetime: float = Field(
+        default=1e-4, gt=0, lt=1, description="cap on the sum of deltas over all runs on this dataset"
+    )
+    max_noise_split: int = Field(
+        default=100, ge=1, le=100_000, description="most sites a user-level DP job may split this site's noise over"
+    )
 
     @model_validator(mode="after")
     def _run_le_lifetime(self) -> BudgetCaps:
         if self.epsilon_per_run > self.epsilon_lifetime:
             raise ValueError("epsilon_per_run exceeds epsilon_lifetime")
+        if self.delta > self.delta_lifetime:
+            raise ValueError("delta exceeds delta_lifetime")
         return self
 
 

@@ -113,13 +113,15 @@ class SiteHello(StrictModel):
     """A site's answer to the admission QUERY.
 
     ``num_examples`` is withheld (``None``) under HE secure aggregation, where example
-    counts travel only encrypted.
+    counts travel only encrypted, and bucketed to a power of two under DP
+    (:mod:`fedinfra.privacy.release`). ``dataset_fingerprint`` is an HMAC under a key the
+    site never sends: an unkeyed hash of the data would be a membership oracle.
     """
 
     site: SiteName
     num_examples: int | None = Field(default=None, ge=1, le=MAX_EXAMPLES)
     num_features: int = Field(ge=1, le=1_000_000)
-    dataset_fingerprint: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    dataset_fingerprint: str = Field(pattern=r"^hmac-sha256:[0-9a-f]{64}$", description="keyed by the site's secret")
     manifest: dict[str, object] = Field(default_factory=dict)
     scan: dict[str, object] | None = None
     preflight_passed: bool = True
@@ -150,7 +152,8 @@ class TrainInstruction(StrictModel):
     phase: Literal["admit", "train", "evaluate", "close", "secagg"] = "train"
     receipts: list[str] = Field(default_factory=list)
     sync_from: int | None = Field(default=None, ge=1)
-    sampled: int = Field(default=1, ge=1, description="sites sampled this round (user-level DP noise share)")
+    sampled: int = Field(default=1, ge=1, description="sites sampled this round (checked, never trusted)")
+    admitted: int = Field(default=0, ge=0, description="size of the admitted set the sample was drawn from")
     evaluate_round: int | None = Field(default=None, ge=1, description="also evaluate the model after this round")
 
     @model_validator(mode="after")

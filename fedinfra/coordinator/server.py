@@ -263,11 +263,10 @@ class Coordinator:
 
     # -- one round ---------------------------------------------------------------------
     def _sample(self, sites: list[Site]) -> list[Site]:
-        k = max(self.job.sites.min_sites, round(self.job.sites.fraction * len(sites)))
-        if k >= len(sites):
-            return sites
-        chosen = self._rng.choice(len(sites), size=k, replace=False)
-        return [sites[i] for i in sorted(chosen)]
+        """Poisson sampling from the OS CSPRNG (:mod:`fedinfra.privacy.sampling`)."""
+        from fedinfra.privacy.sampling import poisson_sample
+
+        return poisson_sample(sites, rate=self.job.sites.fraction, min_size=self.job.sites.min_sites)
 
     def _payload(
         self,
@@ -278,6 +277,7 @@ class Coordinator:
         sampled: int,
         evaluate_round: int | None = None,
         extra: dict[str, Any] | None = None,
+        admitted: int = 0,
     ) -> RecordDict:
         """The message to one site: receipts owed to it, and the model (or HE aggregates)."""
         assert self.trail is not None
@@ -297,7 +297,13 @@ class Coordinator:
                 records[ARRAYS] = weights_to_arrays(state.weights)
             config[HE_AGGREGATES] = [load_aggregate(self.state_dir, r) for r in range(sync_from, state.round + 1)]
         doc = self._doc(
-            rnd, phase, receipts=receipts, sync_from=sync_from, sampled=sampled, evaluate_round=evaluate_round
+            rnd,
+            phase,
+            receipts=receipts,
+            sync_from=sync_from,
+            sampled=sampled,
+            evaluate_round=evaluate_round,
+            admitted=admitted,
         )
         config[DOC] = doc.model_dump_json()
         records[CONFIG] = ConfigRecord(config)
@@ -340,7 +346,9 @@ class Coordinator:
         extras = {s.node_id: agg.train_extra(s.hello.site) for s in sample}
         messages = [
             Message(
-                self._payload(state, s, rnd, "train", len(sample), evaluate_round, extra=extras[s.node_id]),
+                self._payload(
+                    state, s, rnd, "train", len(sample), evaluate_round, extra=extras[s.node_id], admitted=len(sites)
+                ),
                 dst_node_id=s.node_id,
                 message_type=MessageType.TRAIN,
             )
@@ -416,8 +424,9 @@ class Coordinator:
             book = state.books[name]
             book.pending.append(entry.seq)
             book.rounds_joined += 1
-            loss_sum += report.train_loss
-            loss_n += 1
+            if not report.details.get("train_loss_withheld"):
+                loss_sum += report.train_loss
+                loss_n += 1
             if report.details.get("epsilon_total") is not None:
                 total = float(report.details["epsilon_total"])
                 trail.event(
@@ -438,7 +447,8 @@ class Coordinator:
         with _abandon_on_failure(rnd):
             for stage in agg.stages_after():  # SecAgg: the unmasking wave
                 run_stage(lambda m: self._send(grid, m), trail, rnd=rnd, doc=stage_doc, nodes=nodes, stage=stage)
-        return self._finish_round(rnd, state, agg, received, refused, loss_sum / max(loss_n, 1), max_eps, start)
+        train_loss = loss_sum / loss_n if loss_n else float("nan")  # NaN: withheld under DP
+        return self._finish_round(rnd, state, agg, received, refused, train_loss, max_eps, start)
 
     def model_layout(self) -> Layout:
         """The update layout every reply must have: the job's model's, never a reply's."""

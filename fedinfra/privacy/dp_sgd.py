@@ -17,16 +17,19 @@ What one call does, and why:
   Opacus cannot make private raise :class:`ConfigError` before any step runs.
 * **Accounting composes across rounds**: the caller passes the steps already taken in this
   run; the returned epsilon covers all of them (see :mod:`fedinfra.privacy.accounting`).
-* **Randomness**: one ``torch.Generator`` drives sampling and noise. With ``seed=None``
-  (production) it is seeded from the OS CSPRNG (:func:`fedinfra.privacy.noise.secure_seed`);
-  tests pass a seed and get bit-identical runs. Opacus' own ``secure_mode`` needs the
-  unmaintained ``torchcsprng`` package, which has no build for this torch, so we keep
-  Opacus' noise *construction* for secure mode (four draws summed, Holohan & Braghin 2021,
-  against the floating-point attack of Mironov 2012) and supply the CSPRNG-derived seed
-  ourselves. The seed is never logged or returned.
+* **Randomness**: Poisson sampling and the Gaussian noise both come from one
+  :func:`fedinfra.privacy.noise.secure_generator` - numpy's Philox-4x64 counter-based
+  generator keyed with 256 bits from the OS CSPRNG (:mod:`secrets`) - not from torch's
+  Mersenne Twister (whose state an observer of 624 outputs can reconstruct). The noise is
+  drawn and added in float64 (four draws summed and halved, Holohan & Braghin 2021, §5.1,
+  against the floating-point attack of Mironov 2012) and the noised gradient is then cast
+  to the parameter's dtype. Opacus' ``secure_mode`` would need the unmaintained
+  ``torchcsprng`` (no build for this torch), so the optimizer's ``add_noise`` is replaced
+  by :func:`_install_secure_noise`. Tests pass a seed and get bit-identical runs; the key
+  is never logged or returned.
 
 The reported loss is the mean training loss over the sampled batches; it is *not*
-differentially private and should stay at the site (or be released under its own budget).
+differentially private and stays at the site (:mod:`fedinfra.privacy.release`).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import numpy.typing as npt
 
 from fedinfra.errors import ConfigError
 from fedinfra.privacy.accounting import check_accountant, check_delta, compute_epsilon
-from fedinfra.privacy.noise import secure_seed
+from fedinfra.privacy.noise import gaussian, secure_generator
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -70,6 +73,28 @@ class DPSGDResult:
     noise_multiplier: float
     max_grad_norm: float
     model_changes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _install_secure_noise(opt: Any, rng: np.random.Generator) -> None:
+    """Make ``opt`` (an Opacus DP optimizer) draw its noise from ``rng`` in float64.
+
+    Same contract as Opacus' ``DPOptimizer.add_noise`` (clipped sum in ``summed_grad``,
+    noised result in ``grad``), with N(0, (z C)^2) from :func:`fedinfra.privacy.noise.gaussian`.
+    """
+    import torch
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    def add_noise() -> None:
+        z = float(getattr(opt, "_adjusted_noise_multiplier", opt.noise_multiplier))
+        std = z * float(opt.max_grad_norm)
+        for p in opt.params:
+            _check_processed_flag(p.summed_grad)
+            summed = p.summed_grad.detach().to(torch.float64)
+            noise = torch.from_numpy(gaussian(rng, std, tuple(summed.shape)))
+            p.grad = (summed + noise).to(p.summed_grad.dtype).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+    setattr(opt, "add_noise", add_noise)  # noqa: B010 - replace the bound method on this instance
 
 
 def make_private_compatible(model: nn.Module) -> tuple[nn.Module, tuple[str, ...]]:
@@ -196,7 +221,7 @@ def train_dp_sgd(
     if batch_loss is not None:
         chosen = "hooks"
 
-    gen = torch.Generator().manual_seed(secure_seed() if seed is None else seed)
+    rng = secure_generator(seed)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32 if y.dtype.kind == "f" else np.int64))
     base_opt = torch.optim.SGD(model.parameters(), lr=step_lr, momentum=momentum)
@@ -209,8 +234,6 @@ def train_dp_sgd(
         "max_grad_norm": clip,
         "expected_batch_size": max(1, round(q * n)),
         "loss_reduction": "mean",
-        "generator": gen,
-        "secure_mode": True,
     }
     gsm: GradSampleModule | GradSampleModuleFastGradientClipping
     if chosen == "ghost":
@@ -222,6 +245,7 @@ def train_dp_sgd(
     else:
         gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
         opt = DPOptimizer(base_opt, **common)
+    _install_secure_noise(opt, rng)
     losses: list[float] = []
     with warnings.catch_warnings():
         # torch notes that the full backward hooks Opacus registers fire on module outputs
@@ -230,7 +254,7 @@ def train_dp_sgd(
         try:
             gsm.train()
             for _ in range(steps):
-                mask = torch.rand(n, generator=gen) < q
+                mask = torch.from_numpy(rng.random(n) < q)
                 xb, yb = xt[mask], yt[mask]
                 opt.zero_grad(set_to_none=True)
                 loss: Any

@@ -12,7 +12,11 @@ Counting rules, all conservative:
   retried round does not double count, and nothing reserved is ever forgotten);
 * a dataset's lifetime spend is the *sum* over runs of their spends, with deltas summed
   too - basic sequential composition across runs (Dwork & Roth 2014, Thm. 3.16), which
-  holds whatever each run's accountant was.
+  holds whatever each run's accountant was; both sums are capped;
+* every reservation is one distinct release (:meth:`PrivacyLedger.release_rounds` lists them):
+  the caller charges the composition of all of them, so a second release of the same
+  round - from a model that differs in one bit - costs again. Only a byte-identical replay
+  of a stored reply is free, and it never reaches the ledger.
 
 Caps are plain numbers passed by the caller (from the site's manifest); a reservation that
 would exceed the per-run or lifetime cap raises :class:`PrivacyBudgetExceeded` and writes
@@ -191,6 +195,13 @@ class PrivacyLedger:
         q = select(func.max(t.c.epsilon)).where(t.c.dataset_fingerprint == dataset, t.c.run_id == run_id)
         return float(conn.execute(q).scalar() or 0.0)
 
+    def _run_delta(self, conn: Connection, dataset: str, run_id: str) -> float:
+        from sqlalchemy import func, select
+
+        t = self._table
+        q = select(func.max(t.c.delta)).where(t.c.dataset_fingerprint == dataset, t.c.run_id == run_id)
+        return float(conn.execute(q).scalar() or 0.0)
+
     def _lifetime(self, conn: Connection, dataset: str) -> tuple[float, float]:
         from sqlalchemy import func, select
 
@@ -223,6 +234,24 @@ class PrivacyLedger:
         return Remaining(
             run_epsilon=max(0.0, run_cap - run), lifetime_epsilon=max(0.0, lifetime_cap - life)
         )
+
+    def release_rounds(self, *, dataset_fingerprint: str, run_id: str, mechanism: str) -> list[int]:
+        """The round of every release reserved for ``run_id`` on a dataset by ``mechanism``.
+
+        Every reservation is one release: a site reserves only when it will send something
+        new (a byte-identical replay is served from the stored reply and reserves nothing),
+        so ``len(...)`` is the number of distinct releases the composition must charge.
+        """
+        from sqlalchemy import select
+
+        t = self._table
+        q = (
+            select(t.c.round)
+            .where(t.c.dataset_fingerprint == dataset_fingerprint, t.c.run_id == run_id, t.c.mechanism == mechanism)
+            .order_by(t.c.id)
+        )
+        with self._tx() as conn:
+            return [int(r) for (r,) in conn.execute(q).all()]
 
     def entries(self, *, dataset_fingerprint: str | None = None) -> list[SpendRecord]:
         """Every reservation, oldest first."""
@@ -283,6 +312,7 @@ class PrivacyLedger:
         run_cap: float,
         lifetime_cap: float,
         delta_cap: float | None = None,
+        delta_lifetime_cap: float | None = None,
     ) -> SpendRecord:
         """Check the caps and durably record a spend; call it *before* the update leaves.
 
@@ -293,8 +323,8 @@ class PrivacyLedger:
         ------
         PrivacyBudgetExceeded
             The run's cumulative epsilon would exceed ``run_cap``, the dataset's lifetime
-            total would exceed ``lifetime_cap``, or ``delta`` exceeds ``delta_cap``.
-            Nothing is written.
+            total would exceed ``lifetime_cap``, ``delta`` exceeds ``delta_cap``, or the
+            dataset's summed delta would exceed ``delta_lifetime_cap``. Nothing is written.
         """
         if not run_id or not dataset_fingerprint:
             raise ConfigError("run_id and dataset_fingerprint must be non-empty")
@@ -311,7 +341,16 @@ class PrivacyLedger:
         params_json = json.dumps(dict(params), sort_keys=True, default=str)
         with self._tx() as conn:
             held = self._run_spend(conn, dataset_fingerprint, run_id)
-            life, _ = self._lifetime(conn, dataset_fingerprint)
+            held_delta = self._run_delta(conn, dataset_fingerprint, run_id)
+            life, life_delta = self._lifetime(conn, dataset_fingerprint)
+            new_life_delta = life_delta - held_delta + max(held_delta, dlt)
+            if delta_lifetime_cap is not None and new_life_delta > _cap("delta_lifetime_cap", delta_lifetime_cap) * (
+                1 + 1e-9
+            ):
+                raise PrivacyBudgetExceeded(
+                    f"run {run_id} round {round}: lifetime delta of dataset {dataset_fingerprint[:19]} would reach "
+                    f"{new_life_delta:.3g}, above its cap {delta_lifetime_cap:g}; this dataset's delta is exhausted"
+                )
             new_run = max(held, eps)
             new_life = life - held + new_run
             if new_run > run_cap + _EPS_SLACK:

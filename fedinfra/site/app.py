@@ -43,6 +43,7 @@ from fedinfra.config.wire import (
 )
 from fedinfra.errors import CryptoError, FedinfraError, PolicyViolation, PrivacyBudgetExceeded, VerificationError
 from fedinfra.models import set_weights
+from fedinfra.privacy.release import released_count
 from fedinfra.site.context import SiteContext, site_context
 from fedinfra.site.receipts import current_size, verify_and_store
 from fedinfra.site.round import check_job, run_round
@@ -140,15 +141,17 @@ def query(msg: Message, context: Context) -> Message:
 
         ledger = PrivacyLedger(ctx.home.ledger)
         try:
-            spent = ledger.spent(dataset_fingerprint=ctx.data.fingerprint)
+            spent = ledger.spent(dataset_fingerprint=ctx.fingerprint)
         finally:
             ledger.close()
         remaining = max(0.0, min(ctx.manifest.budget.epsilon_per_run, ctx.manifest.budget.epsilon_lifetime - spent))
     hello = SiteHello(
         site=ctx.name,
-        num_examples=None if ctx.job.secure_aggregation.mode != "none" else len(ctx.data.y),
+        num_examples=None
+        if ctx.job.secure_aggregation.mode != "none"
+        else released_count(ctx.job.privacy.mechanism, len(ctx.data.y)),
         num_features=int(np.prod(ctx.data.x.shape[1:])),
-        dataset_fingerprint=ctx.data.fingerprint,
+        dataset_fingerprint=ctx.fingerprint,
         manifest=ctx.manifest.model_dump(mode="json"),
         scan=ctx.scan.model_dump(mode="json"),
         preflight_passed=not reason,

@@ -33,6 +33,13 @@ class SiteContext:
         """The site's id."""
         return self.data.name
 
+    @property
+    def fingerprint(self) -> str:
+        """The dataset fingerprint that leaves the site: an HMAC under the site's own key."""
+        from fedinfra.data.fingerprint import keyed_fingerprint
+
+        return keyed_fingerprint(self.data.fingerprint, self.home.fingerprint_key())
+
     def receipts_dir(self, run_id: str) -> Path:
         """Where this run's verified receipts are kept.
 

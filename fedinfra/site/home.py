@@ -7,6 +7,7 @@ here is ever sent to the coordinator.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from dataclasses import dataclass
@@ -38,6 +39,23 @@ class SiteHome:
     def receipts(self) -> Path:
         """Directory of verified audit receipts."""
         return self.root / "receipts"
+
+    def fingerprint_key(self) -> bytes:
+        """The site's secret fingerprint key (32 random bytes, 0600), made on first use."""
+        import secrets
+
+        path = self.root / "fingerprint.key"
+        if not path.exists():
+            tmp = path.with_name(f"fingerprint.key.{secrets.token_hex(8)}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(32))
+                fh.flush()
+                os.fsync(fh.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)  # never replaces a key another process made first
+            os.unlink(tmp)
+        return path.read_bytes()
 
     def run_dir(self, run_id: str) -> Path:
         """Per-run private state (model copy in HE mode); ``run_id`` must be a slug.

@@ -19,10 +19,12 @@ import numpy as np
 from fedinfra.config.wire import TrainInstruction, TrainReport
 from fedinfra.errors import PolicyViolation
 from fedinfra.models import get_weights, set_weights
+from fedinfra.privacy.release import released_count, released_loss
 from fedinfra.site import replay
 from fedinfra.site.context import SiteContext
 from fedinfra.site.receipts import verify_and_store
 from fedinfra.site.tasks import job_model, job_task
+from fedinfra.site.user_dp import protect_update
 from fedinfra.task.training import train_plain
 from fedinfra.types import NDArrays
 
@@ -57,10 +59,10 @@ def _load_dp_state(ctx: SiteContext, run_id: str) -> dict[str, float]:
 
 
 def _save_dp_state(ctx: SiteContext, run_id: str, state: dict[str, float]) -> None:
-    path = _dp_state_path(ctx, run_id)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    tmp.replace(path)
+    """Write the DP state durably: temp file, fsync, rename, fsync of the directory."""
+    from fedinfra.privacy.durable import write_durably
+
+    write_durably(_dp_state_path(ctx, run_id), json.dumps(state).encode())
 
 
 def _plan_sigma(ctx: SiteContext, run_id: str, q: float, steps: int) -> float:
@@ -123,10 +125,11 @@ def _reserve(
             params=params,
             epsilon=epsilon,
             delta=p.delta,
-            dataset_fingerprint=ctx.data.fingerprint,
+            dataset_fingerprint=ctx.fingerprint,
             run_cap=caps.epsilon_per_run,
             lifetime_cap=caps.epsilon_lifetime,
             delta_cap=caps.delta,
+            delta_lifetime_cap=caps.delta_lifetime,
         )
     finally:
         ledger.close()
@@ -156,6 +159,9 @@ def _train_dp_sgd(
     caps = ctx.manifest.budget
     params = {"noise_multiplier": sigma, "sample_rate": q, "steps": before + per_round, "clip": p.max_grad_norm}
     _reserve(ctx, instruction, "dp-sgd", params, eps_after)
+    # Write-ahead: the steps about to be taken are on disk before training, so a crash
+    # after the reservation can never make the next round recount from a stale step total.
+    _save_dp_state(ctx, instruction.run_id, {"sigma": sigma, "steps": before + per_round})
     import torch
 
     assert isinstance(model, torch.nn.Module)
@@ -203,71 +209,6 @@ def _task_step(task: Task) -> Callable[[Any, Any, Any], Any]:
     return lambda model, x, y: task.training_step(model, x, y, loss)
 
 
-def _user_level(
-    ctx: SiteContext, update: NDArrays, instruction: TrainInstruction, sampled: int
-) -> tuple[NDArrays, dict[str, object]]:
-    """Clip the whole update and add this site's share of the Gaussian noise.
-
-    DP-FedAvg (McMahan et al. 2018): each of the ``sampled`` sites adds N(0, z^2 S^2 / n),
-    so the sum carries N(0, z^2 S^2) without any party seeing an un-noised sum - which is
-    what lets it compose with encrypted aggregation. Accounting is the sampled Gaussian
-    mechanism with q = sampled / total sites over every round so far (amplification by
-    sampling covers the rounds a site sat out); the spend is reserved write-ahead.
-    """
-    from fedinfra.privacy import (
-        clip_update,
-        noise_site_share,
-        secure_generator,
-        user_level_caveats,
-        user_level_epsilon,
-    )
-
-    p, total = ctx.job.privacy, ctx.job.sites.count
-    z = p.noise_multiplier
-    if z is None:
-        # Every site plans the same z from the job alone (deterministic), so the summed
-        # noise shares add up to N(0, z^2 S^2).
-        from fedinfra.privacy import plan_noise_multiplier
-
-        assert p.epsilon is not None  # PrivacySpec requires epsilon or noise_multiplier
-        z = plan_noise_multiplier(
-            target_epsilon=p.epsilon,
-            delta=p.delta,
-            sample_rate=min(sampled, total) / total,
-            steps=ctx.job.rounds,
-            accountant="rdp",
-        )
-    eps = user_level_epsilon(
-        noise_multiplier=z,
-        sites_per_round=min(sampled, total),
-        total_sites=total,
-        rounds=instruction.round,
-        delta=p.delta,
-        accountant=p.accountant,
-    )
-    caps = ctx.manifest.budget
-    params = {"noise_multiplier": z, "clip": p.max_grad_norm, "sampled": sampled, "total": total}
-    _reserve(ctx, instruction, "user-dp", params, eps)
-    clipped, norm = clip_update(update, p.max_grad_norm)
-    noised = noise_site_share(
-        clipped, noise_multiplier=z, clip=p.max_grad_norm, num_sites=sampled, rng=secure_generator()
-    )
-    details: dict[str, object] = {
-        "mechanism": "user-dp",
-        "epsilon_total": eps,
-        "delta": p.delta,
-        "accountant": p.accountant,
-        "noise_multiplier": z,
-        "max_grad_norm": p.max_grad_norm,
-        "sample_rate": min(sampled, total) / total,
-        "update_norm": norm,
-        "caveats": user_level_caveats(total_sites=total, sites_per_round=min(sampled, total)),
-        "epsilon_cap_run": caps.epsilon_per_run,
-        "epsilon_cap_lifetime": caps.epsilon_lifetime,
-    }
-    return noised, details
-
-
 def _compress(ctx: SiteContext, update: NDArrays, run_id: str) -> tuple[bytes, dict[str, object]]:
     """Quantize (and optionally sparsify, with error feedback kept in the site's home)."""
     from fedinfra.aggregation.compression import UpdateCompressor, dense_bytes, encode, layout_of
@@ -299,8 +240,8 @@ def _clip_for_codec(ctx: SiteContext, update: NDArrays, details: dict[str, objec
     spec = ctx.job.compression
     assert spec is not None
     layout = layout_of(update)
-    flat, norm = clip_l2(flatten(update), spec.clip)
-    details.update({"bytes_dense": dense_bytes(layout), "update_norm_before_clip": norm, "quantized_by": "bfv"})
+    flat, _norm = clip_l2(flatten(update), spec.clip)  # the norm stays at the site (issue 14)
+    details.update({"bytes_dense": dense_bytes(layout), "quantized_by": "bfv"})
     return {k: v.astype(np.float32) for k, v in unflatten(flat, layout).items()}
 
 
@@ -359,7 +300,7 @@ def _train_round(
     local = get_weights(model)
     update = {k: (local[k] - global_weights[k]).astype(np.float32) for k in global_weights}
     if job.privacy.mechanism == "user-dp":
-        update, dp = _user_level(ctx, update, instruction, sampled)
+        update, dp = protect_update(ctx, update, instruction)
         details.update(dp)
     blob = None
     he = job.secure_aggregation.encrypted
@@ -368,14 +309,18 @@ def _train_round(
     elif job.compression is not None:
         blob, sizes = _compress(ctx, update, instruction.run_id)
         details.update(sizes)
+    # Under secure aggregation the example count travels inside the sum only; under DP it
+    # is bucketed and the loss withheld (fedinfra.privacy.release).
+    count = 0 if job.secure_aggregation.mode != "none" else released_count(job.privacy.mechanism, len(ctx.data.y))
     report = TrainReport(
         site=ctx.name,
         round=instruction.round,
-        # Under secure aggregation the example count travels inside the sum only.
-        num_examples=0 if job.secure_aggregation.mode != "none" else len(ctx.data.y),
-        train_loss=loss,
+        num_examples=count,
+        train_loss=released_loss(job.privacy.mechanism, loss),
         details=details,
     )
+    if job.privacy.mechanism != "none":
+        report.details["train_loss_withheld"] = True
     if blob is not None:
         return RoundOutput(report=report, compressed=blob)
     if not he:

@@ -125,6 +125,8 @@ def test_demo_without_protection_is_refused_by_policy_and_audited(fedinfra_bin: 
         (["--sites", "-3"], "--sites"),
         (["--sites", "400"], "--sites"),
         (["--rounds", "0"], "--rounds"),
+        # user-level DP splits its noise across devices: only under a secure sum (issue 14)
+        (["--scenario", "edge", "--privacy", "dp"], "--privacy dp+he"),
     ],
 )
 def test_demo_rejects_bad_flags_with_one_line_and_writes_nothing(
@@ -145,8 +147,6 @@ def test_demo_rejects_bad_flags_with_one_line_and_writes_nothing(
 @pytest.mark.parametrize(
     ("privacy", "max_bytes"),
     [
-        # plaintext: an 8-bit update of the 64x10 logistic regression (650 params) is ~0.7 kB, not 2.6 kB
-        ("dp", 1000),
         # the default, encrypted: the 650 8-bit lanes fit one packed BFV ciphertext (N = 4096), ~33 kB
         ("dp+he", 40_000),
     ],
@@ -182,7 +182,7 @@ def test_edge_demo_federates_devices_with_user_level_dp_and_compressed_updates(
     job = json.loads((run_dir / "job.json").read_text())["job"]
     assert job["privacy"]["mechanism"] == "user-dp"
     assert job["compression"]["bits"] == 8
-    assert all(r["replies"] == 2 for r in metrics["rounds"])  # 20% of 10 devices per round
+    assert all(r["replies"] >= 2 for r in metrics["rounds"])  # Poisson, 20% of 10 devices, floor 2
     # 10 devices are too few for user-level DP to mean much: the demo says so, on stderr and in its output.
     assert any("only 10 sites" in w for w in metrics["warnings"])
     assert "warning: user-level DP is weak here" in res.stderr

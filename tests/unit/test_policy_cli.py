@@ -22,7 +22,7 @@ purpose = "medical-research"
 count = 3
 min_sites = 2
 [privacy]
-mechanism = "user-dp"
+mechanism = "dp-sgd"
 epsilon = 5.0
 """
 

@@ -23,7 +23,7 @@ def _job(**kw: object) -> JobSpec:
         "scenario": "hospital",
         "purpose": "medical-research",
         "sites": {"count": 3, "min_sites": 2},
-        "privacy": {"mechanism": "user-dp", "epsilon": 5.0},
+        "privacy": {"mechanism": "dp-sgd", "epsilon": 5.0},
     }
     base.update(kw)
     return JobSpec.model_validate(base)

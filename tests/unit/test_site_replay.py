@@ -52,7 +52,7 @@ def _global(ctx) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
 def _spent(ctx) -> float:  # type: ignore[no-untyped-def]
     ledger = PrivacyLedger(ctx.home.ledger)
     try:
-        return ledger.spent(dataset_fingerprint=ctx.data.fingerprint)
+        return ledger.spent(dataset_fingerprint=ctx.fingerprint)
     finally:
         ledger.close()
 

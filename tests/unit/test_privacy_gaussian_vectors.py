@@ -1,0 +1,73 @@
+"""Known answers for the un-amplified figure: the Gaussian mechanism, composed exactly.
+
+The figure a site enforces against the coordinator is k-fold composition of the Gaussian
+mechanism, i.e. mu-GDP with mu = sqrt(k) / z (Dong, Roth & Su 2022, Cor. 3.3), whose exact
+(epsilon, delta) curve is Balle & Wang 2018, Thm. 8. The vectors below come from outside
+the code under test: standard-normal table values, Balle & Wang's analytic calibration,
+and Opacus' PRV accountant at sampling rate 1 (an independent numerical method).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from fedinfra.errors import ConfigError
+from fedinfra.privacy import compute_epsilon
+from fedinfra.privacy.gaussian import gaussian_delta, gaussian_epsilon, plan_gaussian_noise
+
+# Phi(-0.5) = 0.3085375387, Phi(-1.5) = 0.0668072013 (normal tables):
+# delta(1; mu=1) = Phi(-0.5) - e * Phi(-1.5).
+TABLE_DELTA = 0.3085375387 - math.e * 0.0668072013
+
+
+def test_delta_of_one_gdp_at_epsilon_one_matches_the_normal_tables() -> None:
+    assert gaussian_delta(epsilon=1.0, mu=1.0) == pytest.approx(TABLE_DELTA, abs=1e-9)
+
+
+def test_epsilon_inverts_the_delta_curve() -> None:
+    assert gaussian_epsilon(noise_multiplier=1.0, releases=1, delta=TABLE_DELTA) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_analytic_gaussian_calibration_of_balle_and_wang() -> None:
+    # Balle & Wang 2018, Sec. 4: at epsilon 1, delta 1e-5 the analytic Gaussian needs
+    # sigma about 3.73 where the classical bound sqrt(2 ln(1.25/delta)) / epsilon gives 4.84.
+    sigma = plan_gaussian_noise(target_epsilon=1.0, releases=1, delta=1e-5)
+
+    assert sigma == pytest.approx(3.73, abs=0.01)
+    assert sigma < math.sqrt(2 * math.log(1.25 / 1e-5))
+
+
+def test_one_participation_at_z_one_is_the_figure_the_review_measured() -> None:
+    # The issue: "against anyone who knows the sample, one participation at z = 1 is epsilon ~ 4.4".
+    assert gaussian_epsilon(noise_multiplier=1.0, releases=1, delta=1e-5) == pytest.approx(4.38, abs=0.01)
+
+
+@pytest.mark.parametrize(("z", "k"), [(1.0, 1), (1.0, 5), (3.0, 10), (0.7, 20), (5.0, 100)])
+def test_exact_composition_sits_just_below_opacus_prv_at_sampling_rate_one(z: float, k: int) -> None:
+    exact = gaussian_epsilon(noise_multiplier=z, releases=k, delta=1e-5)
+    prv = compute_epsilon(noise_multiplier=z, sample_rate=1.0, steps=k, delta=1e-5, accountant="prv")
+
+    assert exact <= prv  # PRV reports the upper end of its error interval
+    assert prv == pytest.approx(exact, rel=0.01)
+
+
+def test_k_releases_cost_what_one_release_with_noise_over_sqrt_k_costs() -> None:
+    assert gaussian_epsilon(noise_multiplier=2.0, releases=4, delta=1e-6) == pytest.approx(
+        gaussian_epsilon(noise_multiplier=1.0, releases=1, delta=1e-6), rel=1e-9
+    )
+
+
+def test_no_release_costs_nothing_and_more_releases_cost_more() -> None:
+    costs = [gaussian_epsilon(noise_multiplier=1.5, releases=k, delta=1e-5) for k in range(5)]
+
+    assert costs[0] == 0.0
+    assert all(a < b for a, b in itertools.pairwise(costs))
+
+
+@pytest.mark.parametrize("delta", [0.0, 1.0, math.nan])
+def test_a_delta_outside_zero_one_is_refused(delta: float) -> None:
+    with pytest.raises(ConfigError, match="delta"):
+        gaussian_epsilon(noise_multiplier=1.0, releases=1, delta=delta)

@@ -25,6 +25,7 @@ from fedinfra.errors import MissingExtra
 EXTRAS: Final[dict[str, tuple[str, ...]]] = {
     "server": ("ray", "sklearn", "scipy", "jinja2", "matplotlib", "weasyprint", "psycopg", "pyarrow"),
     "edge": (),
+    "imaging": ("PIL", "pydicom"),
 }
 
 

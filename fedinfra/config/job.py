@@ -11,6 +11,7 @@ from fedinfra.config._load import StrictModel, load_model
 from fedinfra.config.aggregation import ROBUST_RULES, AggregationSpec
 from fedinfra.config.privacy import PrivacySpec
 from fedinfra.config.secagg import SecureAggSpec
+from fedinfra.config.site import DatasetDecl
 
 #: Secure-aggregation modes under which the coordinator only ever sees a sum (or nothing), so
 #: user-level DP may split its noise across sites (see :mod:`fedinfra.privacy.distributed`).
@@ -32,9 +33,18 @@ class ModelSpec(StrictModel):
 
 
 class DataSpec(StrictModel):
-    """Which data and how it is split among sites (simulation) or read (deployment)."""
+    """Which data and how it is split among sites (simulation) or read (deployment).
+
+    ``source`` declares a user's own data set, in the same form as a site manifest's
+    ``[dataset]``, for ``fedinfra simulate``: it is screened like a site's data, a
+    ``test_fraction`` is held out and the rest is split among the simulated sites,
+    ``partition = "iid"`` (uniformly at random) or ``"dirichlet"`` (label skew ``alpha``,
+    Hsu et al. 2019). Without it, ``dataset`` names a bundled set.
+    """
 
     dataset: Dataset = "breast_cancer"
+    source: DatasetDecl | None = None
+    partition: Literal["dirichlet", "iid"] = "dirichlet"
     alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration of label skew")
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
 
@@ -122,6 +132,8 @@ class JobSpec(StrictModel):
 
     @model_validator(mode="after")
     def _compatible(self) -> JobSpec:
+        if self.data.source is not None and self.task is None:
+            raise ValueError("data.source (your own data set) needs a [task] naming the model to train on it")
         comp, sec = self.compression, self.secure_aggregation
         if self.aggregation.rule in ROBUST_RULES and sec.mode != "none":
             raise ValueError(

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from fedinfra.config._load import StrictModel, load_model
 
@@ -97,13 +97,34 @@ def iso3166_alpha2() -> frozenset[str]:
 
 
 class DatasetDecl(StrictModel):
-    """The data set a site trains on, with its declared schema."""
+    """The data set a site trains on: format, path, label and declared schema.
+
+    Tables (``csv``, ``parquet``) and ``numpy`` archives (``.npz``) name their label
+    (``label_column``; for NumPy the label array) and features; ``images`` and ``dicom``
+    folders hold one sub-folder per class. A DICOM set lists in ``removed_tags`` the
+    identifying header attributes it has had removed (DICOM PS3.15 Annex E); the site
+    re-checks every file before use and refuses when one still carries them.
+    """
 
     path: str = Field(min_length=1)
-    format: Literal["csv", "parquet"] = "csv"
-    label_column: str = Field(min_length=1)
+    format: Literal["csv", "parquet", "numpy", "images", "dicom"] = "csv"
+    label_column: str = Field(
+        default="", validate_default=True, description="label column (tables) or label array (numpy)"
+    )
     feature_columns: list[str] = Field(default_factory=list, description="allowed features; empty = all but label")
     columns: dict[str, ColumnType] = Field(default_factory=dict, description="schema: column name -> type")
+    features_key: str = Field(default="x", min_length=1, description="numpy: name of the features array")
+    image_size: list[int] | None = Field(default=None, min_length=2, max_length=2, description="[H, W] to resize to")
+    channels: Literal[1, 3] = 1
+    removed_tags: list[str] = Field(default_factory=list, description="dicom: identifying tags removed (PS3.15 E)")
+
+    @field_validator("label_column")
+    @classmethod
+    def _label_for_tables(cls, value: str, info: ValidationInfo) -> str:
+        fmt = info.data.get("format", "csv")
+        if fmt in ("csv", "parquet", "numpy") and not value:
+            raise ValueError(f"required for format {fmt!r}")
+        return value
 
     @model_validator(mode="after")
     def _schema_covers_columns(self) -> DatasetDecl:
@@ -111,6 +132,8 @@ class DatasetDecl(StrictModel):
             missing = [c for c in [self.label_column, *self.feature_columns] if c not in self.columns]
             if missing:
                 raise ValueError(f"columns named in the dataset but absent from its schema: {missing}")
+        if self.image_size is not None and min(self.image_size) < 1:
+            raise ValueError("dataset.image_size must be two positive ints [H, W]")
         return self
 
 

@@ -148,6 +148,8 @@ class Coordinator:
         self.task = job_task(job)
         self.reference = load_split(job) if job.task is None else None
         self.num_features = self.task.expected_features()
+        # Without a reference set the sites evaluate each round's model, as under HE.
+        self.sites_evaluate = self.he or self.reference is None
         self.gate = GateContext(
             tls=settings.tls, in_process=settings.in_process, audit_retention_days=settings.audit_retention_days
         )
@@ -327,7 +329,7 @@ class Coordinator:
         trail.event("round.started", round=rnd, details={"sites": [s.hello.site for s in sample]})
         by_node = {s.node_id: s for s in sample}
         # HE: the previous round's federated evaluation joins this wave (module docstring).
-        evaluate_round = rnd - 1 if self.he and rnd > 1 else None
+        evaluate_round = rnd - 1 if self.sites_evaluate and rnd > 1 else None
         agg = start_round(
             RoundSpec(
                 run_id=self.run_id,
@@ -716,7 +718,7 @@ class Coordinator:
                     stop_reason = "budget-exhausted"
                     break
                 # HE: a round's figures are known one wave later; show them then.
-                shown = result if not self.he else self._result_of(state, rnd - 1)
+                shown = result if not self.sites_evaluate else self._result_of(state, rnd - 1)
                 if shown is not None:
                     self.reporter.round_done(shown)
                 self.artifacts.write_metrics(
@@ -739,9 +741,9 @@ class Coordinator:
 
         tally = self._federated_eval(grid, state.round, sites, state, phase="close")
         loss, acc = tally.result()
-        if not self.he and state.results:
+        if not self.sites_evaluate and state.results:
             loss, acc = state.results[-1].test_loss, state.results[-1].test_accuracy
-        last = self._result_of(state, state.round) if self.he else None
+        last = self._result_of(state, state.round) if self.sites_evaluate else None
         if last is not None:
             # The close wave evaluates the final aggregate: the last round's figures.
             self._record_evaluation(state, state.round, state.round, tally)

@@ -108,15 +108,18 @@ def _scan(data: SiteData) -> ScanSummary:
     A deployed site scans the file its manifest declares; a simulated site scans its
     partition's feature table (first 1,000 rows).
     """
-    from fedinfra.policy import scan_site_data, scan_table
+    from fedinfra.policy import scan_table
+    from fedinfra.site.screen import screen_site_data
 
-    if data.manifest is not None and data.manifest.dataset is not None:
-        return scan_site_data(data.manifest, data.source)
+    if data.manifest is not None and data.manifest.dataset is not None and data.source is not None:
+        return screen_site_data(data.manifest, data.source)
+    if data.x.ndim != 2:  # simulated images: no columns to scan; the labels are
+        return scan_table({"label": [str(v) for v in data.y[:1000]]}, source=f"{data.name}:labels")
     rows = min(len(data.y), 1000)
     table: dict[str, list[str | None]] = {
         name: [f"{float(v):.6g}" for v in data.x[:rows, i]] for i, name in enumerate(data.feature_names)
     }
-    table["label"] = [str(int(v)) for v in data.y[:rows]]
+    table["label"] = [f"{float(v):.6g}" for v in data.y[:rows]]
     return scan_table(table, source=f"{data.name}:training-table")
 
 
@@ -129,7 +132,8 @@ def _deployed_preflight(manifest_path: str, job_json: str, tls: bool) -> None:
     """
     from fedinfra.config import load_site
     from fedinfra.errors import PolicyViolation
-    from fedinfra.policy import preflight, scan_site_data
+    from fedinfra.policy import preflight
+    from fedinfra.site.screen import screen_site_data
 
     manifest = load_site(manifest_path)
     if manifest.dataset is None:
@@ -138,7 +142,7 @@ def _deployed_preflight(manifest_path: str, job_json: str, tls: bool) -> None:
     if not path.is_absolute():
         path = Path(manifest_path).parent / path
     job = JobSpec.model_validate_json(job_json)
-    evaluation = preflight(manifest, job, scan=scan_site_data(manifest, path), tls=tls or None)
+    evaluation = preflight(manifest, job, scan=screen_site_data(manifest, path), tls=tls or None)
     if evaluation.blocking:
         raise PolicyViolation(f"site {manifest.name} refuses the job: {evaluation.reason()}")
 

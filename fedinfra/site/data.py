@@ -19,8 +19,8 @@ import numpy.typing as npt
 from fedinfra.config import JobSpec, SiteManifest, load_site
 from fedinfra.config.job import simulated_site_name
 from fedinfra.data import SplitData, dirichlet_partition, fingerprint_arrays, load_bundled
-from fedinfra.data.tables import read_csv_table
-from fedinfra.errors import ConfigError
+from fedinfra.data.loaders import read_declared, resolve
+from fedinfra.errors import ConfigError, DataError
 from fedinfra.task.api import DataSource, Table
 
 
@@ -83,6 +83,9 @@ def _from_task(
 @lru_cache(maxsize=64)
 def _simulated(job_json: str, partition_id: int, num_partitions: int) -> SiteData:
     job = JobSpec.model_validate_json(job_json)
+    name = simulated_site_name(job.scenario, partition_id, job.sites.count, job.sites.devices)
+    if job.data.source is not None:
+        return _from_task(job, name, _user_partition(job, partition_id, num_partitions, name), None)
     split = load_split(job)
     parts = dirichlet_partition(split.y_train, num_sites=num_partitions, alpha=job.data.alpha, seed=job.seed)
     idx = parts[partition_id]
@@ -95,8 +98,49 @@ def _simulated(job_json: str, partition_id: int, num_partitions: int) -> SiteDat
             split.x_test[partition_id::num_partitions], split.y_test[partition_id::num_partitions], names
         ),
     )
-    name = simulated_site_name(job.scenario, partition_id, job.sites.count, job.sites.devices)
     return _from_task(job, name, source, None)
+
+
+@lru_cache(maxsize=2)
+def _user_split(job_json: str, num_partitions: int) -> tuple[Table, Table, list[npt.NDArray[np.int64]]]:
+    """Read the job's own data set once, hold out ``test_fraction``, split the rest among sites."""
+    job = JobSpec.model_validate_json(job_json)
+    decl = job.data.source
+    assert decl is not None
+    x, y, names = read_declared(decl, Path(decl.path))
+    rng = np.random.default_rng(job.seed)
+    order = rng.permutation(len(y))
+    cut = max(1, round(len(y) * job.data.test_fraction))
+    te, tr = np.sort(order[:cut]), np.sort(order[cut:])
+    train, test = Table(x[tr], y[tr], names), Table(x[te], y[te], names)
+    if job.data.partition == "iid":
+        if len(tr) < num_partitions:
+            raise DataError(f"{decl.path}: {len(tr)} training examples cannot be split among {num_partitions} sites")
+        parts = [np.sort(p) for p in np.array_split(rng.permutation(len(tr)), num_partitions)]
+    else:
+        if y.dtype.kind == "f" and not np.all(np.equal(np.mod(y, 1), 0)):
+            raise DataError(f"{decl.path}: labels are not classes; use data.partition = 'iid' for a regression target")
+        parts = dirichlet_partition(train.y, num_sites=num_partitions, alpha=job.data.alpha, seed=job.seed)
+    return train, test, parts
+
+
+def _user_partition(job: JobSpec, partition_id: int, num_partitions: int, name: str) -> DataSource:
+    """A simulated site's share of the job's own data set, screened like a deployed site's."""
+    from fedinfra.site.screen import screen_declared
+
+    decl = job.data.source
+    assert decl is not None
+    screen_declared(decl, Path(decl.path), site=name)
+    train, test, parts = _user_split(job.model_dump_json(), num_partitions)
+    idx = parts[partition_id]
+    return DataSource(
+        read=lambda: Table(train.x[idx], train.y[idx], train.names),
+        read_eval=lambda: Table(
+            test.x[partition_id::num_partitions], test.y[partition_id::num_partitions], test.names
+        ),
+        declaration=decl,
+        path=Path(decl.path),
+    )
 
 
 @lru_cache(maxsize=8)
@@ -105,15 +149,11 @@ def _deployed(manifest_path: str, job_json: str) -> SiteData:
     if manifest.dataset is None:
         raise ConfigError(f"{manifest_path}: field 'dataset' is required for a deployed site")
     decl = manifest.dataset
-    data_path = Path(decl.path)
-    if not data_path.is_absolute():
-        data_path = Path(manifest_path).parent / data_path
+    data_path = resolve(decl, Path(manifest_path).parent)
 
     def read() -> Table:
-        x, y, names = read_csv_table(
-            data_path, label_column=decl.label_column, feature_columns=list(decl.feature_columns)
-        )
-        return Table(x, y, tuple(names))
+        x, y, names = read_declared(decl, data_path)
+        return Table(x, y, names)
 
     # Without an evaluation part of its own, the task keeps the last 20% of the rows
     # (seeded shuffle) for federated evaluation.

@@ -123,10 +123,10 @@ def test_base_install_holds_no_server_only_distribution() -> None:
     assert "torch==2.13.0" in project["dependencies"]  # exact: a range pulls a multi-GB CUDA build
 
 
-def test_all_extra_is_server_plus_edge_and_edge_is_kept() -> None:
+def test_all_extra_is_server_plus_edge_plus_imaging_and_edge_is_kept() -> None:
     extras = _pyproject()["project"]["optional-dependencies"]
 
-    assert extras["all"] == ["fedinfra[server,edge]"]
+    assert extras["all"] == ["fedinfra[server,edge,imaging]"]
     assert "edge" in extras  # edge/install.sh installs fedinfra[edge]
 
 
@@ -137,6 +137,14 @@ def test_optional_module_map_matches_the_server_extra() -> None:
     modules = {_IMPORT_NAME.get(n, n.lower()) for n in server}
 
     assert modules == set(EXTRAS["server"])
+
+
+def test_optional_module_map_matches_the_imaging_extra() -> None:
+    from fedinfra._optional import EXTRAS
+
+    imaging = _names(_pyproject()["project"]["optional-dependencies"]["imaging"])
+
+    assert {"PIL" if n == "pillow" else n for n in imaging} == set(EXTRAS["imaging"])
 
 
 def test_makefile_installs_every_extra() -> None:

@@ -241,7 +241,10 @@ def scan_site_data(
             raise DataError(f"site {site.name!r}: no [dataset] in the manifest and no data path given")
         data_path = site.dataset.path
     path = Path(data_path)
-    fmt = site.dataset.format if site.dataset is not None else None
+    declared = site.dataset.format if site.dataset is not None else None
+    if declared not in (None, "csv", "parquet"):
+        raise DataError(f"site {site.name!r}: a {declared} data set is not a table; scan it with fedinfra.site.screen")
+    fmt: Literal["csv", "parquet"] | None = "parquet" if declared == "parquet" else "csv" if declared else None
     table, truncated = read_table(path, fmt=fmt, max_rows=max_rows)
     used = training_columns_of(site, table)
     missing = [c for c in used if c not in table]

@@ -65,11 +65,11 @@ class SiteContext:
     @property
     def scan(self) -> ScanSummary:
         """The PHI/PII scan summary of the site's training table."""
-        return _scans[self.name]
+        return _scans[_scan_key(self.data)]
 
     def preflight(self, *, tls: bool | None) -> Evaluation:
         """The site's own policy check of the job (cached per job)."""
-        return _preflight(self.manifest.model_dump_json(), self.job.model_dump_json(), self.name, tls)
+        return _preflight(self.manifest.model_dump_json(), self.job.model_dump_json(), _scan_key(self.data), tls)
 
 
 @lru_cache(maxsize=8)
@@ -99,7 +99,12 @@ def _preflight(manifest_json: str, job_json: str, site: str, tls: bool | None) -
     return preflight(manifest, job, scan=_scans[site], tls=tls)
 
 
+#: Scan summaries per site *and data*: one process may serve several jobs' data.
 _scans: dict[str, ScanSummary] = {}
+
+
+def _scan_key(data: SiteData) -> str:
+    return f"{data.name}:{data.fingerprint}"
 
 
 def _scan(data: SiteData) -> ScanSummary:
@@ -155,6 +160,6 @@ def site_context(node_config: dict[str, object], job: JobSpec) -> SiteContext:
     data = resolve_site_data(node_config, job)
     home = resolve_home(node_config, data.name)
     manifest = data.manifest or simulated_manifest(job, data.name)
-    if data.name not in _scans:
-        _scans[data.name] = _scan(data)
+    if _scan_key(data) not in _scans:
+        _scans[_scan_key(data)] = _scan(data)
     return SiteContext(job=job, data=data, home=home, manifest=manifest)

@@ -165,7 +165,7 @@ def _user_job(path: Path, **data: object) -> JobSpec:
 def test_simulation_splits_a_users_table_iid_among_sites(tmp_path: Path) -> None:
     from fedinfra.site.context import site_context
 
-    rows = "\n".join(f"{i},{i % 7},{i * 0.5}" for i in range(100))
+    rows = "\n".join(f"{np.sin(i):.4f},{np.cos(i):.4f},{i * 0.5}" for i in range(100))
     (tmp_path / "t.csv").write_text("a,b,y\n" + rows + "\n")
     job = _user_job(tmp_path / "t.csv", partition="iid")
 
@@ -180,7 +180,7 @@ def test_simulation_splits_a_users_table_iid_among_sites(tmp_path: Path) -> None
 def test_a_regression_target_cannot_be_split_by_label_skew(tmp_path: Path) -> None:
     from fedinfra.site.context import site_context
 
-    (tmp_path / "t.csv").write_text("a,b,y\n" + "\n".join(f"{i},1,{i}.5" for i in range(40)) + "\n")
+    (tmp_path / "t.csv").write_text("a,b,y\n" + "\n".join(f"{np.sin(i):.3f},1.5,{i}.5" for i in range(40)) + "\n")
     job = _user_job(tmp_path / "t.csv", partition="dirichlet")
 
     with pytest.raises(DataError, match="partition = 'iid'"), warnings.catch_warnings():

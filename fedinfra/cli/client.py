@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -22,6 +23,9 @@ from fedinfra.cli._common import (
     positive,
     start_preflight,
 )
+
+if TYPE_CHECKING:
+    from fedinfra.runtime.procs import FlowerProcess
 
 client_app = typer.Typer(name="client", help="Run a site (Flower SuperNode).", no_args_is_help=True)
 
@@ -52,7 +56,6 @@ def start_cmd(
     from fedinfra.runtime.deploy import start_supernode
     from fedinfra.runtime.env import harden, private_dir, private_umask
     from fedinfra.runtime.kit import load_site_transport
-    from fedinfra.runtime.procs import FlowerProcess
 
     def _start() -> FlowerProcess:
         private_umask()  # ledger, receipts, model copies, logs: 0700 / 0600 (runtime/env.py)
@@ -65,7 +68,13 @@ def start_cmd(
             port=port, connect_timeout=connect_timeout,
         )
 
-    proc = guarded(_start)
+    from fedinfra.runtime.signals import child_guard
+
+    with child_guard():  # from the first instant: no SuperNode outlives this command (runtime/signals.py)
+        _serve(guarded(_start), fmt)
+
+
+def _serve(proc: FlowerProcess, fmt: OutputFormat) -> None:
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:

@@ -146,9 +146,10 @@ def _run(profile: Any, kit: Any, manifest: Path) -> None:
         env = flower_env(profile.state_dir / ".flwr")  # hardened: nothing phones home
         env["PATH"] = str(Path(executable).parent) + os.pathsep + env.get("PATH", "")
         # The manifest's relative paths mean "next to site.toml"; ClientApps inherit the cwd.
-        return subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            argv, env=env, start_new_session=True, cwd=manifest.parent
-        )
+        from fedinfra.runtime.signals import spawn
+
+        # Recorded for signals.child_guard the instant it exists.
+        return spawn(argv, env=env, start_new_session=True, cwd=manifest.parent)
 
     with EdgeState(profile.state_dir) as state:
         hooks = RunnerHooks(
@@ -201,7 +202,10 @@ def start(
     private_umask()  # ledger, receipts, residuals, logs: 0700 / 0600 (runtime/env.py)
     loaded = guarded(lambda: _kit(profile, kit_dir))  # the kit first: it names the device
     manifest = guarded(lambda: _site_manifest(profile, device, site))
-    guarded(lambda: _run(profile, loaded, manifest))
+    from fedinfra.runtime.signals import child_guard
+
+    with child_guard():  # from the first instant: no SuperNode outlives this command (runtime/signals.py)
+        guarded(lambda: _run(profile, loaded, manifest))
 
 
 def register(app: typer.Typer) -> None:

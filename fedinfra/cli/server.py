@@ -40,7 +40,13 @@ def start_cmd(
         harden(flwr_home=cfg.state_dir / "flwr")
         return start_superlink(cfg, load_coordinator_transport(kit_dir))
 
-    link = guarded(_start)
+    from fedinfra.runtime.signals import child_guard
+
+    with child_guard():  # from the first instant: no SuperLink outlives this command (runtime/signals.py)
+        _serve(guarded(_start), fmt)
+
+
+def _serve(link: object, fmt: OutputFormat) -> None:
     from fedinfra.runtime.deploy import SuperLink
 
     assert isinstance(link, SuperLink)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -97,8 +96,10 @@ class FlowerProcess:
     def start(self) -> None:
         """Spawn the daemon in its own session, its output appended to the log file."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        from fedinfra.runtime.signals import spawn
+
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(  # noqa: S603 - argv built by fedinfra, no shell
+            self.proc = spawn(  # recorded for signals.child_guard before any signal is handled
                 self.argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -145,22 +146,14 @@ class FlowerProcess:
         """Terminate the daemon and every descendant (SIGTERM, then SIGKILL)."""
         if self.proc is None:
             return
-        import psutil
+        from fedinfra.runtime.signals import stop_tree
 
-        procs: list[psutil.Process] = []
-        with contextlib.suppress(psutil.Error):
-            root = psutil.Process(self.proc.pid)
-            procs = [*root.children(recursive=True), root]
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                p.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs(procs, timeout=timeout)
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        psutil.wait_procs(alive, timeout=5)
+        stop_tree(self.proc.pid, timeout=timeout)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=1)
+        from fedinfra.runtime.signals import forget
+
+        forget(self.proc)
 
 
 __all__ = ["FlowerProcess", "can_connect", "flower_bin", "flower_env", "free_port", "port_in_use"]

@@ -55,9 +55,13 @@ def export_log(target: str | Path, out_dir: Path) -> ExportSummary:
             fh.flush()
             os.fsync(fh.fileno())
         checkpoints = source.checkpoints()
+        cosigned: dict[int, list[str]] = {}
+        for size, line in source.cosignatures():
+            cosigned.setdefault(size, []).append(line)
         with (out_dir / CHECKPOINTS_FILE).open("w", encoding="utf-8") as fh:
             for row in checkpoints:
-                fh.write(json.dumps({"tree_size": row.size, "note": row.note}, sort_keys=True) + "\n")
+                doc = {"tree_size": row.size, "note": row.note, "cosignatures": cosigned.get(row.size, [])}
+                fh.write(json.dumps(doc, sort_keys=True) + "\n")
         (out_dir / VKEY_FILE).write_text(meta.get("vkey", "") + "\n", encoding="utf-8")
         manifest = {
             "format": EXPORT_FORMAT,

@@ -20,6 +20,7 @@ from pydantic import JsonValue
 
 from fedinfra.audit.canonical import parse_canonical
 from fedinfra.audit.checkpoint import Checkpoint, check_origin
+from fedinfra.audit.cosign import Witness, parse_line
 from fedinfra.audit.entry import Actor, Entry, Event, EventType, Outcome, Subject, format_ts
 from fedinfra.audit.merkle import leaf_hash
 from fedinfra.audit.note import Signer, Verifier
@@ -72,8 +73,12 @@ class AuditLog:
         origin: str | None = None,
         signer: Signer | None = None,
         clock: Callable[[], datetime] | None = None,
+        readonly: bool = False,
     ) -> AuditLog:
         """Open the log at ``target`` (SQLite path or ``postgresql+psycopg://`` URL).
+
+        With ``readonly`` (readers: ``audit show``, ``prove``, ``export``) the store is opened
+        so that nothing can be written (SQLite ``mode=ro``, PostgreSQL READ ONLY).
 
         A store that does not exist yet is created when ``signer`` is given; its key name
         must equal ``origin``, and the store records the origin and the verifier key so
@@ -93,7 +98,9 @@ class AuditLog:
             check_origin(origin)
         if signer is not None and origin is not None and signer.name != origin:
             raise ConfigError(f"signing key is named {signer.name!r} but the log origin is {origin!r}")
-        store = Store.open(target, create=signer is not None)
+        if readonly and signer is not None:
+            raise ConfigError("a log opened read-only cannot sign")
+        store = Store.open(target, create=signer is not None, readonly=readonly)
         try:
             return cls._load(store, origin=origin, signer=signer, clock=clock or (lambda: datetime.now(UTC)))
         except BaseException:
@@ -183,6 +190,41 @@ class AuditLog:
             if tree_size == size:
                 return Checkpoint.from_note(note, self.verifier)
         raise ConfigError(f"no checkpoint of tree size {size} in {self.display}")
+
+    def cosignatures(self, size: int) -> list[str]:
+        """The stored cosignature lines of the checkpoint of tree size ``size``."""
+        return [line for tree_size, line in self._store.cosignatures() if tree_size == size]
+
+    def add_cosignature(self, size: int, line: str, witness: Witness, *, now: datetime | None = None) -> bool:
+        """Verify a site's cosignature on the checkpoint of ``size`` and store it beside it.
+
+        Returns ``False`` if this cosigner's line for that checkpoint is already stored.
+
+        Raises
+        ------
+        VerificationError
+            If the line is not ``witness``'s valid cosignature on that checkpoint.
+        ConfigError
+            If there is no checkpoint of that size.
+        """
+        checkpoint = self.checkpoint(size)
+        witness.verify_line(checkpoint, line)
+        if any(parse_line(stored)[0] == witness.name and parse_line(stored)[1][:4] == witness.key_hash
+               for stored in self.cosignatures(size)):
+            return False
+        try:
+            with self._store.engine.begin() as conn:
+                Store.insert_cosignature(
+                    conn,
+                    size=size,
+                    cosigner=witness.name,
+                    key_id=witness.key_id,
+                    line=line.rstrip("\n"),
+                    received_at=format_ts(now if now is not None else self._clock()),
+                )
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._store.guard(exc) from exc
+        return True
 
     # -- appending -----------------------------------------------------------------------
     def append(

@@ -149,15 +149,74 @@ def receipt_path(directory: Path, receipt: Receipt) -> Path:
     return directory / f"receipt-{receipt.tree_size:012d}-{receipt.entry.seq:012d}.json"
 
 
+def held_checkpoint_path(directory: Path, checkpoint: Checkpoint) -> Path:
+    """Where a site keeps a checkpoint it verified and cosigned, sorted by tree size."""
+    return directory / f"checkpoint-{checkpoint.size:012d}.note"
+
+
+def save_held_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
+    """Keep ``checkpoint``'s signed note in ``directory`` (atomic write); return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = held_checkpoint_path(directory, checkpoint)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(checkpoint.note)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def held_notes(directory: Path) -> list[tuple[Path, str]]:
+    """Every checkpoint note a site keeps under ``directory``: in its receipts and cosigned notes.
+
+    Raises
+    ------
+    StoreError
+        If a kept file cannot be read.
+    VerificationError
+        If a kept receipt is malformed.
+    """
+    found: list[tuple[Path, str]] = []
+    if not directory.is_dir():
+        return found
+    for path in sorted(directory.rglob("receipt-*.json")):
+        found.append((path, Receipt.load(path).checkpoint))
+    for path in sorted(directory.rglob("checkpoint-*.note")):
+        try:
+            found.append((path, path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{path}: cannot read kept checkpoint") from exc
+    return found
+
+
 def latest_checkpoint(directory: Path, verifier_key: Verifier | str) -> Checkpoint | None:
-    """Return the largest checkpoint among the receipts kept in ``directory`` (re-verified).
+    """Return the largest checkpoint the site keeps in ``directory`` (re-verified).
+
+    Both the newest receipt and the newest cosigned checkpoint note count.
 
     Raises
     ------
     VerificationError
-        If a kept receipt no longer verifies (the site's own records were altered).
+        If a kept receipt or note no longer verifies (the site's own records were altered).
     """
-    files = sorted(directory.glob("receipt-*.json")) if directory.is_dir() else []
-    if not files:
+    if not directory.is_dir():
         return None
-    return verify_receipt(Receipt.load(files[-1]), verifier_key=verifier_key)
+    best: Checkpoint | None = None
+    files = sorted(directory.glob("receipt-*.json"))
+    if files:
+        best = verify_receipt(Receipt.load(files[-1]), verifier_key=verifier_key)
+    notes = sorted(directory.glob("checkpoint-*.note"))
+    if notes:
+        try:
+            text = notes[-1].read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise VerificationError(f"{notes[-1]}: kept checkpoint is unreadable") from exc
+        kept = Checkpoint.from_note(text, _as_verifier(verifier_key))
+        if best is None or kept.size > best.size:
+            best = kept
+    return best

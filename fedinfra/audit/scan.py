@@ -127,7 +127,7 @@ def scan_store_range(target: str | Path, lo: int, hi: int) -> Chunk:
     """Scan entries ``[lo, hi)`` of the store at ``target`` (run in a worker process)."""
     from fedinfra.audit.store import Store
 
-    store = Store.open(target, create=False)
+    store = Store.open(target, create=False, readonly=True)
     try:
         return scan_entries(store.iter_rows(lo=lo, limit=hi - lo + 1), lo, hi)
     finally:

@@ -45,6 +45,10 @@ class LogSource(Protocol):
         """Return the stored checkpoints by tree size."""
         ...
 
+    def cosignatures(self) -> list[tuple[int, str]]:
+        """Return ``(tree_size, cosignature line)`` pairs stored beside the checkpoints."""
+        ...
+
     def entries(self) -> Iterator[tuple[int, bytes, bytes | None]]:
         """Yield ``(seq, data, stored leaf hash or None)`` in order."""
         ...
@@ -62,7 +66,7 @@ class StoreSource:
     """A SQLite file or PostgreSQL database written by :class:`~fedinfra.audit.log.AuditLog`."""
 
     def __init__(self, target: str | Path) -> None:
-        self._store = Store.open(target, create=False)
+        self._store = Store.open(target, create=False, readonly=True)
         self.display = self._store.display
         self.target = target
 
@@ -75,6 +79,9 @@ class StoreSource:
 
     def checkpoints(self) -> list[StoredCheckpoint]:  # noqa: D102
         return [StoredCheckpoint(size, note) for size, _, note, _ in self._store.checkpoints()]
+
+    def cosignatures(self) -> list[tuple[int, str]]:  # noqa: D102
+        return self._store.cosignatures()
 
     def entries(self) -> Iterator[tuple[int, bytes, bytes | None]]:  # noqa: D102
         yield from self._store.iter_entries()
@@ -110,20 +117,37 @@ class ExportSource:
     def meta(self) -> dict[str, str]:  # noqa: D102
         return dict(self._meta)
 
-    def checkpoints(self) -> list[StoredCheckpoint]:  # noqa: D102
+    def _checkpoint_lines(self) -> list[dict[str, object]]:
         path = self._dir / CHECKPOINTS_FILE
-        rows: list[StoredCheckpoint] = []
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise StoreError(f"{path}: cannot read checkpoints") from exc
+        rows: list[dict[str, object]] = []
         for number, line in enumerate(lines, start=1):
             try:
                 row = json.loads(line)
-                rows.append(StoredCheckpoint(int(row["tree_size"]), str(row["note"])))
+                if not isinstance(row, dict):
+                    raise TypeError("not an object")
+                int(row["tree_size"])
+                str(row["note"])
             except (ValueError, KeyError, TypeError) as exc:
                 raise StoreError(f"{path}:{number}: malformed checkpoint line") from exc
+            rows.append(row)
+        return rows
+
+    def checkpoints(self) -> list[StoredCheckpoint]:  # noqa: D102
+        rows = [StoredCheckpoint(int(str(r["tree_size"])), str(r["note"])) for r in self._checkpoint_lines()]
         return sorted(rows, key=lambda r: r.size)
+
+    def cosignatures(self) -> list[tuple[int, str]]:  # noqa: D102
+        found: list[tuple[int, str]] = []
+        for row in self._checkpoint_lines():
+            lines = row.get("cosignatures", [])
+            if not isinstance(lines, list):
+                raise StoreError(f"{self._dir / CHECKPOINTS_FILE}: malformed cosignatures")
+            found += [(int(str(row["tree_size"])), str(line)) for line in lines]
+        return sorted(found)
 
     def entries(self) -> Iterator[tuple[int, bytes, bytes | None]]:  # noqa: D102
         path = self._dir / ENTRIES_FILE

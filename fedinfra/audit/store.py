@@ -1,8 +1,9 @@
 """The append-only SQL store under an audit log: SQLite (default) or PostgreSQL.
 
-Three tables: ``audit_meta`` (format, origin, the origin's verifier key), ``audit_entries``
-(one row per leaf: canonical bytes and leaf hash) and ``audit_checkpoints`` (signed notes).
-Database triggers refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL) on all three, so
+Four tables: ``audit_meta`` (format, origin, the origin's verifier key), ``audit_entries``
+(one row per leaf: canonical bytes and leaf hash), ``audit_checkpoints`` (signed notes) and
+``audit_cosignatures`` (the sites' C2SP tlog-cosignature lines, beside their checkpoint).
+Database triggers refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL) on all of them, so
 an honest process cannot rewrite history by mistake; a dishonest one that drops the
 triggers is caught by the Merkle tree and the signatures, which is what
 :func:`fedinfra.audit.verify.verify_store` checks (tamper *evidence*, RFC 9162 §1).
@@ -65,7 +66,17 @@ checkpoints_table = sa.Table(
     sa.Column("published_at", sa.String(32), nullable=False),
 )
 
-_TABLES = ("audit_meta", "audit_entries", "audit_checkpoints")
+cosignatures_table = sa.Table(
+    "audit_cosignatures",
+    metadata,
+    sa.Column("tree_size", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("cosigner", sa.String(255), primary_key=True),
+    sa.Column("key_id", sa.String(8), primary_key=True),
+    sa.Column("line", sa.Text, nullable=False),
+    sa.Column("received_at", sa.String(32), nullable=False),
+)
+
+_TABLES = ("audit_meta", "audit_entries", "audit_checkpoints", "audit_cosignatures")
 
 _SQLITE_TRIGGERS = [
     f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
@@ -107,14 +118,60 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def make_engine(target: str | Path, *, create: bool) -> tuple[Engine, str]:
+def _sqlite_readonly_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA query_only=1")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def _pg_readonly(dbapi_conn: Any, _record: Any) -> None:
+    """Every transaction of a reader's connection is READ ONLY (PostgreSQL refuses writes)."""
+    autocommit = dbapi_conn.autocommit
+    dbapi_conn.autocommit = True
+    with dbapi_conn.cursor() as cur:
+        cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    dbapi_conn.autocommit = autocommit
+
+
+def _readonly_sqlite(path: Path) -> Engine:
+    """An engine that opens ``path`` with SQLite's ``mode=ro`` URI and never writes to it.
+
+    A WAL database on a read-only medium has no ``-shm`` file to map; SQLite then refuses
+    ``mode=ro`` and the file is opened ``immutable=1`` instead (https://sqlite.org/uri.html,
+    https://sqlite.org/wal.html#readonly): nothing can be writing to a read-only medium.
+    """
+    import sqlite3
+    from urllib.parse import quote
+
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+
+    def connect() -> sqlite3.Connection:
+        try:
+            con = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "unable to open" not in str(exc) and "readonly" not in str(exc):
+                raise
+            con = sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
+        return con
+
+    engine = sa.create_engine("sqlite://", creator=connect)
+    sa.event.listen(engine, "connect", _sqlite_readonly_pragmas)
+    return engine
+
+
+def make_engine(target: str | Path, *, create: bool, readonly: bool = False) -> tuple[Engine, str]:
     """Return an engine for ``target`` and a printable name for it (no password).
+
+    With ``readonly`` nothing is ever written: SQLite opens with the ``mode=ro`` URI (no
+    journal-mode change, no file created), PostgreSQL runs every transaction READ ONLY.
 
     Raises
     ------
     StoreError
-        If ``target`` is a path that does not exist and ``create`` is false, or names
-        an unsupported database.
+        If ``target`` is a path that does not exist (or is empty) and ``create`` is false,
+        or names an unsupported database.
     """
     if is_url(target):
         url_text = str(target)
@@ -128,14 +185,21 @@ def make_engine(target: str | Path, *, create: bool) -> tuple[Engine, str]:
             raise StoreError(f"{url.drivername}: unsupported audit store; use a SQLite path or postgresql+psycopg://")
         display = url.render_as_string(hide_password=True)
         if url.drivername == "sqlite":
-            return make_engine(Path(url.database or ""), create=create)
+            return make_engine(Path(url.database or ""), create=create, readonly=readonly)
         with extra_imports("a PostgreSQL audit store"):  # SQLAlchemy loads psycopg here
-            return sa.create_engine(url, pool_pre_ping=True), display
+            engine = sa.create_engine(url, pool_pre_ping=True)
+        if readonly:
+            sa.event.listen(engine, "connect", _pg_readonly)
+        return engine, display
     path = Path(target)
     if path.is_dir():
         raise StoreError(f"{path}: is a directory, not an audit store")
     if not create and not path.is_file():
         raise StoreError(f"{path}: no such audit store")
+    if not create and path.stat().st_size == 0:
+        raise StoreError(f"{path}: empty file, not an audit store")
+    if readonly:
+        return _readonly_sqlite(path), str(path)
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(f"sqlite:///{path}")
@@ -160,9 +224,11 @@ class Store:
         self.dialect = engine.dialect.name
 
     @classmethod
-    def open(cls, target: str | Path, *, create: bool) -> Store:
-        """Open (and with ``create``, initialise) the store at ``target``."""
-        engine, display = make_engine(target, create=create)
+    def open(cls, target: str | Path, *, create: bool, readonly: bool = False) -> Store:
+        """Open (and with ``create``, initialise) the store at ``target``; ``readonly`` never writes."""
+        if create and readonly:
+            raise ValueError("a store cannot be created read-only")
+        engine, display = make_engine(target, create=create, readonly=readonly)
         store = cls(engine, display)
         try:
             with engine.begin() as conn:
@@ -282,6 +348,29 @@ class Store:
             stmt = stmt.limit(limit)
         with self.engine.connect() as conn:
             return [bytes(data) for (data,) in conn.execute(stmt)]
+
+    def cosignatures(self) -> list[tuple[int, str]]:
+        """Return ``(tree_size, line)`` for every stored cosignature, by tree size.
+
+        A store written before cosignatures existed has no such table: it has none.
+        """
+        stmt = sa.select(cosignatures_table.c.tree_size, cosignatures_table.c.line).order_by(
+            cosignatures_table.c.tree_size, cosignatures_table.c.cosigner, cosignatures_table.c.key_id
+        )
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table("audit_cosignatures"):
+                return []
+            return [(int(size), str(line)) for size, line in conn.execute(stmt)]
+
+    @staticmethod
+    def insert_cosignature(
+        conn: Connection, *, size: int, cosigner: str, key_id: str, line: str, received_at: str
+    ) -> None:
+        """Insert one cosignature line of the checkpoint of ``size``."""
+        conn.execute(
+            sa.insert(cosignatures_table),
+            [{"tree_size": size, "cosigner": cosigner, "key_id": key_id, "line": line, "received_at": received_at}],
+        )
 
     def checkpoints(self) -> list[tuple[int, bytes, str, str]]:
         """Return ``(tree_size, root_hash, note, published_at)`` rows by tree size."""

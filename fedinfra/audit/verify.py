@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fedinfra.audit.checkpoint import Checkpoint
+from fedinfra.audit.cosign import Witness, parse_line
 from fedinfra.audit.merkle import HASH_SIZE
 from fedinfra.audit.note import Verifier
 from fedinfra.audit.scan import Chunk, Failure, scan_entries, scan_store_range
@@ -57,6 +58,8 @@ class VerifyResult:
     unsigned_tail: int
     position: str | None = None
     problem: str | None = None
+    quorum: int | None = None
+    head_cosigners: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         """Return the result as a JSON-ready dict."""
@@ -126,6 +129,8 @@ def verify_store(
     public_key: Verifier | str | Path | None = None,
     held_checkpoints: Sequence[str] = (),
     workers: int | None = None,
+    witnesses: Sequence[Witness] = (),
+    quorum: int | None = None,
 ) -> VerifyResult:
     """Replay the log at ``target`` (store path, PostgreSQL URL or export directory).
 
@@ -134,6 +139,12 @@ def verify_store(
     ``held_checkpoints`` are signed checkpoint notes kept outside the store (a site's last
     receipt, the run's ``metrics.json``): the log must contain each of their trees, which
     also catches a tail cut off together with its checkpoints (RFC 9162 §8.1.4 gossip).
+
+    ``witnesses`` are the sites' cosigner keys (C2SP tlog-cosignature): every stored
+    cosignature by one of them must verify on its checkpoint, and the newest checkpoint
+    needs cosignatures by ``quorum`` of them (default: all) with no entry after it - so a
+    tail rewritten and re-signed by the coordinator, or cut back to an uncosigned
+    checkpoint, fails even though the coordinator's own signatures verify.
 
     Raises
     ------
@@ -145,11 +156,14 @@ def verify_store(
     from concurrent.futures.process import BrokenProcessPool
 
     count = _workers(workers)
+    if witnesses and quorum is not None and not 1 <= quorum <= len(witnesses):
+        raise ConfigError(f"quorum {quorum} must be between 1 and the {len(witnesses)} witness keys given")
+    need = (quorum or len(witnesses)) if witnesses else None
     source = open_source(target)
     try:
-        return _verify(source, public_key, held_checkpoints, count)
+        return _verify(source, public_key, held_checkpoints, count, witnesses, need)
     except BrokenProcessPool:  # workers could not start (e.g. no importable __main__): one process
-        return _verify(source, public_key, held_checkpoints, 1)
+        return _verify(source, public_key, held_checkpoints, 1, witnesses, need)
     finally:
         source.close()
 
@@ -163,7 +177,12 @@ def _workers(requested: int | None) -> int:
 
 
 def _verify(
-    source: LogSource, public_key: Verifier | str | Path | None, held_checkpoints: Sequence[str], workers: int
+    source: LogSource,
+    public_key: Verifier | str | Path | None,
+    held_checkpoints: Sequence[str],
+    workers: int,
+    witnesses: Sequence[Witness],
+    quorum: int | None,
 ) -> VerifyResult:
     meta = source.meta()
     origin = meta.get("origin")
@@ -172,6 +191,7 @@ def _verify(
         "origin": origin,
         "key": meta.get("vkey"),
         "key_pinned": public_key is not None,
+        "quorum": quorum,
     }
     progress: dict[str, object] = {
         "entries": 0,
@@ -185,6 +205,11 @@ def _verify(
         checkpoints = _checkpoints(source.checkpoints(), verifier)
         held = _held(held_checkpoints, verifier)
         _replay(_chunks(source, workers), checkpoints, held, progress)
+        cosigned = _cosignatures(source.cosignatures(), checkpoints, witnesses)
+        if checkpoints:
+            progress["head_cosigners"] = tuple(sorted(cosigned.get(checkpoints[-1].size, set())))
+        if quorum is not None:
+            _witnessed(checkpoints, cosigned, quorum, int(str(progress["unsigned_tail"])))
     except Failure as failure:
         return VerifyResult(ok=False, **partial, **progress, position=failure.position, problem=failure.problem)  # type: ignore[arg-type]
     return VerifyResult(ok=True, **partial, **progress)  # type: ignore[arg-type]
@@ -228,6 +253,56 @@ def _checkpoints(rows: list[StoredCheckpoint], verifier: Verifier) -> list[Check
             raise Failure(where, f"signed tree size {checkpoint.size} differs from the stored size")
         parsed.append(checkpoint)
     return parsed
+
+
+def _cosignatures(
+    rows: list[tuple[int, str]], checkpoints: list[Checkpoint], witnesses: Sequence[Witness]
+) -> dict[int, set[str]]:
+    """Check every stored cosignature by a known witness; return who cosigned each size.
+
+    Lines by unknown keys are ignored (C2SP signed-note); a line naming a known witness
+    must verify, and every line must sit beside a checkpoint that is in the log.
+    """
+    by_size = {cp.size: (number, cp) for number, cp in enumerate(checkpoints, start=1)}
+    cosigned: dict[int, set[str]] = {}
+    for size, line in rows:
+        if size not in by_size:
+            raise Failure(f"cosignature (tree size {size})", "cosigns a checkpoint that is not in the log (dropped)")
+        number, checkpoint = by_size[size]
+        try:
+            name, blob = parse_line(line)
+        except VerificationError as exc:
+            raise Failure(f"checkpoint {number} (tree size {size})", "a stored cosignature line is malformed") from exc
+        for witness in witnesses:
+            if not witness.matches(name, blob):
+                continue
+            try:
+                witness.verify_line(checkpoint, line)
+            except VerificationError as exc:
+                raise Failure(
+                    f"checkpoint {number} (tree size {size})",
+                    f"cosignature by {witness.name} does not verify: the checkpoint was re-signed or the log "
+                    "rewritten after the site cosigned it",
+                ) from exc
+            cosigned.setdefault(size, set()).add(witness.name)
+    return cosigned
+
+
+def _witnessed(checkpoints: list[Checkpoint], cosigned: dict[int, set[str]], quorum: int, tail: int) -> None:
+    """The newest checkpoint needs ``quorum`` cosigners and nothing may follow it."""
+    if not checkpoints:
+        raise Failure("checkpoints", "the log has no checkpoint for witnesses to cosign")
+    head = checkpoints[-1]
+    where = f"checkpoint {len(checkpoints)} (tree size {head.size})"
+    have = len(cosigned.get(head.size, set()))
+    if have < quorum:
+        raise Failure(
+            where,
+            f"newest checkpoint is cosigned by {have} of the {quorum} witnesses required "
+            "(rewritten, truncated to an uncosigned checkpoint, or not yet cosigned)",
+        )
+    if tail:
+        raise Failure(f"entry {head.size}", f"{tail} entries after the newest cosigned checkpoint are not witnessed")
 
 
 def _held(notes: Sequence[str], verifier: Verifier) -> dict[int, bytes]:

@@ -1,9 +1,11 @@
 """``fedinfra audit verify|show|prove|export``: the tamper-evident audit trail.
 
-``show``, ``prove`` and ``export`` record a ``log.read`` entry *before* reading (PCI DSS
-v4.0 10.2.1.3: all access to audit logs is logged); if the read cannot be recorded, the
-read is refused. ``verify`` opens the store read-only, so auditors can check a copy or a
-read-only medium without altering it.
+Every reader opens the store read-only (SQLite ``mode=ro``, PostgreSQL READ ONLY
+transactions) and never creates or changes a file of it. ``show``, ``prove`` and ``export``
+record a ``log.read`` *before* reading (PCI DSS v4.0 10.2.1.3: all access to audit logs is
+logged) in a separate, hash-chained access log (:mod:`fedinfra.audit.access`); if the read
+cannot be recorded, it is refused. ``verify`` and ``gossip`` record nothing, so auditors
+can check a copy or a read-only medium.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from fedinfra.cli._common import (
     guarded,
     print_json,
 )
+from fedinfra.errors import ConfigError
 
 if TYPE_CHECKING:
     from fedinfra.audit import VerifyResult
@@ -45,17 +48,30 @@ def _target(text: str) -> str | Path:
     return text if "://" in text else Path(text)
 
 
-def _record_read(target: str | Path, command: str, run_id: str | None, details: dict[str, object]) -> None:
-    from fedinfra.audit import Actor, AuditLog
+_ACCESS_HELP = "Record this read here (default: STORE.reads.jsonl beside a SQLite store; needed for a URL)."
 
-    with AuditLog.open(target) as log:
-        log.append(
-            run_id=run_id,
-            round=None,
-            type="log.read",
-            actor=Actor(kind="operator", id=CLI_ACTOR_ID),
-            outcome="success",
-            details={"command": command, **details},  # type: ignore[dict-item]
+
+def _record_read(
+    target: str | Path, access_log: Path | None, command: str, run_id: str | None, details: dict[str, object]
+) -> None:
+    """Record the read as ``log.read`` in the access log, before reading (refused if it cannot be)."""
+    from fedinfra.audit import AuditLog
+    from fedinfra.audit.access import ACCESS_ENV, default_access_log, record_read
+
+    path = access_log or default_access_log(target)
+    if path is None:
+        raise ConfigError(f"a read of a database store must be recorded: pass --access-log PATH or set {ACCESS_ENV}")
+    with AuditLog.open(target, readonly=True) as log:
+        head = log.latest_checkpoint
+        record_read(
+            path,
+            store=log.display,
+            origin=log.origin,
+            tree_size=0 if head is None else head.size,
+            root=None if head is None else head.root_b64,
+            command=command,
+            actor=CLI_ACTOR_ID,
+            details={k: v for k, v in {"run": run_id, **details}.items() if v is not None},
         )
 
 
@@ -66,16 +82,32 @@ def verify_cmd(
         None, "--public-key", help="Pin the log's key (C2SP verifier key or PEM); detects a re-signed fork."
     ),
     held: list[Path] = typer.Option(
-        [], "--checkpoint", help="A checkpoint held outside the store: signed note, receipt or a run's metrics.json."
+        [],
+        "--checkpoint",
+        help="Checkpoints held outside the store: a note, receipt, metrics.json, receipts dir or export.",
     ),
+    witnesses: list[Path] = typer.Option(
+        [], "--witnesses", help="File of the sites' cosigner keys, one a line; the newest checkpoint needs a quorum."
+    ),
+    quorum: int | None = typer.Option(None, "--quorum", min=1, help="Cosigners required (default: every witness)."),
     fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
 ) -> None:
-    """Replay every entry and checkpoint; exit 0 only if the whole log verifies."""
-    from fedinfra.audit import load_held_checkpoint, verify_store
+    """Replay every entry and checkpoint; exit 0 only if the whole log verifies.
+
+    Opens the store read-only and records nothing: it works on a copy or a read-only mount.
+    """
+    from fedinfra.audit import verify_store
+    from fedinfra.audit.cosign import load_witnesses
+    from fedinfra.audit.gossip import load_held
 
     def run() -> VerifyResult:
-        notes = [load_held_checkpoint(path) for path in held]
-        return verify_store(_target(target), public_key=public_key, held_checkpoints=notes)
+        notes = [note for path in held for _, note in load_held(path)]
+        keys = load_witnesses(witnesses) if witnesses else []
+        if quorum is not None and not keys:
+            raise ConfigError("--quorum needs --witnesses")
+        return verify_store(
+            _target(target), public_key=public_key, held_checkpoints=notes, witnesses=keys, quorum=quorum
+        )
 
     result = guarded(run)
     if fmt is OutputFormat.json:
@@ -99,11 +131,49 @@ def verify_cmd(
         highlight=False,
         soft_wrap=True,
     )
+    if result.quorum is not None:
+        console.print(
+            f"witnessed: newest checkpoint cosigned by {', '.join(result.head_cosigners)} "
+            f"({len(result.head_cosigners)} of {result.quorum} required)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if result.unsigned_tail:
         err_console.print(
             f"[yellow]note:[/] {result.unsigned_tail} entries after the last checkpoint are not signed yet",
             highlight=False,
         )
+
+
+@app.command("gossip")
+def gossip_cmd(
+    target: str = typer.Argument(..., help=_TARGET_HELP),
+    held: list[Path] = typer.Option(
+        ..., "--held", help="A site's receipts directory, an exported bundle, or a note/receipt file (repeatable)."
+    ),
+    public_key: Path | None = typer.Option(None, "--public-key", help="Pin the log's key."),
+    fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
+) -> None:
+    """Compare the checkpoints sites hold with each other and the store; exit 1 on any fork."""
+    from fedinfra.audit.gossip import GossipResult, gossip
+
+    def run() -> GossipResult:
+        return gossip(_target(target), held, public_key=public_key)
+
+    result = guarded(run)
+    if fmt is OutputFormat.json:
+        print_json(result.to_dict())
+        if not result.ok:
+            raise typer.Exit(EXIT_CHECK_FAILED)
+        return
+    if not result.ok:
+        fail(f"{result.target}: {result.problem}", EXIT_CHECK_FAILED)
+    console.print(
+        f"[bold green]no fork[/] {result.target}: {result.held} held checkpoints (largest tree size "
+        f"{result.largest_held}) agree with each other and with the log",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command("show")
@@ -112,24 +182,23 @@ def show_cmd(
     run: str | None = typer.Option(None, "--run", help="Only entries of this run id."),
     type_: str | None = typer.Option(None, "--type", help="Only entries of this event type."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many entries."),
+    access_log: Path | None = typer.Option(None, "--access-log", help=_ACCESS_HELP),
     fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
 ) -> None:
-    """List entries as a table (the read is itself logged)."""
+    """List entries as a table (read-only; the read is recorded in the access log)."""
     from fedinfra.audit import EVENT_TYPES, AuditLog
 
     if type_ is not None and type_ not in EVENT_TYPES:
         fail(f"--type {type_!r} is not an event type; use one of: {', '.join(sorted(EVENT_TYPES))}")
     where = _target(target)
-    filters = {"run": run, "type": type_}
 
     def read() -> list[dict[str, object]]:
-        _record_read(where, "show", run, {k: v for k, v in filters.items() if v is not None})
-        with AuditLog.open(where) as log:
+        _record_read(where, access_log, "show", run, {"type": type_})
+        with AuditLog.open(where, readonly=True) as log:
             return [e.to_json_dict() for e in log.entries(run_id=run, type=type_, limit=limit)]
 
     rows = guarded(read)
-    if run is not None and type_ is None and all(row["type"] == "log.read" for row in rows):
-        # only this read's own log.read entry names the run: there is no such run
+    if run is not None and type_ is None and not rows:  # reads are recorded apart: no entry, no run
         fail(f"--run {run}: no entries for this run id in {target}; list the runs with 'fedinfra runs ls'")
     if fmt is OutputFormat.json:
         print_json(rows)
@@ -166,16 +235,21 @@ def prove_cmd(
     fmt: OutputFormat = typer.Option(
         OutputFormat.json, "--format", help="json (the receipt, default) or text (a summary)."
     ),
+    access_log: Path | None = typer.Option(None, "--access-log", help=_ACCESS_HELP),
 ) -> None:
-    """Print a receipt for entry SEQ: the entry, its inclusion proof and the signed checkpoint (JSON)."""
+    """Print a receipt for entry SEQ against the newest checkpoint, with the sites' cosignatures (JSON)."""
     from fedinfra.audit import AuditLog, Receipt
+    from fedinfra.audit.cosign import cosigned_note
 
     where = _target(target)
 
     def prove() -> Receipt:
-        _record_read(where, "prove", None, {"seq": seq})
-        with AuditLog.open(where) as log:
+        _record_read(where, access_log, "prove", None, {"seq": seq})
+        with AuditLog.open(where, readonly=True) as log:
             receipt = log.receipt(seq, since=since)
+            head = log.latest_checkpoint
+            assert head is not None
+            receipt = receipt.model_copy(update={"checkpoint": cosigned_note(head, log.cosignatures(head.size))})
         if out is not None:
             receipt.save(out)
         return receipt
@@ -197,6 +271,7 @@ def prove_cmd(
 def export_cmd(
     target: str = typer.Argument(..., help="SQLite audit store or postgresql+psycopg:// URL."),
     out: Path = typer.Option(..., "--out", help="New directory for entries.jsonl, checkpoints.jsonl and the key."),
+    access_log: Path | None = typer.Option(None, "--access-log", help=_ACCESS_HELP),
     fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
 ) -> None:
     """Export the log as JSONL + checkpoints + public key, verifiable offline with `audit verify DIR`."""
@@ -207,7 +282,7 @@ def export_cmd(
     where = _target(target)
 
     def run() -> dict[str, object]:
-        _record_read(where, "export", None, {})
+        _record_read(where, access_log, "export", None, {})
         return asdict(export_log(where, out))
 
     summary = guarded(run)

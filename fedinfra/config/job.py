@@ -71,6 +71,9 @@ class SitesSpec(StrictModel):
     fraction: float = Field(default=1.0, gt=0, le=1, description="share of sites sampled per round")
     min_sites: int = Field(default=1, ge=1, description="fewest replies a round accepts")
     devices: int = Field(default=0, ge=0, description="how many of the sites are edge devices (mixed federation)")
+    cosign_quorum: int | None = Field(
+        default=None, ge=1, description="sites that must cosign the close checkpoint (default: all of the last round)"
+    )
 
     @model_validator(mode="after")
     def _min_le_count(self) -> SitesSpec:

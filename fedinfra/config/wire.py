@@ -131,6 +131,7 @@ class SiteHello(StrictModel):
     checkpoint_size: int = Field(
         default=0, ge=0, le=MAX_SAFE_INTEGER, description="tree size of the newest checkpoint the site holds"
     )
+    cosigner: str = Field(default="", max_length=512, description="the site's cosigner key (C2SP tlog-cosignature)")
 
 
 class TrainInstruction(StrictModel):
@@ -149,8 +150,9 @@ class TrainInstruction(StrictModel):
     run_id: RunId
     round: int = Field(ge=0, le=MAX_SAFE_INTEGER)
     job: dict[str, object]
-    phase: Literal["admit", "train", "evaluate", "close", "secagg"] = "train"
+    phase: Literal["admit", "train", "evaluate", "close", "secagg", "cosign"] = "train"
     receipts: list[str] = Field(default_factory=list)
+    cosign: str = Field(default="", max_length=70_000, description="request to cosign the newest checkpoint (JSON)")
     sync_from: int | None = Field(default=None, ge=1)
     sampled: int = Field(default=1, ge=1, description="sites sampled this round (checked, never trusted)")
     admitted: int = Field(default=0, ge=0, description="size of the admitted set the sample was drawn from")
@@ -206,6 +208,7 @@ class TrainReport(StrictModel):
     train_loss: NonNegF32 = 0.0
     details: BoundedDetails = Field(default_factory=dict)
     evaluation: EvalCounts | None = None
+    cosignature: str = Field(default="", max_length=1024, description="the site's cosignature (JSON)")
 
 
 class EvalReport(StrictModel):
@@ -223,6 +226,7 @@ class EvalReport(StrictModel):
     correct: int = Field(default=0, ge=0, le=MAX_EVAL_COUNT)
     count: int = Field(default=0, ge=0, le=MAX_EVAL_COUNT)
     receipts_verified: int = Field(default=0, ge=0, le=MAX_SAFE_INTEGER)
+    cosignature: str = Field(default="", max_length=1024, description="the site's cosignature (JSON)")
 
     @model_validator(mode="after")
     def _correct_within_count(self) -> EvalReport:

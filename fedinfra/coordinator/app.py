@@ -35,8 +35,13 @@ def make_server_app(
     run_dir: Path,
     settings: CoordinatorSettings,
     reporter: Reporter | None = None,
+    after: Callable[[Path, str], None] | None = None,
 ) -> tuple[ServerApp, dict[str, object]]:
-    """Build a ``ServerApp`` bound to ``job``; the dict receives the final state or error."""
+    """Build a ``ServerApp`` bound to ``job``; the dict receives the final state or error.
+
+    ``after(run_dir, run_id)`` (the report) runs inside the app, before the sites cosign
+    the final checkpoint, so the report's own log entry is witnessed too.
+    """
     app = ServerApp()
     outcome: dict[str, object] = {}
 
@@ -45,7 +50,7 @@ def make_server_app(
         try:
             outcome["state"] = Coordinator(
                 job, run_id=run_id, run_dir=run_dir, settings=settings, reporter=reporter
-            ).run(grid)
+            ).run(grid, after)
         except BaseException as exc:
             outcome["error"] = exc
             raise
@@ -62,8 +67,5 @@ def run_coordinator(
     settings: CoordinatorSettings,
     after: Callable[[Path, str], None] | None = None,
 ) -> RunState:
-    """Run the job on ``grid``; then call ``after(run_dir, run_id)`` (e.g. the report)."""
-    state = Coordinator(job, run_id=run_id, run_dir=run_dir, settings=settings).run(grid)
-    if after is not None:
-        after(run_dir, run_id)
-    return state
+    """Run the job on ``grid``; ``after(run_dir, run_id)`` (e.g. the report) runs before the final cosigning."""
+    return Coordinator(job, run_id=run_id, run_dir=run_dir, settings=settings).run(grid, after)

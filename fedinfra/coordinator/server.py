@@ -20,7 +20,7 @@ import dataclasses
 import math
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +57,7 @@ from fedinfra.coordinator.identity import identity_refusal, node_identities
 from fedinfra.coordinator.persist import RunState, SiteBook, load_aggregate, load_state, save_state
 from fedinfra.coordinator.stages import run_stage
 from fedinfra.coordinator.trail import AuditTrail, codes, failed, sha256_hex
+from fedinfra.coordinator.witnesses import Witnessing, cosign_close
 from fedinfra.errors import ConfigError, PolicyViolation, RuntimeLaunchError
 from fedinfra.models import get_weights, set_weights
 from fedinfra.site.data import load_split
@@ -122,6 +123,8 @@ class _EvalTally:
 
 class Coordinator:
     """Runs one job over a Flower grid."""
+
+    witnessing: Witnessing
 
     def __init__(
         self,
@@ -255,6 +258,7 @@ class Coordinator:
             if reason:
                 trail.event("site.rejected", outcome="denied", site=hello.site, details={**details, "reason": reason})
                 continue
+            details.update(self.witnessing.enrol(hello.site, hello.cosigner))
             trail.event("site.admitted", site=hello.site, details=details)
             admitted.append(Site(node, hello))
         if len(admitted) < self.job.sites.min_sites:
@@ -298,6 +302,7 @@ class Coordinator:
             if book.synced == 0:
                 records[ARRAYS] = weights_to_arrays(state.weights)
             config[HE_AGGREGATES] = [load_aggregate(self.state_dir, r) for r in range(sync_from, state.round + 1)]
+        cosign = self.witnessing.request(book.seen_size)  # the site checks and cosigns the head
         doc = self._doc(
             rnd,
             phase,
@@ -306,10 +311,11 @@ class Coordinator:
             sampled=sampled,
             evaluate_round=evaluate_round,
             admitted=admitted,
+            cosign=cosign,
         )
         config[DOC] = doc.model_dump_json()
         records[CONFIG] = ConfigRecord(config)
-        if receipts and head is not None:
+        if (receipts or cosign) and head is not None:
             book.seen_size = head.size
         return RecordDict(records)
 
@@ -378,6 +384,7 @@ class Coordinator:
             try:
                 report = intake.train_report(reply, site=name, rnd=rnd, declared_examples=site.hello.num_examples)
                 self._delivered(state, name)
+                self.witnessing.accept(name, report.cosignature)
                 ev = report.evaluation
                 if evaluate_round is not None and ev is not None and ev.round == evaluate_round:
                     tally.add(name, ev.loss_sum, ev.correct, ev.count)
@@ -473,6 +480,7 @@ class Coordinator:
         assert self.trail is not None
         trail = self.trail
         count = len(received)
+        self.witnessing.last_round = sorted(received)
         if count < self.job.sites.min_sites:
             if refused and all(code == "budget" for code in refused.values()):
                 raise _BudgetExhausted(rnd)
@@ -568,6 +576,7 @@ class Coordinator:
             )
             return
         self._delivered(state, name)
+        self.witnessing.accept(name, report.cosignature)
         tally.add(name, report.loss_sum, report.correct, report.count)
 
     def _federated_eval(
@@ -638,6 +647,7 @@ class Coordinator:
         from fedinfra.audit import AuditLog
 
         log = AuditLog.open(self.settings.store, origin=self.settings.signer.name, signer=self.settings.signer)
+        self.witnessing = Witnessing(log)
         return AuditTrail(log, run_id=self.run_id, key_id=self.settings.signer.key_id)
 
     def _start(self, trail: AuditTrail) -> RunState:
@@ -692,8 +702,8 @@ class Coordinator:
         model, _ = job_model(self.job, self.task)
         return RunState(round=0, weights=get_weights(model))
 
-    def run(self, grid: Grid) -> RunState:
-        """Admit, run every round, close; every step is audited."""
+    def run(self, grid: Grid, after: Callable[[Path, str], None] | None = None) -> RunState:
+        """Admit, run every round, close, call ``after`` (the report); sites cosign the end."""
         from fedinfra.policy import load_packs
 
         t0 = time.monotonic()
@@ -725,12 +735,13 @@ class Coordinator:
                     self.run_id, state.results, [s.hello.site for s in sites], time.monotonic() - t0
                 )
             self._close(grid, trail, sites, state, stop_reason, time.monotonic() - t0)
+            cosign_close(self, grid, sites, state, after)
             return state
         except BaseException as exc:
             failed(trail, exc)
             raise
         finally:
-            trail.log.close()
+            self.trail.log.close()
 
     def _close(
         self, grid: Grid, trail: AuditTrail, sites: list[Site], state: RunState, stop: str, seconds: float

@@ -94,7 +94,13 @@ def run_simulated(
     settings = settings_from_kit(
         kits / "coordinator", store=store, tls=False, in_process=True, he=job.secure_aggregation.encrypted
     )
-    server_app, outcome = make_server_app(job, run_id=run_id, run_dir=run_dir, settings=settings, reporter=reporter)
+    def report(directory: Path, rid: str) -> None:  # inside the app: the sites cosign after it
+        if report_formats:
+            write_report(store, directory, rid, signer=settings.signer, formats=report_formats)
+
+    server_app, outcome = make_server_app(
+        job, run_id=run_id, run_dir=run_dir, settings=settings, reporter=reporter, after=report
+    )
     with ray_home(run_dir / ".ray-home"):
         run_simulation(
             server_app=server_app,
@@ -111,6 +117,4 @@ def run_simulated(
     state = outcome.get("state")
     if not isinstance(state, RunState):
         raise RuntimeLaunchError("the simulated run ended without a result; rerun with --debug for Flower's log")
-    if report_formats:
-        write_report(store, run_dir, run_id, signer=settings.signer, formats=report_formats)
     return state

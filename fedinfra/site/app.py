@@ -45,7 +45,7 @@ from fedinfra.errors import CryptoError, FedinfraError, PolicyViolation, Privacy
 from fedinfra.models import set_weights
 from fedinfra.privacy.release import released_count
 from fedinfra.site.context import SiteContext, site_context
-from fedinfra.site.receipts import current_size, verify_and_store
+from fedinfra.site.receipts import cosigner_vkey, current_size, verify_and_store, witness
 from fedinfra.site.round import check_job, run_round
 from fedinfra.site.sync import current_model
 from fedinfra.site.weights import arrays_to_weights, weights_to_arrays
@@ -130,6 +130,8 @@ def query(msg: Message, context: Context) -> Message:
         return Message(Error(code=403, reason=str(exc)[:500]), reply_to=msg)
     if instruction.phase == "secagg":
         return _secagg_stage(msg, context, instruction, ctx)
+    if instruction.phase == "cosign":
+        return _cosign(msg, ctx, instruction)
     reason = ""
     try:
         check_job(ctx, tls=_tls(context))
@@ -159,6 +161,7 @@ def query(msg: Message, context: Context) -> Message:
         epsilon_spent_lifetime=spent,
         epsilon_remaining_run=remaining,
         checkpoint_size=current_size(ctx.receipts_dir(instruction.run_id), ctx.audit_key()),
+        cosigner=cosigner_vkey(ctx),
     )
     return _reply(msg, hello.model_dump_json())
 
@@ -175,6 +178,16 @@ def _secagg_stage(msg: Message, context: Context, instruction: TrainInstruction,
     except (FedinfraError, ValueError, KeyError) as exc:
         return Message(Error(code=403, reason=str(exc)[:240]), reply_to=msg)
     return Message(RecordDict({CONFIG: ConfigRecord({DOC: "{}", SECAGG: answer})}), reply_to=msg)
+
+
+def _cosign(msg: Message, ctx: SiteContext, instruction: TrainInstruction) -> Message:
+    """The close wave: witness the close checkpoint (a split view is refused and logged)."""
+    try:
+        cosignature = witness(ctx, instruction.cosign, instruction.run_id)
+    except (FedinfraError, ValueError) as exc:
+        refused = EvalReport(site=ctx.name, round=instruction.round, status="refused", reason=str(exc)[:240])
+        return _reply(msg, refused.model_dump_json())
+    return _reply(msg, EvalReport(site=ctx.name, round=instruction.round, cosignature=cosignature).model_dump_json())
 
 
 @app.train()
@@ -229,6 +242,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Verify receipts, bring the model up to date, evaluate on the local test shard."""
     instruction, ctx = _context(msg, context)
     try:
+        cosignature = witness(ctx, instruction.cosign, instruction.run_id)
         verified = verify_and_store(
             instruction.receipts, directory=ctx.receipts_dir(instruction.run_id), verifier_key=ctx.audit_key()
         )
@@ -246,5 +260,6 @@ def evaluate(msg: Message, context: Context) -> Message:
         correct=correct,
         count=count,
         receipts_verified=verified,
+        cosignature=cosignature,
     )
     return _reply(msg, report.model_dump_json())

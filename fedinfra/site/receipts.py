@@ -5,13 +5,29 @@ proof against a signed checkpoint plus a consistency proof from the last checkpo
 holds (RFC 9162 §2.1.3-2.1.4; C2SP signed notes). It verifies all three and keeps the
 receipt on disk; if any fails it refuses to train (a split view or an edited log is
 exactly what a transparency log exists to expose).
+
+It also *witnesses* the log: each message carries the coordinator's newest checkpoint and
+a consistency proof from the one the site holds; the site checks both, keeps the new
+checkpoint and returns a C2SP tlog-cosignature made with its own key
+(:func:`cosign_checkpoint`), so no one - not even the coordinator - can later rewrite or
+cut what the sites have cosigned without a verifier noticing.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedinfra.errors import VerificationError
+
+if TYPE_CHECKING:
+    from fedinfra.audit.cosign import Cosigner
+    from fedinfra.site.context import SiteContext
 
 
 def verify_and_store(receipts: list[str], *, directory: Path, verifier_key: str | None) -> int:
@@ -51,3 +67,108 @@ def current_size(directory: Path, verifier_key: str | None) -> int:
 
     cp = latest_checkpoint(directory, verifier_key)
     return 0 if cp is None else cp.size
+
+
+COSIGNER_KEY = "cosigner.key"
+"""The site's cosigning key in its home (mode 0600); ``cosigner.vkey`` beside it is public."""
+
+ALERTS_FILE = "alerts.log"
+"""Where a site records, in its own directory, that it saw a split view or a rollback."""
+
+_log = logging.getLogger("fedinfra.site.audit")
+
+
+def cosigner_name(site: str) -> str:
+    """The key name a site cosigns under (C2SP key names: no spaces or '+')."""
+    return f"fedinfra-site.{site}"
+
+
+def cosigner(home: Path, site: str) -> Cosigner:
+    """The site's own cosigning key, created on first use (keys are born where they are used)."""
+    from fedinfra.audit.cosign import Cosigner
+
+    home.mkdir(parents=True, exist_ok=True)
+    return Cosigner.load_or_create(home / COSIGNER_KEY, cosigner_name(site))
+
+
+def _alert(directory: Path, problem: str, held: int, shown: int) -> VerificationError:
+    """Record a split view in the site's own log, and return the refusal to raise."""
+    message = f"split view: {problem} (site holds tree size {held}, coordinator showed {shown}); refusing to train"
+    _log.error("%s", message)
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with (directory / ALERTS_FILE).open("a", encoding="utf-8") as fh:
+        fh.write(f"{stamp} {message}\n")
+    return VerificationError(message)
+
+
+def cosign_checkpoint(
+    request: str,
+    *,
+    directory: Path,
+    verifier_key: str | None,
+    home: Path,
+    site: str,
+    clock: Callable[[], float] = time.time,
+) -> str:
+    """Check the coordinator's newest checkpoint and return this site's cosignature (JSON).
+
+    The checkpoint must be signed by the pinned log key and extend the largest checkpoint
+    the site holds (RFC 9162 §2.1.4); then the site keeps it and signs a C2SP
+    tlog-cosignature with its own key. A checkpoint that forks from, or rolls back, what
+    the site holds is a split view (RFC 9162 §8.2): recorded in ``alerts.log`` and refused.
+    Returns ``""`` when nothing was asked.
+
+    Raises
+    ------
+    VerificationError
+        If the request is malformed, does not verify, or shows a split view.
+    """
+    if not request:
+        return ""
+    from pydantic import ValidationError
+
+    from fedinfra.audit import Checkpoint, latest_checkpoint
+    from fedinfra.audit.cosign import CosignReply, CosignRequest
+    from fedinfra.audit.merkle import verify_consistency
+    from fedinfra.audit.note import Verifier
+    from fedinfra.audit.receipt import save_held_checkpoint
+
+    if verifier_key is None:
+        raise VerificationError("asked to cosign a checkpoint but the site kit holds no coordinator log key")
+    try:
+        req = CosignRequest.model_validate_json(request)
+        new = Checkpoint.from_note(req.checkpoint, Verifier.from_vkey(verifier_key))
+        hashes = [base64.b64decode(h, validate=True) for h in req.consistency]
+    except (ValidationError, ValueError, binascii.Error) as exc:
+        raise VerificationError("the checkpoint to cosign is malformed or not signed by the log key") from exc
+    held = latest_checkpoint(directory, verifier_key)
+    if held is not None:
+        if held.size > new.size:
+            raise _alert(directory, "the coordinator shows an older checkpoint than one held", held.size, new.size)
+        if held.size == new.size and held.root_hash != new.root_hash:
+            raise _alert(directory, "two signed checkpoints of one tree size differ", held.size, new.size)
+        if held.size < new.size:
+            if req.old_size != held.size:
+                raise VerificationError(
+                    f"consistency proof starts at tree size {req.old_size}, the site holds {held.size}"
+                )
+            try:
+                verify_consistency(held.size, new.size, held.root_hash, new.root_hash, hashes)
+            except VerificationError as exc:
+                raise _alert(directory, "the new checkpoint does not extend the held one", held.size, new.size) from exc
+    save_held_checkpoint(directory, new)
+    line = cosigner(home, site).cosign(new, timestamp=int(clock()))
+    return CosignReply(tree_size=new.size, line=line).model_dump_json()
+
+
+def witness(ctx: SiteContext, request: str, run_id: str) -> str:
+    """:func:`cosign_checkpoint` for one site context (its receipts dir, log key and home)."""
+    return cosign_checkpoint(
+        request, directory=ctx.receipts_dir(run_id), verifier_key=ctx.audit_key(), home=ctx.home.root, site=ctx.name
+    )
+
+
+def cosigner_vkey(ctx: SiteContext) -> str:
+    """The site's public cosigner key, sent at admission (the coordinator logs it)."""
+    return cosigner(ctx.home.root, ctx.name).vkey

@@ -22,7 +22,7 @@ from fedinfra.models import get_weights, set_weights
 from fedinfra.privacy.release import released_count, released_loss
 from fedinfra.site import replay
 from fedinfra.site.context import SiteContext
-from fedinfra.site.receipts import verify_and_store
+from fedinfra.site.receipts import verify_and_store, witness
 from fedinfra.site.tasks import job_model, job_task
 from fedinfra.site.user_dp import protect_update
 from fedinfra.task.training import train_plain
@@ -253,6 +253,7 @@ def run_round(
     A round asked again from the same model (a resumed coordinator) gets the reply
     already released, so a retry neither trains nor spends again (see :mod:`.replay`).
     """
+    cosignature = witness(ctx, instruction.cosign, instruction.run_id)  # a split view refuses here
     verified = verify_and_store(
         instruction.receipts, directory=ctx.receipts_dir(instruction.run_id), verifier_key=ctx.audit_key()
     )
@@ -262,7 +263,7 @@ def run_round(
     if stored is not None:  # a retried round: re-send the same release, spend nothing more
         report, update, blob, kind = stored
         details = {**report.details, "receipts_verified": verified, "replayed": True}
-        report = report.model_copy(update={"details": details})
+        report = report.model_copy(update={"details": details, "cosignature": cosignature})
         return RoundOutput(
             report=report,
             update=update,
@@ -270,6 +271,7 @@ def run_round(
             compressed=blob if kind == "compressed" else None,
         )
     out = _train_round(ctx, instruction, global_weights, verified=verified, sampled=sampled)
+    out.report = out.report.model_copy(update={"cosignature": cosignature})
     blob = out.ciphertext if out.ciphertext is not None else out.compressed
     kind = "ciphertext" if out.ciphertext is not None else "compressed" if out.compressed is not None else ""
     replay.store(ctx.home, instruction.run_id, digest, out.report, update=out.update, blob=blob, blob_kind=kind)

@@ -73,6 +73,20 @@ def check_claim(claim: RoundClaim, *, job_sites: int, min_sites: int, max_noise_
         )
 
 
+def check_survivors(contributions: int, *, min_sites: int) -> None:
+    """Refuse to use an aggregate of fewer than ``min_sites`` contributions (user-level DP).
+
+    Each share carries ``1 / sqrt(min_sites)`` of the noise (:mod:`fedinfra.privacy.distributed`),
+    so a smaller sum - a coordinator that forwards one site's ciphertext as "the aggregate" -
+    would show that site with too little noise. A key-holding site refuses to open it.
+    """
+    if contributions < min_sites:
+        raise InstructionRefused(
+            f"aggregate holds {contributions} contributions, fewer than sites.min_sites={min_sites}: "
+            "it carries less than the full noise; refusing to use it"
+        )
+
+
 def binomial_tail(k: int, n: int, q: float) -> float:
     """P(X >= k) for X ~ Binomial(n, q) (exact sum, log-space terms)."""
     if k <= 0:

@@ -52,7 +52,11 @@ def current_model(
     layout = [(k, v.shape) for k, v in weights.items()]
     for i, agg in enumerate(aggregates):
         rnd = at + 1 + i
-        mean, _total = open_sum(agg, ctx.he_keys(), run_id=run_id, round_id=rnd)
+        mean, total = open_sum(agg, ctx.he_keys(), run_id=run_id, round_id=rnd)
+        if ctx.job.privacy.mechanism == "user-dp":  # one weight per site: total = contributions
+            from fedinfra.privacy.claims import check_survivors
+
+            check_survivors(total, min_sites=ctx.job.sites.min_sites)
         weights = opt.step(weights, {k: np.asarray(v, dtype=np.float32) for k, v in unflatten(mean, layout).items()})
         at = rnd
     if aggregates:

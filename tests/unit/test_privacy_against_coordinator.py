@@ -264,3 +264,33 @@ def test_the_planned_noise_meets_the_target_on_the_enforced_figure(tmp_path: Pat
 
     assert float(last["epsilon_against_coordinator"]) <= 6.0  # type: ignore[arg-type]
     assert not math.isclose(float(last["epsilon_against_coordinator"]), 0.0)  # type: ignore[arg-type]
+
+
+def test_a_site_refuses_to_open_an_aggregate_of_fewer_contributions_than_the_floor(tmp_path: Path) -> None:
+    from fedinfra.config.consortium import ConsortiumConfig
+    from fedinfra.crypto import EncryptedSum, load_coordinator_kit, seal_update
+    from fedinfra.models import build_model, get_weights
+    from fedinfra.runtime.provision import provision
+    from fedinfra.site.sync import current_model
+
+    job = _job()
+    consortium = ConsortiumConfig(name="c", sites=["hospital-0", "hospital-1"], secure_aggregation=job.secure_aggregation)
+    provision(consortium, tmp_path / "kits")
+    node: dict[str, object] = {
+        "partition-id": 0,
+        "num-partitions": 4,
+        "state-dir": str(tmp_path / "home"),
+        "kit": str(tmp_path / "kits" / "sites" / "hospital-0"),
+    }
+    ctx = site_context(node, job)
+    weights = get_weights(build_model(job.model, num_features=int(ctx.data.x.shape[1]), num_classes=2, seed=0))
+    layout = [(k, tuple(v.shape)) for k, v in weights.items()]
+    one_site = EncryptedSum(load_coordinator_kit(tmp_path / "kits" / "coordinator"), run_id="run-14", round_id=1,
+                            layout=layout)
+    zero = {k: np.zeros_like(v) for k, v in weights.items()}
+    one_site.add(seal_update(zero, 1, ctx.he_keys(), run_id="run-14", round_id=1))
+    instruction = TrainInstruction(run_id="run-14", round=2, job=job.model_dump(mode="json"), sync_from=1,
+                                   sampled=2, admitted=4)
+
+    with pytest.raises(InstructionRefused, match="fewer than sites.min_sites=2"):
+        current_model(ctx, instruction, weights, [one_site.to_bytes()])

@@ -274,7 +274,8 @@ def test_a_site_refuses_to_open_an_aggregate_of_fewer_contributions_than_the_flo
     from fedinfra.site.sync import current_model
 
     job = _job()
-    consortium = ConsortiumConfig(name="c", sites=["hospital-0", "hospital-1"], secure_aggregation=job.secure_aggregation)
+    sites = ["hospital-0", "hospital-1"]
+    consortium = ConsortiumConfig(name="c", sites=sites, secure_aggregation=job.secure_aggregation)
     provision(consortium, tmp_path / "kits")
     node: dict[str, object] = {
         "partition-id": 0,
@@ -292,5 +293,5 @@ def test_a_site_refuses_to_open_an_aggregate_of_fewer_contributions_than_the_flo
     instruction = TrainInstruction(run_id="run-14", round=2, job=job.model_dump(mode="json"), sync_from=1,
                                    sampled=2, admitted=4)
 
-    with pytest.raises(InstructionRefused, match="fewer than sites.min_sites=2"):
+    with pytest.raises(InstructionRefused, match=r"fewer than sites\.min_sites=2"):
         current_model(ctx, instruction, weights, [one_site.to_bytes()])

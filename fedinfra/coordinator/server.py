@@ -749,6 +749,7 @@ class Coordinator:
         from fedinfra.coordinator.admission import job_facts
         from fedinfra.policy import Facts, evaluate
         from fedinfra.policy._facts import CloseFacts
+        from fedinfra.privacy.release import privacy_summary
 
         tally = self._federated_eval(grid, state.round, sites, state, phase="close")
         loss, acc = tally.result()
@@ -794,11 +795,14 @@ class Coordinator:
         extra: dict[str, object] = {
             "final_checkpoint": {"tree_size": final.size, "note": final.note},
             "stop_reason": stop,
-            "privacy": {
-                "mechanism": self.job.privacy.mechanism,
-                "accountant": self.job.privacy.accountant,
-                "epsilon_per_site": {k: b.epsilon_total for k, b in sorted(state.books.items())},
-            },
+            "privacy": privacy_summary(
+                mechanism=self.job.privacy.mechanism,
+                accountant=self.job.privacy.accountant,
+                delta=self.job.privacy.delta,
+                trust_sampling=self.job.privacy.trust_sampling,
+                epsilon_per_site={k: b.epsilon_total for k, b in sorted(state.books.items())},
+                spends=[dict(e.details) for e in trail.log.entries(run_id=self.run_id, type="budget.spent")],
+            ),
             "secure_aggregation": self.job.secure_aggregation.mode,
             "audit_store": str(self.settings.store),
         }

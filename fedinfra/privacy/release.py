@@ -20,6 +20,7 @@ covers it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 #: (value, when, mechanism) for every value a site releases under DP.
@@ -53,3 +54,70 @@ def released_count(mechanism: str, n: int) -> int:
 def released_loss(mechanism: str, loss: float) -> float:
     """The training loss a site sends: the loss without DP, 0.0 (withheld) under DP."""
     return loss if mechanism == "none" and math.isfinite(loss) else 0.0
+
+
+NO_GUARANTEE = "no DP guarantee"
+
+#: The assumption a job makes when it sets ``privacy.trust_sampling = true``.
+TRUST_SAMPLING_ASSUMPTION = (
+    "caps were enforced on the amplified figure, which assumes the coordinator sampled sites honestly "
+    "(Poisson, secret, independent of the data); against the coordinator itself only the un-amplified "
+    "figure holds"
+)
+
+
+def user_level_statement(spends: Sequence[Mapping[str, object]]) -> str:
+    """One sentence on a user-level DP run: both figures (largest over sites) and what bound the caps.
+
+    ``spends`` are ``budget.spent`` details (site-reported figures of
+    :mod:`fedinfra.privacy.claims`).
+    """
+    a = [float(v) for d in spends if isinstance(v := d.get("epsilon_against_coordinator"), int | float)]
+    b = [float(v) for d in spends if isinstance(v := d.get("epsilon_amplified"), int | float)]
+    if not a:
+        return "user-dp: no release was charged"
+    trusted = any(d.get("trust_sampling") is True for d in spends)
+    text = (
+        f"user-dp, per site: (a) against the coordinator (no amplification by sampling, the site's own releases) "
+        f"up to epsilon {max(a):.3g}; (b) amplified under honest Poisson sampling up to epsilon {max(b):.3g}"
+    )
+    if trusted:
+        return f"{text}. ASSUMPTION: {TRUST_SAMPLING_ASSUMPTION}"
+    return f"{text}; caps were enforced on (a)"
+
+
+def privacy_summary(
+    *,
+    mechanism: str,
+    accountant: str,
+    delta: float,
+    trust_sampling: bool,
+    epsilon_per_site: Mapping[str, float],
+    spends: Sequence[Mapping[str, object]],
+) -> dict[str, object]:
+    """The ``privacy`` block of ``metrics.json``: figures, delta, guarantee, releases."""
+    if mechanism == "none":
+        return {"mechanism": "none", "guarantee": NO_GUARANTEE, "epsilon_per_site": None, "delta": None}
+    out: dict[str, object] = {
+        "mechanism": mechanism,
+        "accountant": accountant,
+        "delta": delta,
+        "epsilon_per_site": dict(epsilon_per_site),
+        "releases": [{"value": v, "when": w, "mechanism": m} for v, w, m in RELEASES],
+    }
+    if mechanism == "user-dp":
+        out["guarantee"] = user_level_statement(spends)
+        out["trust_sampling"] = trust_sampling
+        per_site: dict[str, dict[str, object]] = {}
+        for d in spends:
+            site = d.get("site")
+            if isinstance(site, str):
+                per_site[site] = {
+                    "against_coordinator": d.get("epsilon_against_coordinator"),
+                    "amplified": d.get("epsilon_amplified"),
+                    "releases": d.get("releases"),
+                }
+        out["figures_per_site"] = per_site
+    else:
+        out["guarantee"] = f"{mechanism}: (epsilon, delta)-DP per site, the accountant's upper bound"
+    return out

@@ -48,6 +48,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from fedinfra.errors import VerificationError
+from fedinfra.privacy.release import RELEASES, user_level_statement
 from fedinfra.report import regulation, verdict
 from fedinfra.report.model import (
     CheckpointRef,
@@ -337,7 +338,10 @@ def _controls(records: list[AuditRecord], config: RunConfig, budgets: list[SiteB
         sigma, source = (planned[0], "budget.spent") if planned else (None, "")
     return Controls(
         dp_mechanism=mechanism,
-        dp_guarantee=_guarantee(mechanism, mode, budgets),
+        dp_guarantee=_guarantee(
+            mechanism, mode, budgets, [r.details for r in records if r.type == "budget.spent"]
+        ),
+        site_releases=[list(row) for row in RELEASES] if mechanism not in ("none", "not recorded") else [],
         noise_multiplier=sigma,
         noise_multiplier_source=source or None,
         max_grad_norm=_num(priv.get("max_grad_norm")),
@@ -357,7 +361,9 @@ def _controls(records: list[AuditRecord], config: RunConfig, budgets: list[SiteB
     )
 
 
-def _guarantee(mechanism: str, secure_aggregation: str, budgets: list[SiteBudget]) -> str:
+def _guarantee(
+    mechanism: str, secure_aggregation: str, budgets: list[SiteBudget], spends: list[dict[str, Any]]
+) -> str:
     """What the run's privacy figures mean - or that there are none.
 
     Encryption (HE, secure aggregation) hides updates from the coordinator but bounds
@@ -369,6 +375,8 @@ def _guarantee(mechanism: str, secure_aggregation: str, budgets: list[SiteBudget
         return f"no DP guarantee: no differential privacy was applied{hidden}"
     if not budgets or not any(b.points for b in budgets):
         return f"{mechanism} declared but no privacy spend was recorded"
+    if mechanism == "user-dp":  # both figures, and the sampling assumption if the job made it
+        return user_level_statement(spends)
     return f"{mechanism}: (epsilon, delta)-DP per site, the accountant's upper bound"
 
 

@@ -141,6 +141,9 @@ class Controls(_Model):
 
     dp_mechanism: str
     dp_guarantee: str = Field(description="what the DP figures mean, or that there is no DP guarantee")
+    site_releases: list[list[str]] = Field(
+        default_factory=list, description="[value, when, mechanism] for everything a site releases under DP"
+    )
     noise_multiplier: float | None
     noise_multiplier_source: str | None = Field(description="job (declared) or budget.spent (planned by the sites)")
     max_grad_norm: float | None

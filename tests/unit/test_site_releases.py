@@ -101,3 +101,31 @@ def test_dp_state_is_written_durably_and_privately(tmp_path: Path) -> None:
     assert target.read_bytes() == b'{"steps": 4}'
     assert oct(target.stat().st_mode & 0o777) == "0o600"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dp_state.json"]
+
+
+def test_a_run_without_dp_says_no_dp_guarantee_instead_of_epsilon_zero() -> None:
+    from fedinfra.privacy.release import privacy_summary
+
+    summary = privacy_summary(mechanism="none", accountant="prv", delta=1e-5, trust_sampling=False,
+                              epsilon_per_site={"a": 0.0}, spends=[])
+
+    assert summary["guarantee"] == "no DP guarantee"
+    assert summary["epsilon_per_site"] is None
+
+
+def test_metrics_carry_delta_both_figures_and_the_sampling_assumption() -> None:
+    from fedinfra.privacy.release import privacy_summary
+
+    spends = [
+        {"site": "a", "epsilon_against_coordinator": 4.38, "epsilon_amplified": 2.83, "releases": 1,
+         "trust_sampling": True},
+    ]
+    summary = privacy_summary(mechanism="user-dp", accountant="rdp", delta=1e-5, trust_sampling=True,
+                              epsilon_per_site={"a": 2.83}, spends=spends)
+
+    assert summary["delta"] == 1e-5
+    assert summary["figures_per_site"] == {"a": {"against_coordinator": 4.38, "amplified": 2.83, "releases": 1}}
+    assert "ASSUMPTION" in str(summary["guarantee"])
+    assert "4.38" in str(summary["guarantee"])
+    assert "2.83" in str(summary["guarantee"])
+    assert len(summary["releases"]) == len(RELEASES)  # type: ignore[arg-type]

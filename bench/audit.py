@@ -221,6 +221,8 @@ def main() -> None:
             schema, url = pg_schema()
             schemas.append(schema)
             urls[key] = url
+            if key == "log":
+                AuditLog.init_store(url, signer.verifier)  # the owner's step; the writer runs no DDL
 
         try:
             base = time_median(lambda: pg_floor(urls["floor"], rows), repeats=repeats, setup=lambda: fresh_pg("floor"))

@@ -108,6 +108,52 @@ class AuditLog:
             raise
 
     @classmethod
+    def init_store(
+        cls,
+        target: str | Path,
+        verifier: Verifier,
+        *,
+        writer: str | None = None,
+        reader: str | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> str:
+        """Create the store for the log signed by ``verifier``'s key (the owner's step); return its name.
+
+        Records the origin (the key's name) and the public key; with ``writer``/``reader``
+        grants PostgreSQL roles least privilege (:meth:`Store.init`). Running it again is
+        harmless; a store of another log or key is refused.
+
+        Raises
+        ------
+        ConfigError
+            If the store already belongs to another log or key.
+        StoreError
+            If the database refuses.
+        """
+        check_origin(verifier.name)
+        store = Store.init(target, writer=writer, reader=reader)
+        try:
+            meta = store.meta()
+            if not meta:
+                with store.engine.begin() as conn:
+                    Store.insert_meta(
+                        conn,
+                        {
+                            "format": FORMAT,
+                            "origin": verifier.name,
+                            "vkey": verifier.vkey,
+                            "created_at": format_ts((clock or (lambda: datetime.now(UTC)))()),
+                        },
+                    )
+            elif meta.get("vkey") != verifier.vkey:
+                raise ConfigError(f"{store.display}: already the store of {meta.get('origin')!r} under another key")
+        except sa.exc.SQLAlchemyError as exc:
+            raise store.guard(exc) from exc
+        finally:
+            store.close()
+        return store.display
+
+    @classmethod
     def _load(
         cls, store: Store, *, origin: str | None, signer: Signer | None, clock: Callable[[], datetime]
     ) -> AuditLog:

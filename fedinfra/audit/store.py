@@ -11,12 +11,16 @@ triggers is caught by the Merkle tree and the signatures, which is what
 SQLite runs in WAL mode with ``synchronous=FULL``: readers never block the writer and a
 committed append survives power loss (https://sqlite.org/wal.html, https://sqlite.org/pragma.html#pragma_synchronous).
 PostgreSQL targets are SQLAlchemy URLs; put the tables in a schema of your choice with
-libpq's ``options=-csearch_path=NAME``.
+libpq's ``options=-csearch_path=NAME``. There the schema is created once, by its owner
+(:meth:`Store.init`, ``fedinfra audit init-store``), and the coordinator connects as a role
+that may only SELECT and INSERT: opening a store runs no DDL, so the writer cannot drop or
+disable the triggers (least privilege, NIST SP 800-53 AC-6; PCI DSS v4.0 10.3.2).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from fedinfra._optional import extra_imports
-from fedinfra.errors import StoreError
+from fedinfra.errors import ConfigError, StoreError
 
 EntryRow = tuple[int, str, str | None, int | None, str, bytes, bytes]
 """One ``audit_entries`` row: seq, ts, run_id, round, type, leaf_hash, data."""
@@ -77,6 +81,8 @@ cosignatures_table = sa.Table(
 )
 
 _TABLES = ("audit_meta", "audit_entries", "audit_checkpoints", "audit_cosignatures")
+_WRITER_TABLES = ("audit_entries", "audit_checkpoints", "audit_cosignatures")
+"""What the coordinator's role may INSERT into; audit_meta is written once, by the owner."""
 
 _SQLITE_TRIGGERS = [
     f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
@@ -103,6 +109,35 @@ _PG_TRIGGERS = [
         "FOR EACH STATEMENT EXECUTE FUNCTION fedinfra_audit_append_only()",
     )
 ]
+
+
+_ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def grant_statements(schema: str, *, writer: str | None, reader: str | None) -> list[str]:
+    """The GRANTs of a least-privilege deployment (also printed in server/README.md).
+
+    Raises
+    ------
+    ConfigError
+        If a name is not a lower-case SQL identifier.
+    """
+    for name in (schema, writer, reader):
+        if name is not None and not _ROLE.fullmatch(name):
+            raise ConfigError(f"{name!r}: role and schema names must be lower-case identifiers ([a-z_][a-z0-9_]*)")
+    stmts: list[str] = []
+    if writer:
+        stmts += [
+            f'GRANT USAGE ON SCHEMA "{schema}" TO "{writer}"',
+            f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{writer}"',
+            *(f'GRANT INSERT ON "{schema}"."{t}" TO "{writer}"' for t in _WRITER_TABLES),
+        ]
+    if reader:
+        stmts += [
+            f'GRANT USAGE ON SCHEMA "{schema}" TO "{reader}"',
+            f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{reader}"',
+        ]
+    return stmts
 
 
 def is_url(target: str | Path) -> bool:
@@ -235,12 +270,54 @@ class Store:
                 present = set(sa.inspect(conn).get_table_names())
                 if not create and "audit_meta" not in present:
                     raise StoreError(f"{display}: not a fedinfra audit store (no audit_meta table)")
-                if create:
-                    store._create_schema(conn)
+                if create and store.dialect == "postgresql":
+                    missing = sorted(set(_TABLES) - present)
+                    if missing:
+                        raise StoreError(
+                            f"{display}: no audit tables ({', '.join(missing)}); create them once as the schema's "
+                            "owner with 'fedinfra audit init-store URL --public-key KEY' (see server/README.md)"
+                        )
+                elif create:
+                    store._create_schema(conn)  # an embedded SQLite file: one owner, created on first use
         except sa.exc.SQLAlchemyError as exc:
             engine.dispose()
             raise _translate(display, exc) from exc
         except StoreError:
+            engine.dispose()
+            raise
+        return store
+
+    @classmethod
+    def init(cls, target: str | Path, *, writer: str | None = None, reader: str | None = None) -> Store:
+        """Create the tables and append-only triggers (the owner's one-off step); grant least privilege.
+
+        On PostgreSQL the coordinator's ``writer`` role gets USAGE on the schema, SELECT on
+        every table and INSERT on entries, checkpoints and cosignatures - nothing else: it
+        cannot UPDATE, DELETE, TRUNCATE, or disable or drop the triggers (only the owner
+        may ALTER a table). ``reader`` gets USAGE and SELECT. Idempotent.
+
+        Raises
+        ------
+        StoreError
+            If the database refuses (e.g. the role does not own the schema).
+        ConfigError
+            If a role name is not a plain identifier, or roles are given for SQLite.
+        """
+        engine, display = make_engine(target, create=True)
+        store = cls(engine, display)
+        try:
+            with engine.begin() as conn:
+                store._create_schema(conn)
+                if writer or reader:
+                    if store.dialect != "postgresql":
+                        raise ConfigError("--writer/--reader grant PostgreSQL roles; a SQLite file has none")
+                    for stmt in grant_statements(str(conn.execute(sa.text("SELECT current_schema()")).scalar()),
+                                                 writer=writer, reader=reader):
+                        conn.execute(sa.text(stmt))
+        except sa.exc.SQLAlchemyError as exc:
+            engine.dispose()
+            raise _translate(display, exc) from exc
+        except (StoreError, ConfigError):
             engine.dispose()
             raise
         return store

@@ -102,7 +102,7 @@ def load_held_checkpoint(path: Path) -> str:
 
 
 def load_public_key(path: Path, *, origin: str | None = None) -> Verifier:
-    """Read a pinned public key: a C2SP verifier key text, or a PEM key named ``origin``.
+    """Read a pinned public key: a C2SP verifier key text, a kit's ``kit.toml``, or a PEM key named ``origin``.
 
     Raises
     ------
@@ -113,6 +113,16 @@ def load_public_key(path: Path, *, origin: str | None = None) -> Verifier:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read public key ({exc.strerror})") from exc
+    if path.suffix == ".toml":  # a kit's kit.toml: its [audit] vkey
+        import tomllib
+
+        try:
+            vkey = tomllib.loads(data.decode("utf-8")).get("audit", {}).get("vkey")
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: not a readable kit.toml") from exc
+        if not isinstance(vkey, str):
+            raise ConfigError(f"{path}: kit.toml has no [audit] vkey")
+        return Verifier.from_vkey(vkey)
     if data.lstrip().startswith(b"-----BEGIN"):
         if origin is None:
             raise ConfigError(f"{path}: a PEM public key needs the log origin as its key name")

@@ -145,6 +145,30 @@ def verify_cmd(
         )
 
 
+@app.command("init-store")
+def init_store_cmd(
+    target: str = typer.Argument(..., help="postgresql+psycopg:// URL (as the schema's owner) or a SQLite path."),
+    public_key: Path = typer.Option(..., "--public-key", help="The log's verifier key (kit's [audit] vkey or .vkey)."),
+    writer: str | None = typer.Option(None, "--writer", help="PostgreSQL role of the coordinator: SELECT + INSERT."),
+    reader: str | None = typer.Option(None, "--reader", help="PostgreSQL role of auditors: SELECT only."),
+    fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
+) -> None:
+    """Create the audit tables and append-only triggers once, as their owner; grant least privilege."""
+    from fedinfra.audit import AuditLog, load_public_key
+
+    def run() -> str:
+        return AuditLog.init_store(_target(target), load_public_key(public_key), writer=writer, reader=reader)
+
+    display = guarded(run)
+    if fmt is OutputFormat.json:
+        print_json({"store": display, "writer": writer, "reader": reader})
+        return
+    grants = ", ".join(f"{kind} {role}" for kind, role in (("writer", writer), ("reader", reader)) if role)
+    console.print(
+        f"audit store ready: {display}" + (f" (granted {grants})" if grants else ""), highlight=False, soft_wrap=True
+    )
+
+
 @app.command("gossip")
 def gossip_cmd(
     target: str = typer.Argument(..., help=_TARGET_HELP),

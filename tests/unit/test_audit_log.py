@@ -43,10 +43,12 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+def target(request: pytest.FixtureRequest, tmp_path: Path, signer: Signer) -> str | Path:
     if request.param == "sqlite":
         return tmp_path / "audit.db"
-    return str(request.getfixturevalue("pg_url"))
+    url = str(request.getfixturevalue("pg_url"))
+    AuditLog.init_store(url, signer.verifier)  # the owner's one-off step; opening runs no DDL
+    return url
 
 
 @pytest.fixture
@@ -162,6 +164,7 @@ def test_database_triggers_refuse_update_and_delete(target: str | Path, signer: 
 
 
 def test_postgres_also_refuses_truncate(pg_url: str, signer: Signer) -> None:
+    AuditLog.init_store(pg_url, signer.verifier)
     AuditLog.open(pg_url, origin=ORIGIN, signer=signer).close()
     engine = sa.create_engine(pg_url)
     try:

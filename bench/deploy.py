@@ -129,6 +129,20 @@ def _plain_app(root: Path) -> Path:
     return app
 
 
+def _approve_everywhere(app: Path, kits: Path) -> None:
+    """Sign the baseline app with the consortium's release key and approve it at every site.
+
+    Sites run only approved releases (fedinfra.runtime.appcheck); the baseline app is one.
+    """
+    from fedinfra.runtime.appcheck import approve
+    from fedinfra.runtime.release import RELEASE_KEY_FILE, read_release_key, sign_app, write_record
+
+    key = read_release_key(kits / "release" / RELEASE_KEY_FILE)
+    record = write_record(sign_app(app, key), app.parent / "plain.json")
+    for name in SITES:
+        approve(record, kits / "sites" / name)
+
+
 def _wait(flower_run_id: str, flwr_home: Path) -> None:
     from fedinfra.runtime.deploy import CONNECTION
     from fedinfra.runtime.procs import flower_bin, flower_env
@@ -210,7 +224,7 @@ def main() -> None:
         os.environ["FLWR_HOME"] = str(root / "flwr-home")
         port = free_port()
         provision(ConsortiumConfig(name="bench", sites=SITES, coordinator={"address": f"127.0.0.1:{port}"},
-                                   secure_aggregation={"mode": "bfv"}), root / "kits")
+                                   secure_aggregation={"mode": "bfv"}), root / "kits", app_dir=REPO / "server")
         manifests = write_demo_sites(JobSpec(), SITES, root / "sites")
         cfg = ServerConfig(port=port, state_dir=root / "state", runs_dir=root / "runs").resolved(root)
         link = start_superlink(cfg, load_coordinator_transport(root / "kits" / "coordinator"))
@@ -229,6 +243,7 @@ def main() -> None:
 
         try:
             app = _plain_app(root)
+            _approve_everywhere(app, root / "kits")
             report = Report("deploy", "seconds per round, 3 sites on one loopback deployment (TLS + node auth)",
                             params={"sites": 3, "rounds": rounds, "repeats": repeats,
                                     "task_poll_interval_s": TASK_POLL_INTERVAL_S,

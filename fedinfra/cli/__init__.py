@@ -57,6 +57,7 @@ def build_app() -> typer.Typer:
     demo.register(app)
     __import__("fedinfra.cli.privacy", fromlist=["register"]).register(app)
     __import__("fedinfra.cli.keys", fromlist=["register"]).register(app)
+    __import__("fedinfra.cli.app", fromlist=["register"]).register(app)
     __import__("fedinfra.cli.audit", fromlist=["register"]).register(app)
     __import__("fedinfra.cli.edge", fromlist=["register"]).register(app)
     __import__("fedinfra.cli.server", fromlist=["register"]).register(app)

@@ -22,9 +22,17 @@ def init_cmd(
     consortium: Path = typer.Option(..., "--consortium", help="consortium.toml naming the sites and HE settings."),
     out: Path = typer.Option(..., "--out", help="Directory to write coordinator/ and sites/<id>/ kits into."),
     force: bool = typer.Option(False, "--force", help="Replace existing kits (old keys are lost)."),
+    app_dir: Path | None = typer.Option(
+        None, "--app-dir", help="Also sign this Flower App (e.g. server/) and approve it in every site kit."
+    ),
     fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
 ) -> None:
-    """Write an HE secret-key kit per site and a public-parameters-only kit for the coordinator."""
+    """SIMULATION AND DEMO ONLY: make every party's keys on one host (use 'keys request|issue' to deploy).
+
+    Whoever runs this holds every site's secrets (HE secret key, signing and node keys):
+    fine for a demo on one machine, never for a consortium whose sites do not trust the
+    coordinator's operator.
+    """
     from fedinfra.config.consortium import load_consortium
     from fedinfra.config.secagg import ConsortiumSpec
     from fedinfra.runtime.provision import provision
@@ -32,7 +40,7 @@ def init_cmd(
     def run() -> tuple[ConsortiumSpec, dict[str, str], list[Path]]:
         cfg = load_consortium(consortium)  # adds [coordinator] (address, SANs) for the TLS part
         spec = cfg.he_spec()
-        done = provision(cfg, out, force=force)  # HE part, then TLS / SuperNode auth / signing keys
+        done = provision(cfg, out, force=force, app_dir=app_dir)  # HE part, then TLS / SuperNode auth / signing keys
         kits, written = done.kits, done.written
         he = kits.coordinator.tables.get("he", {})
         return spec, {"mode": spec.secure_aggregation.mode, "param_id": str(he.get("param_id", ""))}, written

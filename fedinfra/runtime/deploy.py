@@ -258,7 +258,9 @@ def start_supernode(
     forks one fresh process per message, instead of Flower's default of starting (and
     importing everything in) a new ``flwr-clientapp`` per message; its ClientApps run torch
     with ``clientapp_threads`` intra-op threads (1 suits fedinfra's small tabular models).
-    ``warm=False`` is Flower's stock ``--isolation subprocess``.
+    Every FAB is checked against the releases the kit approved before it is installed
+    (:mod:`fedinfra.runtime.appcheck`). ``warm=False`` is Flower's stock ``--isolation
+    subprocess``, *without* that check: only for the benchmark's baseline.
     """
     if kit.site_id != manifest.name:
         raise ConfigError(
@@ -289,10 +291,13 @@ def start_supernode(
     if max_retries is not None:
         argv += ["--max-retries", str(max_retries)]
     if warm:
+        from fedinfra.runtime.appcheck import pinned_keys
         from fedinfra.runtime.warm import launcher_argv, write_secret
 
+        pinned_keys(kit.dir)  # a kit that pins no release key would refuse every task: say so now
         secret = write_secret(state_dir / SUPEREXEC_SECRET_FILE)
-        argv = launcher_argv(f"{LOOPBACK}:{port}", secret, argv, threads=clientapp_threads)
+        argv = launcher_argv(f"{LOOPBACK}:{port}", secret, argv, threads=clientapp_threads, kit=kit.dir,
+                             state_dir=state_dir)
     proc = FlowerProcess(
         f"SuperNode {manifest.name}",
         argv,

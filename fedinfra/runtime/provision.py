@@ -16,6 +16,9 @@ without ``force``). What each kit gets, and why:
   ``update_signing.key`` (raw Ed25519) whose public half the coordinator kit lists.
 * ``ca/ca.key`` stays with the provisioning host, offline: it is needed only to renew
   the coordinator certificate; a stolen CA key lets an attacker impersonate the coordinator.
+* ``release/release_signing.key`` (Ed25519) signs app releases; every site kit pins its
+  public half (``[release] public_keys``) and, given ``app_dir``, approves the release of
+  that app (``releases/``): a site runs no other app (:mod:`fedinfra.runtime.appcheck`).
 """
 
 from __future__ import annotations
@@ -102,11 +105,14 @@ def add_transport_part(kits: KitSet, consortium: ConsortiumConfig, ca: PemPair) 
         kit.files[README_FILE] = (_readme(kit.role, kit.name, consortium).encode(), False)
 
 
-def provision(consortium: ConsortiumConfig, out_dir: Path, force: bool = False) -> Provisioned:
+def provision(
+    consortium: ConsortiumConfig, out_dir: Path, force: bool = False, *, app_dir: Path | None = None
+) -> Provisioned:
     """Write one kit per participant under ``out_dir`` (``coordinator/``, ``sites/<id>/``, ``ca/``).
 
     Nothing existing is overwritten unless ``force``: re-running on a provisioned directory
-    raises :class:`ConfigError` and leaves every key in place.
+    raises :class:`ConfigError` and leaves every key in place. ``app_dir``: sign the FAB of
+    that Flower App with the new release key and approve it in every site kit.
     """
     ca_dir = out_dir / "ca"
     if (ca_dir / "ca.key").exists() and not force:
@@ -114,9 +120,31 @@ def provision(consortium: ConsortiumConfig, out_dir: Path, force: bool = False) 
     kits = build_kits(consortium.he_spec())
     ca = generate_ca(f"{consortium.name} fedinfra CA", valid_days=consortium.coordinator.ca_valid_days)
     add_transport_part(kits, consortium, ca)
+    release_key, release_pub = _sign.new_signing_key()
+    for kit in kits.sites.values():
+        kit.tables["release"] = {"public_keys": release_pub.hex()}
     written = write_kits(kits, out_dir, force=force)
     written += _write_ca(ca_dir, ca, force=force)
+    written += _write_release(out_dir, kits, release_key, app_dir=app_dir, force=force)
     return Provisioned(kits, written)
+
+
+def _write_release(out_dir: Path, kits: KitSet, key: bytes, *, app_dir: Path | None, force: bool) -> list[Path]:
+    from fedinfra.runtime.appcheck import RELEASES_DIR
+    from fedinfra.runtime.release import RELEASE_KEY_FILE, RELEASE_PUB_FILE, record_name, sign_app, write_private
+    from fedinfra.runtime.release import write_record as put
+
+    release_dir = out_dir / "release"
+    if force:
+        (release_dir / RELEASE_KEY_FILE).unlink(missing_ok=True)
+    written = [write_private(release_dir / RELEASE_KEY_FILE, key)]
+    (release_dir / RELEASE_PUB_FILE).write_text(_sign.public_of(key).hex() + "\n")
+    if app_dir is not None:
+        record = sign_app(app_dir, key)
+        written.append(put(record, release_dir / record_name(record)))
+        for site in kits.sites:
+            written.append(put(record, out_dir / "sites" / site / RELEASES_DIR / record_name(record)))
+    return written
 
 
 def _write_ca(ca_dir: Path, ca: PemPair, *, force: bool) -> list[Path]:

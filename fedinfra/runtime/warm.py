@@ -15,9 +15,11 @@ warm Kubernetes executors, ``flwr.supercore.superexec.executor.warm_executor``):
   no other local process can take the site's messages - stricter than the default mode,
   where that API is unauthenticated;
 * for every task it ``fork()``s: the child runs Flower's own ``run_clientapp`` with the
-  task's one-time token and exits. So each message still runs in its own fresh process
-  that has seen no earlier message (the isolation Flower's default gives); only the
-  imports are shared, copy-on-write.
+  task's one-time token and exits; before Flower installs the task's FAB, the child checks
+  it is a release the site approved, signed by a key the site pinned in its kit
+  (:mod:`fedinfra.runtime.appcheck`), and refuses the task otherwise - no app code runs.
+  So each message still runs in its own fresh process that has seen no earlier message
+  (the isolation Flower's default gives); only the imports are shared, copy-on-write.
 
 ClientApp processes run torch with ``--threads`` intra-op threads (default 1). fedinfra's
 models are small tabular networks: for them OpenMP's thread hand-offs cost more than they
@@ -88,8 +90,23 @@ def write_secret(path: Path) -> Path:
     return path
 
 
-def launcher_argv(runtime_address: str, secret: Path, supernode_argv: Sequence[str], *, threads: int = 1) -> list[str]:
-    """The command that runs ``supernode_argv`` (``--isolation process`` added) under this launcher."""
+def launcher_argv(
+    runtime_address: str,
+    secret: Path,
+    supernode_argv: Sequence[str],
+    *,
+    threads: int = 1,
+    kit: Path | None = None,
+    state_dir: Path | None = None,
+) -> list[str]:
+    """The command that runs ``supernode_argv`` (``--isolation process`` added) under this launcher.
+
+    ``kit`` names the site kit whose pinned release keys and approved releases every FAB
+    must match (``None``: no verification, tests of the launcher only).
+    """
+    checks = ["--kit", str(kit)] if kit is not None else []
+    if state_dir is not None:
+        checks += ["--state-dir", str(state_dir)]
     return [
         sys.executable,
         "-m",
@@ -100,6 +117,7 @@ def launcher_argv(runtime_address: str, secret: Path, supernode_argv: Sequence[s
         str(secret),
         "--threads",
         str(threads),
+        *checks,
         "--",
         *supernode_argv,
         "--isolation",
@@ -258,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runtime-api-address", required=True, help="the SuperNode's --host:--port")
     parser.add_argument("--superexec-auth-secret-file", required=True, type=Path)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per ClientApp (default 1)")
+    parser.add_argument("--kit", type=Path, default=None, help="site kit: run only FABs it approved")
+    parser.add_argument("--state-dir", type=Path, default=None, help="site state: its site-audit.jsonl")
     args = parser.parse_args(argv[:cut])
     supernode = argv[cut + 1 :]
     if not supernode:
@@ -270,6 +290,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     launcher = _Launcher(args.runtime_api_address, args.superexec_auth_secret_file.read_bytes(), supernode,
                          args.threads)
     launcher.preload(PRELOAD)
+    if args.kit is not None:
+        from fedinfra.runtime.appcheck import guard_clientapp
+
+        guard_clientapp(args.kit, args.state_dir)  # inherited by every forked task process
     launcher.serve()
 
 

@@ -22,7 +22,7 @@ def start_cmd(
     kit: Path | None = typer.Option(None, "--kit", help="The coordinator kit (default: 'kit' in server.toml)."),
     fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json (status lines)."),
 ) -> None:
-    """Start the SuperLink with TLS and SuperNode authentication; stop with Ctrl-C or SIGTERM."""
+    """Start the SuperLink (loopback) and its Fleet-only public proxy; stop with Ctrl-C or SIGTERM."""
     from fedinfra._optional import require_extra
     from fedinfra.config.server import load_server
     from fedinfra.runtime.deploy import start_superlink
@@ -65,17 +65,19 @@ def _serve(link: object, fmt: OutputFormat) -> None:
 
     say(
         "listening",
-        f"SuperLink listening on {link.address} (TLS, {len(link.sites)} site keys registered); "
-        f"log {link.process.log_path}; Ctrl-C stops it",
-        address=link.address,
+        f"SuperLink listening on {link.public} (TLS, Fleet API only; {len(link.sites)} site keys registered; "
+        f"operator API on {link.address}, this host only); log {link.process.log_path}; Ctrl-C stops it",
+        address=link.public,
+        operator_address=link.address,
         sites=len(link.sites),
         log=str(link.process.log_path),
     )
     try:
         while not stop.wait(1.0):
-            if not link.process.alive():
+            dead = next((p for p in (link.process, link.proxy) if p is not None and not p.alive()), None)
+            if dead is not None:
                 link.stop()
-                fail(f"SuperLink died: {link.process.last_error()}", EXIT_CHECK_FAILED)
+                fail(f"{dead.name} died: {dead.last_error()}", EXIT_CHECK_FAILED)
     finally:
         link.stop()
     say("stopped", "SuperLink stopped")
@@ -103,7 +105,7 @@ def status_cmd(
         print_json({"running": True, **status})
         return
     console.print(
-        f"SuperLink running (pid {status['pid']}) on {status['address']}, bound {status['bind']}; "
+        f"SuperLink running (pid {status['pid']}) on {status['address']}, public Fleet port {status['bind']}; "
         f"sites: {', '.join(sorted(status['sites'])) or 'none'}",
         highlight=False,
     )

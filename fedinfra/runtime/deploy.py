@@ -2,6 +2,9 @@
 
 Transport security (DESIGN.md security model):
 
+* the SuperLink binds loopback only; the public address is an nginx proxy that forwards
+  Fleet traffic (SuperNodes) and refuses the Control and runtime APIs, which the
+  open-source SuperLink serves without a login (:mod:`fedinfra.runtime.proxy`);
 * the SuperLink always serves TLS with the kit's certificate, checked before start
   (validity, chain to the consortium CA, key match, SAN for the dialled name; RFC 5280
   section 6, RFC 6125 section 6) so a wrong certificate fails in one line, not at every site;
@@ -30,7 +33,7 @@ from fedinfra.crypto.tls import check_ca, check_server_certificate
 from fedinfra.errors import ConfigError, RuntimeLaunchError
 from fedinfra.runtime.env import LOOPBACK, private_dir
 from fedinfra.runtime.kit import CoordinatorKit, SiteKit
-from fedinfra.runtime.procs import FlowerProcess, can_connect, flower_bin, flower_env, port_in_use
+from fedinfra.runtime.procs import FlowerProcess, can_connect, flower_bin, flower_env, free_port, port_in_use
 
 CONNECTION = "fedinfra"
 STATUS_FILE = "superlink.json"
@@ -84,9 +87,13 @@ class SuperLink:
     flwr_home: Path
     status_path: Path
     sites: dict[str, str]
+    proxy: FlowerProcess | None = None
+    public: str = ""
 
     def stop(self) -> None:
-        """Stop the SuperLink and everything it started; remove the status file."""
+        """Stop the proxy, the SuperLink and everything it started; remove the status file."""
+        if self.proxy is not None:
+            self.proxy.stop()
         self.process.stop()
         self.status_path.unlink(missing_ok=True)
 
@@ -124,9 +131,13 @@ def start_superlink(cfg: ServerConfig, kit: CoordinatorKit, *, now: dt.datetime 
         raise RuntimeLaunchError(
             f"port {cfg.port} on {cfg.host} is in use; stop the other listener or change 'port' in server.toml"
         )
+    from fedinfra.runtime.proxy import ProxySpec, nginx_bin, start_proxy
+
+    nginx_bin()  # fail in one line before anything starts
     state = private_dir(cfg.state_dir)
     flwr_home = state / "flwr"
-    address = f"{local}:{cfg.port}"
+    internal = free_port(LOOPBACK)  # the SuperLink itself: loopback only, every API
+    address = f"{LOOPBACK}:{internal}"
     write_connection(flwr_home, address, kit.ca)
     database = cfg.database or state / "superlink.db"
     argv = [
@@ -140,25 +151,35 @@ def start_superlink(cfg: ServerConfig, kit: CoordinatorKit, *, now: dt.datetime 
         "--enable-supernode-auth",
         "--disable-runtime-dependency-installation",
         "--host",
-        cfg.host,
+        LOOPBACK,
         "--port",
-        str(cfg.port),
+        str(internal),
         "--database",
         str(database),
     ]
     proc = FlowerProcess("SuperLink", argv, env=flower_env(flwr_home), log_path=state / "superlink.log", cwd=state)
     proc.start()
+    proxy: FlowerProcess | None = None
     try:
-        proc.wait_until(lambda: can_connect(local, cfg.port), timeout=cfg.start_timeout_s, what="listening")
+        proc.wait_until(lambda: can_connect(LOOPBACK, internal), timeout=cfg.start_timeout_s, what="listening")
         sites = register_sites(flwr_home, kit.site_keys)
+        proxy = start_proxy(
+            ProxySpec(listen_host=cfg.host, listen_port=cfg.port, upstream_port=internal, cert=kit.cert,
+                      key=kit.key, ca=kit.ca),
+            state,
+            timeout=cfg.start_timeout_s,
+        )
     except BaseException:
         proc.stop()
         raise
     status_path = state / STATUS_FILE
-    link = SuperLink(proc, address, flwr_home, status_path, sites)
+    public = f"{local}:{cfg.port}"
+    link = SuperLink(proc, address, flwr_home, status_path, sites, proxy=proxy, public=public)
     status = {
         "pid": proc.pid,
+        "proxy_pid": proxy.pid,
         "address": address,
+        "public": public,
         "bind": f"{cfg.host}:{cfg.port}",
         "ca": str(kit.ca),
         "flwr_home": str(flwr_home),

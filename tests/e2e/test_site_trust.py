@@ -1,0 +1,293 @@
+"""Sites run only what they approved; the coordinator's port obeys no stranger (issue 12).
+
+Replays, on loopback with real Flower processes and a real nginx, the attacks the review
+ran against the old deployment:
+
+* with nothing but ``ca.crt``, ``flwr supernode register`` and ``flwr run`` succeeded
+  against the public port, and ``AcquireTask`` for ``flwr-serverapp`` answered;
+* a crafted Flower App ran at every site and read the site's HE secret key;
+* a second node declaring ``site0`` was admitted as ``site0``.
+
+and checks that the signed fedinfra app still completes a DP + HE job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fedinfra.config import JobSpec
+from fedinfra.config.consortium import ConsortiumConfig
+from fedinfra.config.server import load_server
+from fedinfra.crypto import _sign
+from fedinfra.crypto.tls import generate_node_auth_key
+from fedinfra.runtime.appcheck import RELEASES_DIR, SITE_AUDIT_FILE
+from fedinfra.runtime.deploy import SuperLink, start_superlink, start_supernode
+from fedinfra.runtime.kit import load_coordinator_transport, load_site_transport
+from fedinfra.runtime.loopback import write_demo_sites
+from fedinfra.runtime.preflight import preflight
+from fedinfra.runtime.procs import FlowerProcess, flower_env, free_port
+from fedinfra.runtime.provision import provision
+from fedinfra.runtime.release import record_name, sign_app, write_record
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SITES = ["site0", "site1", "site2"]
+SPOOFER = "site3"  # a registered node that declares itself site0
+JOB = """name = "e2e-site-trust"
+rounds = 2
+timeout_s = 180
+policy_packs = ["gdpr", "hipaa"]
+
+[sites]
+count = 4
+min_sites = 3
+
+[training]
+local_epochs = 1
+
+[privacy]
+mechanism = "dp-sgd"
+epsilon = 4.0
+noise_multiplier = 2.0
+accountant = "rdp"
+
+[secure_aggregation]
+mode = "bfv"
+"""
+
+CRAFTED_PYPROJECT = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "crafted"
+version = "6.6.6"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "attacker"
+
+[tool.flwr.app.components]
+serverapp = "crafted.apps:server"
+clientapp = "crafted.apps:client"
+
+[tool.flwr.app.config]
+out = ""
+"""
+
+CRAFTED_APPS = '''
+"""An attacker's app: at each site, read the HE secret key and leave a marker."""
+import hashlib
+import json
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+client = ClientApp()
+server = ServerApp()
+
+
+@client.query()
+def steal(msg: Message, context: Context) -> Message:
+    kit = Path(str(context.node_config["kit"]))
+    state = Path(str(context.node_config["state-dir"]))
+    digest = hashlib.sha256((kit / "he_secret.key").read_bytes()).hexdigest()
+    (state / "PWNED").write_text(digest)
+    return Message(RecordDict({"c": ConfigRecord({"he": digest})}), reply_to=msg)
+
+
+@server.main()
+def main(grid: Grid, context: Context) -> None:
+    import time
+
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < 4:
+        time.sleep(0.5)
+        nodes = list(grid.get_node_ids())
+    msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+    replies = list(grid.send_and_receive(msgs, timeout=120))
+    out = [{"error": r.error.reason if r.has_error() else None,
+            "he": None if r.has_error() else r.content.config_records["c"]["he"]} for r in replies]
+    Path(str(context.run_config["out"])).write_text(json.dumps(out))
+'''
+
+
+@dataclass
+class Federation:
+    root: Path
+    kits: Path
+    link: SuperLink
+    nodes: list[FlowerProcess]
+    server_toml: Path
+    public_port: int
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "FLWR_HOME": str(self.root / "flwr-home")}
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    root = tmp_path_factory.mktemp("trust")
+    port = free_port()
+    consortium = ConsortiumConfig(
+        name="trust", sites=[*SITES, SPOOFER], coordinator={"address": f"127.0.0.1:{port}"},
+        secure_aggregation={"mode": "bfv"},
+    )
+    kits = root / "kits"
+    provision(consortium, kits, app_dir=REPO / "server")
+    manifests = write_demo_sites(JobSpec(), SITES, root / "sites")
+    server_toml = root / "server.toml"
+    server_toml.write_text(
+        f'host = "127.0.0.1"\nport = {port}\nstate_dir = "state"\nruns_dir = "runs"\n'
+        f'app_dir = "{REPO / "server"}"\nkit = "kits/coordinator"\n'
+    )
+    (root / "job.toml").write_text(JOB)
+    link = start_superlink(load_server(server_toml), load_coordinator_transport(kits / "coordinator"))
+    nodes: list[FlowerProcess] = []
+    try:
+        for name in SITES:
+            nodes.append(start_supernode(
+                manifests[name], preflight(manifests[name]), load_site_transport(kits / "sites" / name),
+                state_dir=root / "site-state" / name, port=free_port(),
+            ))
+        # The spoofer: site3's registered key, declaring site0's manifest (and data).
+        spoof_kit = dataclasses.replace(load_site_transport(kits / "sites" / SPOOFER), site_id="site0")
+        nodes.append(start_supernode(
+            manifests["site0"], preflight(manifests["site0"]), spoof_kit,
+            state_dir=root / "site-state" / SPOOFER, port=free_port(),
+        ))
+        yield Federation(root, kits, link, nodes, server_toml, port)
+    finally:
+        for node in nodes:
+            node.stop()
+        link.stop()
+
+
+def _attacker_home(fed: Federation) -> Path:
+    """An attacker's Flower home: the public address and the consortium CA, nothing else."""
+    home = fed.root / "attacker"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "attack"\n\n[superlink.attack]\n'
+        f'address = "127.0.0.1:{fed.public_port}"\nroot-certificates = "{fed.kits / "sites" / "site0" / "ca.crt"}"\n'
+    )
+    return home
+
+
+def _flwr(args: list[str], home: Path) -> dict[str, object]:
+    done = subprocess.run([str(BIN / "flwr"), *args, "--format", "json"], env=flower_env(home),
+                          capture_output=True, text=True, timeout=120, check=False)
+    text = done.stdout[done.stdout.find("{"):] if "{" in done.stdout else "{}"
+    answer: dict[str, object] = json.loads(text)
+    return answer
+
+
+def _crafted_app(root: Path) -> Path:
+    app = root / "crafted"
+    (app / "crafted").mkdir(parents=True, exist_ok=True)
+    (app / "pyproject.toml").write_text(CRAFTED_PYPROJECT)
+    (app / "crafted" / "__init__.py").write_text("")
+    (app / "crafted" / "apps.py").write_text(CRAFTED_APPS)
+    return app
+
+
+def test_with_only_the_ca_certificate_nobody_registers_runs_or_takes_a_task(federation: Federation) -> None:
+    home = _attacker_home(federation)
+    pub = federation.root / "attacker.pub"
+    pub.write_bytes(generate_node_auth_key().public)
+
+    registered = _flwr(["supernode", "register", str(pub), "attack", "--name", "site0"], home)
+    submitted = _flwr(["run", str(_crafted_app(federation.root)), "attack"], home)
+    listed = _flwr(["ls", "attack"], home)
+
+    assert registered.get("success") is not True, registered
+    assert submitted.get("success") is not True, submitted
+    assert listed.get("success") is not True, listed
+
+    import ssl
+
+    import httpx
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.constant import TaskType
+
+    ca = ssl.create_default_context(cafile=str(federation.kits / "sites" / "site0" / "ca.crt"))
+    body = AcquireTaskRequest(supported_task_types=[TaskType.SERVER_APP.value]).SerializeToString()
+    with httpx.Client(verify=ca, timeout=30) as client:
+        answer = client.post(f"https://127.0.0.1:{federation.public_port}/v1/runtime/acquire-task", content=body,
+                             headers={"Content-Type": "application/protobuf"})
+    assert answer.status_code == 403
+    # The SuperLink itself listens on loopback only, never on the public port.
+    assert federation.link.address != f"127.0.0.1:{federation.public_port}"
+
+
+def test_an_app_signed_by_an_untrusted_key_is_refused_at_every_site(federation: Federation) -> None:
+    app = _crafted_app(federation.root)
+    attacker_key, _ = _sign.new_signing_key()
+    record = sign_app(app, attacker_key)
+    # Even a record dropped into a site's kit does not help: its key is not pinned there.
+    write_record(record, federation.kits / "sites" / "site0" / RELEASES_DIR / record_name(record))
+    out = federation.root / "crafted-out.json"
+    # Submitted the way the coordinator's operator submits (loopback, operator's Flower home).
+    answer = _flwr(["run", str(app), "fedinfra", "--run-config", f'out="{out}"'], federation.link.flwr_home)
+    assert answer.get("success") is True, answer
+
+    deadline = time.monotonic() + 240
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    replies = json.loads(out.read_text())
+
+    assert len(replies) == 4
+    assert all(r["he"] is None for r in replies)  # no site key left any site
+    assert all("app release refused" in (r["error"] or "") for r in replies)
+    assert all("\n" not in (r["error"] or "") for r in replies)  # the submitter sees one line
+    for site in [*SITES, SPOOFER]:
+        state = federation.root / "site-state" / site
+        assert not (state / "PWNED").exists()
+        events = [json.loads(line) for line in (state / SITE_AUDIT_FILE).read_text().splitlines()]
+        assert {e["event"] for e in events} == {"app.refused"}
+        assert events[-1]["fab_sha256"] == record["fab_sha256"]
+    flwr_apps = [p for p in (federation.root / "site-state").rglob("crafted*") if "flwr" in p.parts]
+    assert flwr_apps == []  # the FAB was never installed at a site
+
+
+def test_the_signed_app_completes_a_dp_he_job_and_a_spoofing_node_is_refused(federation: Federation) -> None:
+    done = subprocess.run(
+        [str(BIN / "fedinfra"), "run", "--job", str(federation.root / "job.toml"), "--config",
+         str(federation.server_toml), "--format", "json", "--timeout", "400"],
+        capture_output=True, text=True, env=federation.env(), timeout=450, check=False,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
+    result = json.loads(done.stdout)
+    assert result["status"] == "finished:completed"
+    assert result["rounds"] == [1, 2]
+    run_dir = Path(result["run_dir"]) if "run_dir" in result else next((federation.root / "runs").iterdir())
+    store = run_dir / "audit.sqlite"
+    shown = subprocess.run(
+        [str(BIN / "fedinfra"), "audit", "show", str(store), "--type", "site.rejected", "--format", "json"],
+        capture_output=True, text=True, env=federation.env(), timeout=120, check=False,
+    )
+    rejected = json.loads(shown.stdout)
+    assert [e["details"].get("code") for e in rejected] == ["identity"]
+    admitted = subprocess.run(
+        [str(BIN / "fedinfra"), "audit", "show", str(store), "--type", "site.admitted", "--format", "json"],
+        capture_output=True, text=True, env=federation.env(), timeout=120, check=False,
+    )
+    assert sorted(e["site"] for e in json.loads(admitted.stdout)) == SITES

@@ -1,8 +1,9 @@
-"""``fedinfra keys init``: provisioning kits for a consortium.
+"""``fedinfra keys``: the key ceremony (request, issue, accept, he-share, he-open) and ``init``.
 
-One secret-key kit per site and one public kit for the coordinator (key separation: the
-coordinator never receives the HE secret key). Kit contents come from the parts registered
-in :mod:`fedinfra.crypto.kits` (HE now; TLS and SuperNode authentication later).
+Deployment (keys are born where they are used, :mod:`fedinfra.runtime.ceremony`):
+``keys request`` at each site -> ``keys issue`` by the operator from the requests ->
+``keys accept`` at each site -> ``keys he-share`` at one site -> ``keys he-open`` at the
+others. ``keys init`` makes every party's keys on one host: simulation and demo only.
 """
 
 from __future__ import annotations
@@ -67,6 +68,88 @@ def init_cmd(
     console.print(table)
     if he["param_id"]:
         console.print(f"parameter id {he['param_id']}", highlight=False)
+
+
+@keys_app.command("request")
+def request_cmd(
+    site: str = typer.Option(..., "--site", help="This site's name, as in the consortium file."),
+    consortium: str = typer.Option(..., "--consortium", help="The consortium's name."),
+    kit: Path = typer.Option(..., "--kit", help="New directory for this site's keys (its kit)."),
+    fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
+) -> None:
+    """At a site: make its node, signing and key-agreement keys; write a request of public keys."""
+    from fedinfra.runtime.ceremony import request_keys
+
+    request, fp = guarded(lambda: request_keys(site, consortium, kit))
+    payload = {"request": str(request), "fingerprint": fp, "kit": str(kit)}
+    if fmt is OutputFormat.json:
+        print_json(payload)
+        return
+    console.print(f"keys made in {kit} (secrets 0600, never leave this host); send {request} to the operator",
+                  highlight=False)
+    console.print(f"fingerprint {fp}: tell it to the other sites by another channel", highlight=False)
+
+
+@keys_app.command("issue")
+def issue_cmd(
+    consortium: Path = typer.Option(..., "--consortium", help="consortium.toml naming the sites and HE settings."),
+    requests: list[Path] = typer.Option(..., "--request", help="A site's request-<site>.json (repeat per site)."),
+    release_pub: list[Path] = typer.Option(..., "--release-pub", help="release_signing.pub of 'fedinfra app keygen'."),
+    out: Path = typer.Option(..., "--out", help="Directory for coordinator/, sites/<site>/ bundles and ca/."),
+    force: bool = typer.Option(False, "--force", help="Replace existing kits."),
+    fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
+) -> None:
+    """At the operator: turn the sites' requests into the coordinator kit and one public bundle per site."""
+    from fedinfra.config.consortium import load_consortium
+    from fedinfra.runtime.ceremony import issue, read_release_public
+
+    def run() -> list[Path]:
+        cfg = load_consortium(consortium)
+        return issue(cfg, requests, out, release_public=read_release_public(release_pub), force=force)
+
+    written = guarded(run)
+    if fmt is OutputFormat.json:
+        print_json({"coordinator_kit": str(out / "coordinator"), "files": [str(p) for p in written]})
+        return
+    console.print(f"coordinator kit {out / 'coordinator'}; send each site its bundle {out / 'sites'}/<site>/ "
+                  "(public material only)", highlight=False)
+
+
+@keys_app.command("accept")
+def accept_cmd(
+    bundle: Path = typer.Option(..., "--bundle", help="This site's bundle from 'fedinfra keys issue'."),
+    kit: Path = typer.Option(..., "--kit", help="This site's kit (from 'fedinfra keys request')."),
+) -> None:
+    """At a site: install the operator's bundle into the kit (refused if it names another node key)."""
+    from fedinfra.runtime.ceremony import accept
+
+    written = guarded(lambda: accept(bundle, kit))
+    console.print(f"installed {len(written)} public files into {kit}", highlight=False)
+
+
+@keys_app.command("he-share")
+def he_share_cmd(
+    kit: Path = typer.Option(..., "--kit", help="This site's kit."),
+    out: Path = typer.Option(Path("sealed"), "--out", help="Directory for the sealed keys (one per other site)."),
+) -> None:
+    """At one site: make the HE secret key and seal it to every other site's X25519 key."""
+    from fedinfra.runtime.ceremony import he_share
+
+    written = guarded(lambda: he_share(kit, out))
+    console.print(f"sealed the HE key to {len(written)} sites in {out}; the operator relays each file "
+                  "(it cannot open them)", highlight=False)
+
+
+@keys_app.command("he-open")
+def he_open_cmd(
+    kit: Path = typer.Option(..., "--kit", help="This site's kit."),
+    sealed: Path = typer.Option(..., "--sealed", help="The he-key-<from>-to-<this site>.json file."),
+) -> None:
+    """At every other site: open the sealed HE key (the sender's signature must verify)."""
+    from fedinfra.runtime.ceremony import he_open
+
+    path = guarded(lambda: he_open(kit, sealed))
+    console.print(f"HE secret key kept in {path} (0600)", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

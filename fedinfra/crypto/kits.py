@@ -114,12 +114,36 @@ def _he_part(kits: KitSet) -> None:
 register_kit_part("he", _he_part)
 
 
-def build_kits(consortium: ConsortiumSpec) -> KitSet:
-    """Assemble every kit of ``consortium`` in memory by running the registered parts."""
+def he_public_part(kits: KitSet, signing_public: Mapping[str, str]) -> str:
+    """The HE part without any secret (``keys issue``); return the parameter id ("" if HE is off).
+
+    Site kits name the files the site itself holds (its signing key from ``keys request``;
+    the HE secret key a site makes and seals to the others, :mod:`fedinfra.crypto.ceremony`);
+    the coordinator gets the public parameters and the sites' verification keys.
+    """
+    spec = kits.consortium.secure_aggregation
+    if spec.mode == "none":
+        return ""
+    params = HEParams(spec=spec, kit_id=secrets.token_hex(16))
+    public = {**_spec_table(spec), "kit_id": params.kit_id, "param_id": params.param_id.hex()}
+    for kit in kits.sites.values():
+        kit.tables["he"] = {**public, "secret_key_file": HE_SECRET_FILE, "signing_key_file": SIGNING_FILE}
+    kits.coordinator.tables["he"] = dict(public)
+    kits.coordinator.tables["he.site_keys"] = {s: signing_public[s] for s in kits.sites}
+    return params.param_id.hex()
+
+
+def empty_kits(consortium: ConsortiumSpec) -> KitSet:
+    """Kits holding only their ``[kit]`` table (no part run)."""
     base = {"format": KIT_FORMAT, "consortium": consortium.name}
     coordinator = Kit("coordinator", "coordinator", tables={"kit": {**base, "role": "coordinator"}})
     sites = {s: Kit("site", s, tables={"kit": {**base, "role": "site", "site_id": s}}) for s in consortium.sites}
-    kits = KitSet(consortium, coordinator, sites)
+    return KitSet(consortium, coordinator, sites)
+
+
+def build_kits(consortium: ConsortiumSpec) -> KitSet:
+    """Assemble every kit of ``consortium`` in memory by running the registered parts."""
+    kits = empty_kits(consortium)
     for part in KIT_PARTS.values():
         part(kits)
     return kits

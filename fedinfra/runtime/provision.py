@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fedinfra.config.consortium import ConsortiumConfig
 from fedinfra.crypto import KitSet, _sign, build_kits, write_kits
@@ -61,8 +63,18 @@ class Provisioned:
     written: list[Path]
 
 
-def add_transport_part(kits: KitSet, consortium: ConsortiumConfig, ca: PemPair) -> None:
-    """Add TLS, SuperNode-authentication and signing material to ``kits`` (in memory)."""
+def add_transport_part(
+    kits: KitSet,
+    consortium: ConsortiumConfig,
+    ca: PemPair,
+    *,
+    requests: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Add TLS, SuperNode-authentication and signing material to ``kits`` (in memory).
+
+    With ``requests`` (``keys issue``) the sites' public keys come from their key requests
+    and no site secret is made here; without (``keys init``, simulation) they are generated.
+    """
     from fedinfra.audit.note import Signer
 
     coord = consortium.coordinator
@@ -85,19 +97,25 @@ def add_transport_part(kits: KitSet, consortium: ConsortiumConfig, ca: PemPair) 
     auth_files: dict[str, str] = {}
     verify: dict[str, str] = dict(c.tables.get("he.site_keys", {}))
     for site, kit in kits.sites.items():
-        node = generate_node_auth_key()
+        if requests is None:
+            node = generate_node_auth_key()
+            kit.files[NODE_KEY_FILE] = (node.private, True)
+            node_public = node.public
+        else:
+            node_public = (str(requests[site]["node_public_key"]).strip() + "\n").encode()
         kit.files[CA_FILE] = (ca.public, False)
-        kit.files[NODE_KEY_FILE] = (node.private, True)
-        kit.files[NODE_PUB_FILE] = (node.public, False)
+        kit.files[NODE_PUB_FILE] = (node_public, False)
         kit.tables["tls"] = {"ca_file": CA_FILE, "superlink": coord.address}
         kit.tables["supernode"] = {"auth_key_file": NODE_KEY_FILE, "auth_public_file": NODE_PUB_FILE}
         kit.tables["audit"] = {"vkey": audit.vkey}
-        if SIGNING_FILE not in kit.files:
+        if requests is not None:
+            verify[site] = str(requests[site]["signing_public_key"])
+        elif SIGNING_FILE not in kit.files:
             private_raw, public_raw = _sign.new_signing_key()
             kit.files[SIGNING_FILE] = (private_raw, True)
             verify[site] = public_raw.hex()
         kit.tables["signing"] = {"key_file": SIGNING_FILE}
-        c.files[node_pub_file(site)] = (node.public, False)
+        c.files[node_pub_file(site)] = (node_public, False)
         auth_files[site] = node_pub_file(site)
     c.tables["supernode.sites"] = auth_files
     c.tables["signing.site_keys"] = verify

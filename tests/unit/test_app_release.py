@@ -132,8 +132,8 @@ def test_cli_sign_approve_verify(tmp_path: Path, fedinfra_bin: str) -> None:
     assert cli("app", "keygen", "--out", str(tmp_path / "rel")).returncode == 0
     public_hex = (tmp_path / "rel" / "release_signing.pub").read_text().strip()
     kit = _kit(tmp_path, public_hex)
-    signed = cli("app", "sign", "--app-dir", str(REPO / "server"), "--key", str(tmp_path / "rel" / "release_signing.key"),
-                 "--out", str(tmp_path / "r.json"))
+    key = tmp_path / "rel" / "release_signing.key"
+    signed = cli("app", "sign", "--app-dir", str(REPO / "server"), "--key", str(key), "--out", str(tmp_path / "r.json"))
     assert signed.returncode == 0, signed.stderr
 
     before = cli("app", "verify", "--kit", str(kit), "--app-dir", str(REPO / "server"))

@@ -290,4 +290,4 @@ def test_the_signed_app_completes_a_dp_he_job_and_a_spoofing_node_is_refused(fed
         [str(BIN / "fedinfra"), "audit", "show", str(store), "--type", "site.admitted", "--format", "json"],
         capture_output=True, text=True, env=federation.env(), timeout=120, check=False,
     )
-    assert sorted(e["site"] for e in json.loads(admitted.stdout)) == SITES
+    assert sorted(e["actor"]["id"] for e in json.loads(admitted.stdout)) == SITES

@@ -119,11 +119,15 @@ def issue_cmd(
 def accept_cmd(
     bundle: Path = typer.Option(..., "--bundle", help="This site's bundle from 'fedinfra keys issue'."),
     kit: Path = typer.Option(..., "--kit", help="This site's kit (from 'fedinfra keys request')."),
+    fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
 ) -> None:
     """At a site: install the operator's bundle into the kit (refused if it names another node key)."""
     from fedinfra.runtime.ceremony import accept
 
     written = guarded(lambda: accept(bundle, kit))
+    if fmt is OutputFormat.json:
+        print_json({"kit": str(kit), "files": [str(p) for p in written]})
+        return
     console.print(f"installed {len(written)} public files into {kit}", highlight=False)
 
 
@@ -131,11 +135,15 @@ def accept_cmd(
 def he_share_cmd(
     kit: Path = typer.Option(..., "--kit", help="This site's kit."),
     out: Path = typer.Option(Path("sealed"), "--out", help="Directory for the sealed keys (one per other site)."),
+    fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
 ) -> None:
     """At one site: make the HE secret key and seal it to every other site's X25519 key."""
     from fedinfra.runtime.ceremony import he_share
 
     written = guarded(lambda: he_share(kit, out))
+    if fmt is OutputFormat.json:
+        print_json({"sealed": [str(p) for p in written]})
+        return
     console.print(f"sealed the HE key to {len(written)} sites in {out}; the operator relays each file "
                   "(it cannot open them)", highlight=False)
 
@@ -144,11 +152,15 @@ def he_share_cmd(
 def he_open_cmd(
     kit: Path = typer.Option(..., "--kit", help="This site's kit."),
     sealed: Path = typer.Option(..., "--sealed", help="The he-key-<from>-to-<this site>.json file."),
+    fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
 ) -> None:
     """At every other site: open the sealed HE key (the sender's signature must verify)."""
     from fedinfra.runtime.ceremony import he_open
 
     path = guarded(lambda: he_open(kit, sealed))
+    if fmt is OutputFormat.json:
+        print_json({"he_secret_key": str(path)})
+        return
     console.print(f"HE secret key kept in {path} (0600)", highlight=False)
 
 

@@ -237,7 +237,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     )
     federation = Federation(root, root / "kits", root / "sites" / DEVICE, root / "server.toml", port)
     keys = federation.fedinfra("keys", "init", "--consortium", str(root / "consortium.toml"),
-                               "--out", str(federation.kits))
+                               "--out", str(federation.kits), "--app-dir", str(REPO / "server"))
     assert keys.returncode == 0, keys.stderr
     # The device is one more site of the consortium: its own kit, its own registered key.
     assert (root / "kits" / "sites" / DEVICE / "supernode_auth.key").is_file()

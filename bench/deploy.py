@@ -13,6 +13,10 @@ Both apps run on the SuperNodes fedinfra starts (``start_supernode``: the warm l
 For context the full run also times the plain app on stock SuperNodes (Flower's default
 ``--isolation subprocess``: a fresh ``flwr-clientapp`` process per message), as baseline
 ``plain-stock``; the goal is against ``plain``, the same deployment for both apps.
+Issue 12 adds baseline ``fedinfra-direct``: the same fedinfra round with the sites dialling
+the SuperLink's loopback port directly, as before the Fleet-only nginx proxy; goal
+``proxy-overhead``: the round behind the proxy within 10% of it. ``app-check`` times the
+per-message verification of the FAB against the site's approved, signed releases.
 Seconds per round = (wall time of an R-round run - wall time of a 1-round run) / (R - 1),
 which cancels run start-up (FAB install, ServerApp process start) out of the figure.
 
@@ -143,6 +147,17 @@ def _approve_everywhere(app: Path, kits: Path) -> None:
         approve(record, kits / "sites" / name)
 
 
+def _app_check(kit: Path) -> dict[str, float]:
+    """Seconds to check the fedinfra FAB at a site (digest, record lookup, Ed25519 verify)."""
+    from _common import time_median
+
+    from fedinfra.runtime.appcheck import check_app
+    from fedinfra.runtime.release import build_app_fab
+
+    fab = build_app_fab(REPO / "server").content
+    return time_median(lambda: check_app(fab, kit, None), repeats=200)
+
+
 def _wait(flower_run_id: str, flwr_home: Path) -> None:
     from fedinfra.runtime.deploy import CONNECTION
     from fedinfra.runtime.procs import flower_bin, flower_env
@@ -230,12 +245,12 @@ def main() -> None:
         link = start_superlink(cfg, load_coordinator_transport(root / "kits" / "coordinator"))
         nodes: list[object] = []
 
-        def start_nodes(warm: bool, tag: str) -> None:
+        def start_nodes(warm: bool, tag: str, superlink: str | None = None) -> None:
             for name in SITES:
                 nodes.append(start_supernode(manifests[name], preflight(manifests[name]),
                                              load_site_transport(root / "kits" / "sites" / name),
                                              state_dir=root / f"site-state-{tag}" / name, port=free_port(),
-                                             warm=warm))
+                                             warm=warm, superlink=superlink))
 
         def stop_nodes() -> None:
             while nodes:
@@ -265,6 +280,19 @@ def main() -> None:
                                                  rounds, repeats),
                           label="fedinfra round", against=against)
             report.goal("round-latency", ratio="fedinfra/plain", at_most=1.2)
+            # Issue 12's cost: the same fedinfra round with the sites dialling the SuperLink
+            # directly (as before the Fleet-only proxy), and the per-task app-release check.
+            stop_nodes()
+            start_nodes(warm=True, tag="direct", superlink=link.address)
+            report.baseline("fedinfra-direct", _per_round(lambda r: _time_fedinfra(r, link.flwr_home, root / "runs"),
+                                                          rounds, repeats),
+                            label="fedinfra round, sites dial the SuperLink directly (no proxy)")
+            proxied = {k: v for k, v in report.figures["fedinfra"].items() if k != "label"}
+            report.figure("fedinfra-behind-proxy", proxied,
+                          label="fedinfra round, sites dial the Fleet-only nginx proxy", against=["fedinfra-direct"])
+            report.goal("proxy-overhead", ratio="fedinfra-behind-proxy/fedinfra-direct", at_most=1.1)
+            report.figure("app-check", _app_check(root / "kits" / "sites" / SITES[0]),
+                          label="verifying one FAB against the site's approved releases (per message)", against=[])
             report.save(args.out)
         finally:
             stop_nodes()

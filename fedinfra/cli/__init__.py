@@ -64,6 +64,7 @@ def build_app() -> typer.Typer:
     __import__("fedinfra.cli.client", fromlist=["register"]).register(app)
     __import__("fedinfra.cli.run", fromlist=["register"]).register(app)
     __import__("fedinfra.cli.compliance", fromlist=["register"]).register(app)
+    __import__("fedinfra.cli.runs", fromlist=["register"]).register(app)
     return app
 
 

@@ -15,6 +15,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedinfra.config import JobSpec
+from fedinfra.coordinator.artifacts import RunArtifacts
 from fedinfra.coordinator.events import Reporter
 from fedinfra.coordinator.persist import RunState
 from fedinfra.coordinator.server import Coordinator, CoordinatorSettings
@@ -48,6 +49,7 @@ def make_server_app(
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
         try:
+            RunArtifacts(run_dir).record_flower_run(context.run_id)  # one id per run: Flower's inside it
             outcome["state"] = Coordinator(
                 job, run_id=run_id, run_dir=run_dir, settings=settings, reporter=reporter
             ).run(grid, after)

@@ -17,6 +17,33 @@ from fedinfra.config.names import check_slug
 from fedinfra.coordinator.events import RoundResult
 from fedinfra.types import NDArrays
 
+#: ``metrics.json`` layout version. 2: schema version, timestamps, versions, the job's
+#: hyperparameters and Flower's run ids; per-round figures only under ``rounds``.
+METRICS_SCHEMA_VERSION = 2
+#: The Flower run ids of a fedinfra run (one per submission or resume), oldest first.
+FLOWER_RUNS_FILE = "flower-runs.json"
+_VERSIONED = ("fedinfra", "flwr", "torch", "opacus", "tenseal", "numpy")
+
+
+def component_versions() -> dict[str, str | None]:
+    """Installed versions of fedinfra and the engines a run's figures depend on."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (fsync'd temporary file, then rename)."""
@@ -54,6 +81,20 @@ class RunArtifacts:
         doc = {"run_id": run_id, "job": job.model_dump(mode="json")}
         self.write_json("job.json", doc)
 
+    def flower_run_ids(self) -> list[str]:
+        """Flower's run ids recorded for this run (``flower-runs.json``)."""
+        try:
+            runs = json.loads((self.dir / FLOWER_RUNS_FILE).read_text())
+        except (OSError, ValueError):
+            return []
+        return [str(r) for r in runs] if isinstance(runs, list) else []
+
+    def record_flower_run(self, flower_run_id: int | str) -> None:
+        """Add Flower's run id to ``flower-runs.json``: one fedinfra id per run, Flower's inside it."""
+        runs = self.flower_run_ids()
+        if str(flower_run_id) not in runs:
+            self.write_json(FLOWER_RUNS_FILE, [*runs, str(flower_run_id)])
+
     def write_metrics(
         self,
         run_id: str,
@@ -62,16 +103,31 @@ class RunArtifacts:
         seconds: float,
         extra: dict[str, object] | None = None,
     ) -> dict[str, object]:
-        """Write ``metrics.json`` and return what was written."""
+        """Write ``metrics.json`` (schema :data:`METRICS_SCHEMA_VERSION`) and return what was written.
+
+        Per-round figures appear once, under ``rounds``; ``final_*`` are the run's result.
+        """
+        try:
+            before = json.loads(self.metrics_path.read_text())
+        except (OSError, ValueError):
+            before = {}
+        try:
+            job = json.loads((self.dir / "job.json").read_text()).get("job")
+        except (OSError, ValueError, AttributeError):
+            job = None
         doc: dict[str, object] = {
+            "schema_version": METRICS_SCHEMA_VERSION,
             "run_id": run_id,
+            "flower_run_ids": self.flower_run_ids(),
+            "created_at": before.get("created_at") if isinstance(before, dict) and before.get("created_at") else _now(),
+            "updated_at": _now(),
+            "versions": component_versions(),
+            "job": job,
             "sites": list(sites),
             "rounds": [r.to_json() for r in rounds],
-            "loss": [r.test_loss for r in rounds],
-            "accuracy": [r.test_accuracy for r in rounds],
             "final_accuracy": rounds[-1].test_accuracy if rounds else None,
             "final_loss": rounds[-1].test_loss if rounds else None,
-            "timings": {"total_s": seconds, "round_s": [r.seconds for r in rounds]},
+            "timings": {"total_s": seconds},
         }
         if extra:
             doc.update(extra)

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from fedinfra.config import JobSpec
+from fedinfra.coordinator.artifacts import FLOWER_RUNS_FILE
 from fedinfra.errors import ConfigError, RuntimeLaunchError
 from fedinfra.runtime.deploy import CONNECTION, flwr_cli
 from fedinfra.runtime.procs import flower_bin, flower_env
 
 APP_COMPONENTS = ("fedinfra.runtime.apps:server_app", "fedinfra.runtime.apps:client_app")
-FLOWER_RUNS_FILE = "flower-runs.json"
 
 
 @dataclass(frozen=True)

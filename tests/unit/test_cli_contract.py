@@ -135,11 +135,11 @@ def enumerate_cases(tmp: Path) -> Iterator[Case]:
         for param in params:
             for value in _bad_values(param, regular_file):
                 argv: list[str] = [*path]
-                for other in params:
-                    if other is param or not other.required:
-                        continue
-                    argv += _args(other, _placeholder(other, tmp))
-                argv += _args(param, value)
+                for other in params:  # declaration order: positional arguments stay in place
+                    if other is param:
+                        argv += _args(param, value)
+                    elif other.required:
+                        argv += _args(other, _placeholder(other, tmp))
                 names = tuple(getattr(param, "opts", [])) or (param.human_readable_name,)
                 yield Case(path, param.name or "", value, tuple(argv), names, _has_json_format(command))
 

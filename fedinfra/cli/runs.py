@@ -1,0 +1,199 @@
+"""``fedinfra runs ls|show|compare|stop|logs``: runs as first-class objects.
+
+A run is ``runs/<run-id>/`` (the demo's ``--out`` or ``runs_dir`` in server.toml) and its
+entries in the audit log; Flower's run ids are recorded inside it. Exit codes: 0 done,
+1 a stop that did not take, 2 bad input (unknown run, no runs directory).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from fedinfra.cli._common import OutputFormat, console, fail, guarded, print_json
+
+runs_app = typer.Typer(name="runs", help="List, show, compare, stop and read the logs of runs.", no_args_is_help=True)
+
+_RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", help="Directory of run directories (demo: its --out).")
+_CONFIG = typer.Option(None, "--config", help="server.toml: use its runs_dir (overrides --runs-dir).")
+_FORMAT = typer.Option(OutputFormat.text, "--format", help="text or json.")
+
+
+def _runs_dir(runs_dir: Path, config: Path | None) -> Path:
+    if config is None:
+        return runs_dir
+    from fedinfra.config.server import load_server
+
+    return guarded(lambda: load_server(config)).runs_dir
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+@runs_app.command("ls")
+def ls_cmd(runs_dir: Path = _RUNS_DIR, config: Path | None = _CONFIG, fmt: OutputFormat = _FORMAT) -> None:
+    """One line per run: id, status, mode, rounds, accuracy, epsilon."""
+    from fedinfra.runtime.runstore import list_runs
+
+    where = _runs_dir(runs_dir, config)
+    runs = guarded(lambda: list_runs(where))
+    if fmt is OutputFormat.json:
+        print_json([r.to_dict() | {"mode": r.mode} for r in runs])
+        return
+    table = Table(title=f"runs in {where}")
+    table.add_column("run id", no_wrap=True)
+    for col in ("status", "mode", "rounds", "accuracy", "max ε", "Flower run ids"):
+        table.add_column(col)
+    for r in runs:
+        planned = f"/{r.rounds_planned}" if r.rounds_planned is not None else ""
+        table.add_row(r.run_id, r.status, r.mode, f"{r.rounds_done}{planned}", _fmt(r.final_accuracy),
+                      _fmt(r.epsilon_max, ".3f"), ", ".join(r.flower_run_ids) or "–")
+    console.print(table)
+
+
+@runs_app.command("show")
+def show_cmd(
+    run_id: str = typer.Argument(..., help="The run id (see 'fedinfra runs ls')."),
+    runs_dir: Path = _RUNS_DIR,
+    config: Path | None = _CONFIG,
+    fmt: OutputFormat = _FORMAT,
+) -> None:
+    """Everything the run directory says about one run."""
+    from fedinfra.runtime.runstore import find_run, read_run
+
+    where = _runs_dir(runs_dir, config)
+    info = guarded(lambda: read_run(find_run(where, run_id)))
+    if fmt is OutputFormat.json:
+        print_json(info.to_dict() | {"mode": info.mode})
+        return
+    table = Table(title=f"run {info.run_id}", show_header=False)
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    rows: list[tuple[str, Any]] = [
+        ("status", info.status + (f": {info.error}" if info.error else "")),
+        ("directory", info.run_dir),
+        ("Flower run ids", ", ".join(info.flower_run_ids) or "not recorded"),
+        ("created / updated", f"{info.created_at or '?'} / {info.updated_at or '?'}"),
+        ("scenario", info.scenario or "not recorded"),
+        ("privacy", f"{info.mode} (DP {info.privacy}, secure aggregation {info.secure_aggregation})"),
+        ("rounds", f"{info.rounds_done} of {info.rounds_planned if info.rounds_planned is not None else '?'}"),
+        ("final accuracy / loss", f"{_fmt(info.final_accuracy)} / {_fmt(info.final_loss)}"),
+        ("ε per site", ", ".join(f"{s} {e:.3f}" for s, e in info.epsilon_per_site.items()) or "no DP guarantee"),
+        ("time", f"{_fmt(info.seconds, '.1f')} s"),
+        ("reports", ", ".join(info.reports) or "none"),
+    ]
+    for key, value in rows:
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@runs_app.command("compare")
+def compare_cmd(
+    first: str = typer.Argument(..., help="Run id A."),
+    second: str = typer.Argument(..., help="Run id B (differences are B - A)."),
+    runs_dir: Path = _RUNS_DIR,
+    config: Path | None = _CONFIG,
+    fmt: OutputFormat = _FORMAT,
+) -> None:
+    """Two runs side by side with the difference in accuracy, epsilon, loss and time."""
+    from fedinfra.runtime.runstore import compare, find_run, read_run
+
+    where = _runs_dir(runs_dir, config)
+    a = guarded(lambda: read_run(find_run(where, first)))
+    b = guarded(lambda: read_run(find_run(where, second)))
+    result = compare(a, b)
+    if fmt is OutputFormat.json:
+        print_json(result)
+        return
+    d = result["delta"]
+    table = Table(title=f"{a.run_id} (A) vs {b.run_id} (B)")
+    for col in ("", "A", "B", "B - A"):
+        table.add_column(col)
+    table.add_row("mode", a.mode, b.mode, "")
+    table.add_row("rounds", str(a.rounds_done), str(b.rounds_done), "")
+    table.add_row("final accuracy", _fmt(a.final_accuracy), _fmt(b.final_accuracy), _signed(d["final_accuracy"]))
+    table.add_row("max ε per site", _eps(a), _eps(b), _signed(d["epsilon_max"], ".3f"))
+    table.add_row("final loss", _fmt(a.final_loss), _fmt(b.final_loss), _signed(d["final_loss"]))
+    table.add_row("time (s)", _fmt(a.seconds, ".1f"), _fmt(b.seconds, ".1f"), _signed(d["seconds"], ".1f"))
+    console.print(table)
+
+
+def _eps(r: Any) -> str:
+    return "no DP" if r.epsilon_max is None else f"{r.epsilon_max:.3f}"
+
+
+def _signed(value: float | None, spec: str = ".4f") -> str:
+    return "–" if value is None else format(value, "+" + spec)
+
+
+@runs_app.command("logs")
+def logs_cmd(
+    run_id: str = typer.Argument(..., help="The run id."),
+    lines: int = typer.Option(50, "--tail", min=1, max=100_000, help="Last N lines of each log."),
+    runs_dir: Path = _RUNS_DIR,
+    config: Path | None = _CONFIG,
+    fmt: OutputFormat = _FORMAT,
+) -> None:
+    """The last lines of the run's log files (the audit trail: 'fedinfra audit show STORE --run ID')."""
+    from fedinfra.runtime.runstore import find_run, log_files, tail
+
+    where = _runs_dir(runs_dir, config)
+
+    def read() -> list[dict[str, Any]]:
+        run_dir = find_run(where, run_id)
+        return [{"path": str(p), "lines": tail(p, lines)} for p in log_files(run_dir)]
+
+    logs = guarded(read)
+    if fmt is OutputFormat.json:
+        print_json({"run_id": run_id, "logs": logs})
+        return
+    if not logs:
+        console.print(f"run {run_id} wrote no log file; its audit trail: fedinfra audit show STORE --run {run_id}",
+                      highlight=False, soft_wrap=True)
+        return
+    for log in logs:
+        console.print(f"[bold]==> {log['path']} <==[/]", highlight=False)
+        for line in log["lines"]:
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+@runs_app.command("stop")
+def stop_cmd(
+    run_id: str = typer.Argument(..., help="The run id."),
+    runs_dir: Path = _RUNS_DIR,
+    config: Path = typer.Option(Path("server/server.toml"), "--config", help="server.toml of the running coordinator."),
+    fmt: OutputFormat = _FORMAT,
+) -> None:
+    """Stop a deployed run's Flower runs on the running SuperLink (a finished run is left alone)."""
+    from fedinfra.config.server import load_server
+    from fedinfra.runtime.deploy import read_status
+    from fedinfra.runtime.runstore import find_run, read_run
+    from fedinfra.runtime.submit import stop_stale
+
+    def stop() -> tuple[list[str], str]:
+        cfg = load_server(config)
+        run_dir = find_run(cfg.runs_dir, run_id)
+        info = read_run(run_dir)
+        if info.status == "completed" or info.status.startswith("stopped") or info.status == "failed":
+            return [], info.status
+        if not info.flower_run_ids:
+            return [], "no Flower run recorded (a simulation stops with its process)"
+        flwr_home = Path(read_status(cfg.state_dir)["flwr_home"])
+        return stop_stale(run_dir, flwr_home=flwr_home), info.status
+
+    stopped, status = guarded(stop)
+    if not stopped:
+        fail(f"run {run_id}: nothing to stop ({status})")
+    if fmt is OutputFormat.json:
+        print_json({"run_id": run_id, "stopped_flower_runs": stopped, "status": status})
+    else:
+        console.print(f"run {run_id}: stopped Flower run(s) {', '.join(stopped)}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``runs`` to the root application."""
+    app.add_typer(runs_app)

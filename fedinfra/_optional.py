@@ -26,6 +26,7 @@ EXTRAS: Final[dict[str, tuple[str, ...]]] = {
     "server": ("ray", "sklearn", "scipy", "jinja2", "matplotlib", "weasyprint", "psycopg", "pyarrow"),
     "edge": (),
     "imaging": ("PIL", "pydicom"),
+    "tracking": ("mlflow", "tensorboardX"),
 }
 
 

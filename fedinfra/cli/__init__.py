@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Any
 
 import click
@@ -15,7 +16,23 @@ import typer
 from typer.core import TyperGroup
 
 from fedinfra import __version__
-from fedinfra.cli._common import handle_uncaught, harden_tree, state, wants_json
+from fedinfra.cli._common import configure_logging, handle_uncaught, harden_tree, state, wants_json
+
+
+class LogLevel(StrEnum):
+    """``--log-level``."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class LogFormat(StrEnum):
+    """``--log-format``."""
+
+    text = "text"
+    json = "json"
 
 
 class FedinfraGroup(TyperGroup):
@@ -50,9 +67,14 @@ def build_app() -> typer.Typer:
     def _root(
         version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
         debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+        log_level: LogLevel = typer.Option(LogLevel.warning, "--log-level", help="Level of fedinfra's log records."),
+        log_format: LogFormat = typer.Option(
+            LogFormat.text, "--log-format", help="text, or json (one object per line, for services)."
+        ),
     ) -> None:
         """Fedinfra: federated learning with DP, HE, audit and policy gates."""
         state.debug = debug
+        configure_logging(log_level.value, log_format.value)
 
     demo.register(app)
     __import__("fedinfra.cli.privacy", fromlist=["register"]).register(app)

@@ -14,7 +14,9 @@ strings non-empty, and a path cannot lie under a regular file.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
+import logging
 import math
 import sys
 import traceback
@@ -122,6 +124,44 @@ def guarded(fn: Callable[[], T]) -> T:
         fail(describe_os_error(exc), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)
+
+
+# --- logging: the standard module, text for people, JSON lines for services ------------------
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))) | {"message", "asctime"}
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: ``ts`` (UTC), ``level``, ``logger``, ``message`` and any ``extra=`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as a JSON line."""
+        doc: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        doc.update({k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS and not k.startswith("_")})
+        if record.exc_info and state.debug:
+            doc["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(doc, sort_keys=True, default=str)
+
+
+def configure_logging(level: str = "warning", fmt: str = "text") -> logging.Logger:
+    """Route the ``fedinfra`` loggers to stderr at ``level``, as text or JSON lines."""
+    if level not in LOG_LEVELS:
+        raise typer.BadParameter(f"{level!r} is not one of {', '.join(LOG_LEVELS)}", param_hint="'--log-level'")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonLogFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger("fedinfra")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+    return root
 
 
 # --- the parameter contract, applied to the whole click tree ---------------------------------

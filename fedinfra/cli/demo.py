@@ -16,7 +16,7 @@ from fedinfra._optional import require_extra
 from fedinfra.cli._common import OutputFormat, console, err_console, guarded, open_unit, positive, print_json
 from fedinfra.config import JobSpec, parse_model
 from fedinfra.coordinator.events import RoundResult
-from fedinfra.errors import ConfigError
+from fedinfra.errors import ConfigError, FedinfraError, RuntimeLaunchError
 
 
 class RichReporter:
@@ -361,6 +361,12 @@ def register(app: typer.Typer) -> None:
             reporter = RichReporter(quiet=fmt is OutputFormat.json)
             try:
                 run_simulated(job, run_id=run_id, run_dir=run_dir, reporter=reporter, verbose=verbose)
+            except RuntimeError as exc:
+                if isinstance(exc, FedinfraError):
+                    raise
+                raise RuntimeLaunchError(
+                    f"the simulation engine failed ({exc}); retry, or rerun with --verbose for Flower's and Ray's logs"
+                ) from exc
             finally:
                 reporter.close()
                 shutil.rmtree(run_dir / ".flwr", ignore_errors=True)

@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from fedinfra.cli._common import OutputFormat, console, fail, guarded, print_json
+from fedinfra.errors import ConfigError
 
 runs_app = typer.Typer(name="runs", help="List, show, compare, stop and read the logs of runs.", no_args_is_help=True)
 
@@ -192,6 +193,56 @@ def stop_cmd(
         print_json({"run_id": run_id, "stopped_flower_runs": stopped, "status": status})
     else:
         console.print(f"run {run_id}: stopped Flower run(s) {', '.join(stopped)}", highlight=False)
+
+
+@runs_app.command("track")
+def track_cmd(
+    run_id: str = typer.Argument(..., help="The run id."),
+    mlflow_uri: str | None = typer.Option(
+        None, "--mlflow-uri", help="file:/path (MLflow file store) or http(s)://host:port; default: the job's."
+    ),
+    tensorboard_dir: Path | None = typer.Option(None, "--tensorboard-dir", help="Write TensorBoard scalars here."),
+    experiment: str | None = typer.Option(None, "--experiment", help="MLflow experiment (default: the job's)."),
+    runs_dir: Path = _RUNS_DIR,
+    config: Path | None = _CONFIG,
+    fmt: OutputFormat = _FORMAT,
+) -> None:
+    """Send a run's hyperparameters, per-round and privacy figures and report to MLflow / TensorBoard."""
+    import json
+
+    from fedinfra.config import parse_model
+    from fedinfra.config.job import TrackingSpec
+    from fedinfra.runtime.runstore import find_run
+    from fedinfra.runtime.tracking import track_run
+
+    where = _runs_dir(runs_dir, config)
+
+    def track() -> dict[str, str]:
+        run_dir = find_run(where, run_id)
+        try:
+            declared = json.loads((run_dir / "job.json").read_text())["job"].get("tracking") or {}
+        except (OSError, ValueError, KeyError, AttributeError):
+            declared = {}
+        spec = parse_model(
+            TrackingSpec,
+            {
+                **declared,
+                **({"mlflow_uri": mlflow_uri} if mlflow_uri else {}),
+                **({"tensorboard_dir": str(tensorboard_dir)} if tensorboard_dir else {}),
+                **({"experiment": experiment} if experiment else {}),
+            },
+            "command line / [tracking]",
+        )
+        if not (spec.mlflow_uri or spec.tensorboard_dir):
+            raise ConfigError("no tracking destination: pass --mlflow-uri or --tensorboard-dir, or set [tracking]")
+        return track_run(run_dir, spec)
+
+    result = guarded(track)
+    if fmt is OutputFormat.json:
+        print_json({"run_id": run_id, **result})
+        return
+    for key, value in result.items():
+        console.print(f"{key}: {value}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fedinfra.config._load import StrictModel, load_model
 from fedinfra.config.aggregation import ROBUST_RULES, AggregationSpec
@@ -106,6 +106,28 @@ class CompressionSpec(StrictModel):
     topk_fraction: float | None = Field(default=None, gt=0, le=1)
 
 
+class TrackingSpec(StrictModel):
+    """Optional experiment tracking of a run's figures (``[tracking]``): MLflow and/or TensorBoard.
+
+    Only hyperparameters, per-round figures, privacy figures and the report go out - the
+    same content as ``metrics.json`` and the report, never data. Nothing is sent unless a
+    destination is set here (nothing phones home).
+    """
+
+    mlflow_uri: str | None = Field(
+        default=None, description="file:/path (a local MLflow file store) or http(s)://host:port (a server)"
+    )
+    experiment: str = Field(default="fedinfra", min_length=1, max_length=256)
+    tensorboard_dir: str | None = Field(default=None, min_length=1, description="TensorBoard log directory")
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("file:", "http://", "https://")):
+            raise ValueError("must start with file:, http:// or https://")
+        return value
+
+
 def simulated_site_name(scenario: str, index: int, count: int, devices: int) -> str:
     """Name of simulated site ``index``: the last ``devices`` of ``count`` are edge devices."""
     if scenario != "edge" and index >= count - devices:
@@ -131,6 +153,7 @@ class JobSpec(StrictModel):
     compression: CompressionSpec | None = None
     aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
     policy_packs: list[str] = Field(default_factory=list)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     timeout_s: float = Field(default=600.0, gt=0, description="per-round reply timeout")
 
     @model_validator(mode="after")

@@ -133,6 +133,9 @@ def run_deployed(grid: Grid, run: DeployedRun) -> None:
     def report(run_dir: Path, run_id: str) -> None:
         if run.report_formats:
             write_report(run.store, run_dir, run_id, signer=settings.signer, formats=run.report_formats)
+        from fedinfra.runtime.tracking import track_after_run
+
+        track_after_run(run_dir, run.job.tracking)
 
     run_coordinator(grid, run.job, run_id=run.run_id, run_dir=run.run_dir, settings=settings, after=report)
 

@@ -117,4 +117,7 @@ def run_simulated(
     state = outcome.get("state")
     if not isinstance(state, RunState):
         raise RuntimeLaunchError("the simulated run ended without a result; rerun with --debug for Flower's log")
+    from fedinfra.runtime.tracking import track_after_run
+
+    track_after_run(run_dir, job.tracking)  # after the report, so it goes along as an artifact
     return state

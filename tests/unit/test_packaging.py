@@ -123,10 +123,10 @@ def test_base_install_holds_no_server_only_distribution() -> None:
     assert "torch==2.13.0" in project["dependencies"]  # exact: a range pulls a multi-GB CUDA build
 
 
-def test_all_extra_is_server_plus_edge_plus_imaging_and_edge_is_kept() -> None:
+def test_all_extra_is_server_plus_edge_plus_imaging_plus_tracking_and_edge_is_kept() -> None:
     extras = _pyproject()["project"]["optional-dependencies"]
 
-    assert extras["all"] == ["fedinfra[server,edge,imaging]"]
+    assert extras["all"] == ["fedinfra[server,edge,imaging,tracking]"]
     assert "edge" in extras  # edge/install.sh installs fedinfra[edge]
 
 
@@ -145,6 +145,15 @@ def test_optional_module_map_matches_the_imaging_extra() -> None:
     imaging = _names(_pyproject()["project"]["optional-dependencies"]["imaging"])
 
     assert {"PIL" if n == "pillow" else n for n in imaging} == set(EXTRAS["imaging"])
+
+
+def test_optional_module_map_matches_the_tracking_extra() -> None:
+    from fedinfra._optional import EXTRAS
+
+    tracking = _names(_pyproject()["project"]["optional-dependencies"]["tracking"])
+    modules = {{"mlflow-skinny": "mlflow"}.get(n, n) for n in tracking}
+
+    assert modules == set(EXTRAS["tracking"])
 
 
 def test_makefile_installs_every_extra() -> None:

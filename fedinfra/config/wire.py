@@ -55,6 +55,8 @@ F32 = Annotated[float, Field(allow_inf_nan=False, ge=-F32_MAX, le=F32_MAX)]
 #: A non-negative finite float within float32 range.
 NonNegF32 = Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=F32_MAX)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
+#: A hex SHA-256 digest.
+Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 _DETAIL_KEY = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 
@@ -157,6 +159,9 @@ class TrainInstruction(StrictModel):
     sampled: int = Field(default=1, ge=1, description="sites sampled this round (checked, never trusted)")
     admitted: int = Field(default=0, ge=0, description="size of the admitted set the sample was drawn from")
     evaluate_round: int | None = Field(default=None, ge=1, description="also evaluate the model after this round")
+    model_digest: Digest | None = Field(
+        default=None, description="SHA-256 of the model (HE: the aggregate ciphertext) this instruction is built on"
+    )
 
     @model_validator(mode="after")
     def _evaluate_previous(self) -> TrainInstruction:
@@ -209,6 +214,8 @@ class TrainReport(StrictModel):
     details: BoundedDetails = Field(default_factory=dict)
     evaluation: EvalCounts | None = None
     cosignature: str = Field(default="", max_length=1024, description="the site's cosignature (JSON)")
+    run_id: RunId | None = Field(default=None, description="the run the site answers (the coordinator requires it)")
+    model_digest: Digest | None = Field(default=None, description="SHA-256 of the model the site trained from")
 
 
 class EvalReport(StrictModel):
@@ -227,6 +234,8 @@ class EvalReport(StrictModel):
     count: int = Field(default=0, ge=0, le=MAX_EVAL_COUNT)
     receipts_verified: int = Field(default=0, ge=0, le=MAX_SAFE_INTEGER)
     cosignature: str = Field(default="", max_length=1024, description="the site's cosignature (JSON)")
+    run_id: RunId | None = None
+    model_digest: Digest | None = None
 
     @model_validator(mode="after")
     def _correct_within_count(self) -> EvalReport:

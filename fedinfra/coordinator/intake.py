@@ -82,35 +82,44 @@ def parse_doc(model: type[M], reply: Message) -> M:
         raise Rejected(schema_check(exc, model.__name__)) from None
 
 
-def train_report(reply: Message, *, site: str, rnd: int, declared_examples: int | None) -> TrainReport:
-    """The reply's :class:`TrainReport`, for ``site`` and round ``rnd``.
+def _same_run(report: TrainReport | EvalReport, *, site: str, rnd: int, run_id: str, view: str) -> None:
+    """The report answers this run, this round, as this site, on the model it was sent."""
+    if report.site != site:
+        raise Rejected("report.site:mismatch")
+    if report.run_id != run_id:
+        raise Rejected("report.run_id:mismatch")
+    if report.round != rnd:
+        raise Rejected("report.round:mismatch")
+    if report.status == "ok" and report.model_digest != view:
+        raise Rejected("report.model_digest:mismatch")
+
+
+def train_report(
+    reply: Message, *, site: str, rnd: int, declared_examples: int | None, run_id: str, view: str
+) -> TrainReport:
+    """The reply's :class:`TrainReport`, for ``site``, run ``run_id``, round ``rnd``, model ``view``.
 
     ``num_examples`` weighs the site in FedAvg: it may not exceed the dataset size the site
     declared at admission (``declared_examples``; ``None`` when counts are withheld under
-    HE, where the report must carry 0).
+    HE, where the report must carry 0). A reply built on another model than the digest
+    ``view`` this round's instruction named (a stale or replayed reply) is rejected.
     """
     if reply.has_error():
         raise Rejected("reply.error")
     report = parse_doc(TrainReport, reply)
-    if report.site != site:
-        raise Rejected("report.site:mismatch")
-    if report.round != rnd:
-        raise Rejected("report.round:mismatch")
+    _same_run(report, site=site, rnd=rnd, run_id=run_id, view=view)
     bound = 0 if declared_examples is None else declared_examples
     if report.num_examples > bound:
         raise Rejected("report.num_examples:above_declared")
     return report
 
 
-def eval_report(reply: Message, *, site: str, rnd: int) -> EvalReport:
-    """The reply's :class:`EvalReport` for ``site`` and the model after round ``rnd``."""
+def eval_report(reply: Message, *, site: str, rnd: int, run_id: str, view: str) -> EvalReport:
+    """The reply's :class:`EvalReport` for ``site`` and the model ``view`` after round ``rnd``."""
     if reply.has_error():
         raise Rejected("reply.error")
     report = parse_doc(EvalReport, reply)
-    if report.site != site:
-        raise Rejected("report.site:mismatch")
-    if report.round != rnd:
-        raise Rejected("report.round:mismatch")
+    _same_run(report, site=site, rnd=rnd, run_id=run_id, view=view)
     return report
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedinfra.aggregation.digest import blob_digest, model_digest
 from fedinfra.aggregation.rounds import (
     Aggregator,
     Layout,
@@ -163,6 +164,7 @@ class Coordinator:
         seed = secrets.randbits(128) if job.privacy.mechanism == "user-dp" else job.seed
         self._rng = np.random.default_rng(seed)
         self.trail: AuditTrail | None = None
+        self._digests: dict[int, str] = {}
         self._packs: list[Any] = []
 
     # -- plumbing ----------------------------------------------------------------------
@@ -312,12 +314,28 @@ class Coordinator:
             evaluate_round=evaluate_round,
             admitted=admitted,
             cosign=cosign,
+            model_digest=self._view_digest(state),
         )
         config[DOC] = doc.model_dump_json()
         records[CONFIG] = ConfigRecord(config)
         if (receipts or cosign) and head is not None:
             book.seen_size = head.size
         return RecordDict(records)
+
+    def _view_digest(self, state: RunState) -> str:
+        """The digest every site's instruction names: the model, or (HE) the newest aggregate.
+
+        The same digest the audit log holds as the subject of the last ``aggregation.completed``
+        (see :mod:`fedinfra.aggregation.digest`); cached per round.
+        """
+        cached = self._digests.get(state.round)
+        if cached is None:
+            if self.he and state.round > 0:
+                cached = blob_digest(load_aggregate(self.state_dir, state.round))
+            else:
+                cached = model_digest(state.weights)
+            self._digests = {state.round: cached}
+        return cached
 
     def _delivered(self, state: RunState, site: str) -> None:
         """A site answered: receipts reached it and (HE) it holds the current model."""
@@ -332,7 +350,8 @@ class Coordinator:
         trail = self.trail
         start = time.monotonic()
         sample = self._sample(sites)
-        trail.event("round.started", round=rnd, details={"sites": [s.hello.site for s in sample]})
+        view = self._view_digest(state)
+        trail.event("round.started", round=rnd, details={"sites": [s.hello.site for s in sample], "model_sha256": view})
         by_node = {s.node_id: s for s in sample}
         # HE: the previous round's federated evaluation joins this wave (module docstring).
         evaluate_round = rnd - 1 if self.sites_evaluate and rnd > 1 else None
@@ -375,14 +394,16 @@ class Coordinator:
         for reply in self._send(grid, messages):
             if reply.metadata.src_node_id in evaluators:
                 assert evaluate_round is not None
-                self._eval_reply(reply, evaluators[reply.metadata.src_node_id], evaluate_round, state, tally)
+                self._eval_reply(reply, evaluators[reply.metadata.src_node_id], evaluate_round, state, tally, view)
                 continue
             site = by_node.get(reply.metadata.src_node_id)
             if site is None:
                 continue
             name = site.hello.site
             try:
-                report = intake.train_report(reply, site=name, rnd=rnd, declared_examples=site.hello.num_examples)
+                report = intake.train_report(
+                    reply, site=name, rnd=rnd, declared_examples=site.hello.num_examples, run_id=self.run_id, view=view
+                )
                 self._delivered(state, name)
                 self.witnessing.accept(name, report.cosignature)
                 ev = report.evaluation
@@ -451,6 +472,16 @@ class Coordinator:
                 )
                 book.epsilon_total = total
                 max_eps = max(max_eps, total)
+        for silent in sorted({s.hello.site for s in sample} - set(received) - set(refused)):
+            # No reply within job.timeout_s (a dead or slow-loris site): named, not waited for.
+            check = "reply.timeout"
+            trail.event(
+                "update.rejected",
+                round=rnd,
+                site=silent,
+                outcome="denied",
+                details={"site": silent, "reason": check, "code": "timeout", "check": check},
+            )
         if evaluate_round is not None:
             self._record_evaluation(state, rnd, evaluate_round, tally)
         with _abandon_on_failure(rnd):
@@ -557,12 +588,14 @@ class Coordinator:
             for s in sites
         ]
 
-    def _eval_reply(self, reply: Message, site: Site, rnd: int, state: RunState, tally: _EvalTally) -> None:
+    def _eval_reply(
+        self, reply: Message, site: Site, rnd: int, state: RunState, tally: _EvalTally, view: str
+    ) -> None:
         """Add one site's evaluation counts of round ``rnd``'s model to ``tally``."""
         name = site.hello.site
         assert self.trail is not None
         try:
-            report = intake.eval_report(reply, site=name, rnd=rnd)
+            report = intake.eval_report(reply, site=name, rnd=rnd, run_id=self.run_id, view=view)
             if report.status != "ok":
                 raise intake.Rejected("evaluation.refused")
         except Exception as exc:  # one site's report never ends the run (issue 16)
@@ -585,10 +618,11 @@ class Coordinator:
         """A wave of its own: every site opens the aggregate and evaluates on its test shard."""
         by_node = {s.node_id: s for s in sites}
         tally = _EvalTally()
+        view = self._view_digest(state)
         for reply in self._send(grid, self._eval_messages(state, rnd, sites, phase)):
             site = by_node.get(reply.metadata.src_node_id)
             if site is not None:
-                self._eval_reply(reply, site, rnd, state, tally)
+                self._eval_reply(reply, site, rnd, state, tally, view)
         return tally
 
     def _record_evaluation(self, state: RunState, wave: int, rnd: int, tally: _EvalTally) -> None:

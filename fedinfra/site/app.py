@@ -93,17 +93,27 @@ def _reply(msg: Message, doc: str, blob: bytes | None = None, key: str = HE_UPDA
     return Message(RecordDict({CONFIG: ConfigRecord(values)}), reply_to=msg)
 
 
-def _weights(msg: Message, ctx: SiteContext, instruction: TrainInstruction) -> NDArrays:
-    """The global model: sent in plaintext, or (HE) rebuilt from encrypted aggregates."""
+def _weights(msg: Message, ctx: SiteContext, instruction: TrainInstruction) -> tuple[NDArrays, str | None]:
+    """The global model: sent in plaintext, or (HE) rebuilt from encrypted aggregates.
+
+    Also returns the digest of what was received, checked against the one the instruction
+    names (:mod:`fedinfra.site.views`).
+    """
+    from fedinfra.site.views import check_view, received_digest
+
     base = arrays_to_weights(msg.content.array_records[ARRAYS]) if ARRAYS in msg.content.array_records else None
-    if not ctx.job.secure_aggregation.encrypted:
+    encrypted = ctx.job.secure_aggregation.encrypted
+    aggregates: list[bytes] = []
+    if encrypted:
+        raw = msg.content.config_records[CONFIG].get(HE_AGGREGATES, [])
+        aggregates = [b for b in raw if isinstance(b, bytes)] if isinstance(raw, list) else []
+    digest = received_digest(encrypted=encrypted, base=base, aggregates=aggregates)
+    check_view(instruction, digest)
+    if not encrypted:
         if base is None:
             raise ValueError("plaintext round without the global model")
-        return base
-    cfg = msg.content.config_records[CONFIG]
-    raw = cfg.get(HE_AGGREGATES, [])
-    aggregates = [b for b in raw if isinstance(b, bytes)] if isinstance(raw, list) else []
-    return current_model(ctx, instruction, base, aggregates)
+        return base, digest
+    return current_model(ctx, instruction, base, aggregates), digest
 
 
 def _test_counts(ctx: SiteContext, weights: NDArrays) -> tuple[float, int, int]:
@@ -195,8 +205,12 @@ def train(msg: Message, context: Context) -> Message:
     """Train one round and reply with the protected update, or refuse with a reason."""
     instruction, ctx = _context(msg, context)
     try:
-        weights = _weights(msg, ctx, instruction)
+        weights, digest = _weights(msg, ctx, instruction)
         out = run_round(ctx, instruction, weights, tls=_tls(context), sampled=instruction.sampled)
+        # The coordinator checks both: the reply is for this run and built on the model it sent.
+        out.report = out.report.model_copy(
+            update={"run_id": instruction.run_id, "model_digest": digest or instruction.model_digest}
+        )
         if instruction.evaluate_round is not None:
             # Computed afresh, after run_round (receipts verified, policy checked), and not
             # part of a replayed release: counts only, never the model.
@@ -220,6 +234,7 @@ def train(msg: Message, context: Context) -> Message:
             reason=str(exc)[:240],
             code=refusal_code(exc),
             num_examples=0,
+            run_id=instruction.run_id,
         )
         return _reply(msg, refused.model_dump_json())
     if out.ciphertext is not None:
@@ -246,12 +261,14 @@ def evaluate(msg: Message, context: Context) -> Message:
         verified = verify_and_store(
             instruction.receipts, directory=ctx.receipts_dir(instruction.run_id), verifier_key=ctx.audit_key()
         )
-        weights = _weights(msg, ctx, instruction)
+        weights, digest = _weights(msg, ctx, instruction)
         loss_sum, correct, count = _test_counts(ctx, weights)
         if instruction.phase == "close":
             ctx.home.save_weights(instruction.run_id, "final-model", weights)
     except (FedinfraError, ValueError) as exc:
-        refused = EvalReport(site=ctx.name, round=instruction.round, status="refused", reason=str(exc)[:240])
+        refused = EvalReport(
+            site=ctx.name, round=instruction.round, status="refused", reason=str(exc)[:240], run_id=instruction.run_id
+        )
         return _reply(msg, refused.model_dump_json())
     report = EvalReport(
         site=ctx.name,
@@ -261,5 +278,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         count=count,
         receipts_verified=verified,
         cosignature=cosignature,
+        run_id=instruction.run_id,
+        model_digest=digest or instruction.model_digest,
     )
     return _reply(msg, report.model_dump_json())

@@ -35,7 +35,7 @@ Handler = Callable[[Message, Context], Message | None]
 
 @dataclass
 class Node:
-    """One node of the grid: its handler, its Flower context and how late it answers."""
+    """One node of the grid: its handler, its Flower context and how late it answers TRAIN messages."""
 
     handler: Handler
     context: Context
@@ -77,7 +77,8 @@ class LocalGrid(Grid):
             node = self.nodes[msg.metadata.dst_node_id]
             reply = node.handler(msg, node.context)
             if reply is not None:
-                self._replies[mid] = (time.monotonic() + node.delay_s, reply)
+                late = node.delay_s if msg.metadata.message_type == "train" else 0.0
+                self._replies[mid] = (time.monotonic() + late, reply)
             ids.append(mid)
         return ids
 
@@ -197,7 +198,7 @@ def run_job(
     monkeypatch.setenv(KIT_ROOT_ENV, str(kits / "sites"))
     store = str(run_dir / AUDIT_STORE)
     settings: CoordinatorSettings = settings_from_kit(
-        kits / "coordinator", store=store, tls=False, in_process=True, he=job.secure_aggregation.mode != "none"
+        kits / "coordinator", store=store, tls=False, in_process=True, he=job.secure_aggregation.encrypted
     )
     if resume:
         from dataclasses import replace

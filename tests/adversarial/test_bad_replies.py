@@ -96,6 +96,9 @@ ATTACKS: dict[str, tuple[Malicious, str]] = {
         _doc_attack(evaluation={"round": 1, "loss_sum": 1.0, "correct": 10**10, "count": 1}),
         "evaluation",
     ),
+    "stale run id": (_doc_attack(run_id="an-older-run"), "report.run_id:mismatch"),
+    "built on another model": (_doc_attack(model_digest="0" * 64), "report.model_digest:mismatch"),
+    "no run id": (_doc_attack(run_id=None), "report.run_id:mismatch"),
     "another site's name": (_doc_attack(site="edge-0"), "report.site:mismatch"),
     "wrong round": (_doc_attack(round=7), "report.round:mismatch"),
     "not json": (Malicious(lambda m, r: with_doc(r, "{not json")), "train_report"),
@@ -130,6 +133,7 @@ def _job() -> JobSpec:
 
 #: In the default run: the five ways one reply used to abort the run, and the poisoning ones.
 DEFAULT = {
+    "stale run id",
     "epsilon_total is a string",
     "details integer 2**60",
     "400-digit num_examples",
@@ -176,3 +180,37 @@ def test_a_compressed_update_that_is_no_bytes_or_too_long_is_rejected_before_it_
     rejected = [d for site, d in rejections(out) if site == "edge-3"]
     assert [d["check"] for d in rejected] == [check, check]
     assert [e.type for e in out.entries][-2:] == ["run.completed", "checkpoint.published"]
+
+
+@pytest.mark.parametrize(
+    ("rewrite", "check"), [({}, "report.round:mismatch"), ({"round": 2}, "report.model_digest:mismatch")]
+)
+def test_a_replayed_reply_of_an_earlier_round_is_rejected(
+    rewrite: dict[str, Any], check: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept: list[Message] = []
+
+    def replay(msg: Message, reply: Message) -> Message:
+        if not kept:
+            kept.append(reply)
+            return reply
+        old = kept[0]
+        return with_doc(old, {**doc_of(old), **rewrite})
+
+    out = run_job(tmp_path, _job(), [honest, honest, honest, Malicious(replay)], monkeypatch=monkeypatch)
+
+    assert out.error is None, repr(out.error)
+    rejected = [(e.round, e.details["check"]) for e in out.entries if e.type == "update.rejected"]
+    assert rejected == [(2, check)]
+
+
+def test_a_slow_loris_site_is_named_and_not_waited_for(
+    baseline: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = run_job(tmp_path, _job(), [honest, honest, honest, honest], delays={3: 30.0}, monkeypatch=monkeypatch)
+
+    assert out.error is None, repr(out.error)
+    assert out.state is not None
+    for k, v in baseline.state.weights.items():
+        assert np.array_equal(out.state.weights[k], v), k
+    assert [(s, d["check"]) for s, d in rejections(out)] == [("edge-3", "reply.timeout")] * 2

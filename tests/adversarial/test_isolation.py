@@ -111,3 +111,32 @@ def test_an_abnormal_end_writes_a_signed_run_failed_and_resume_continues_the_run
     rounds = [e.round for e in again.entries if e.type == "aggregation.completed"]
     assert rounds == [1, 2]
     assert [e.type for e in again.entries][-2:] == ["run.completed", "checkpoint.published"]
+
+
+def _lied_to(msg: Message, context: Context) -> Message | None:
+    """A site whose TRAIN messages carry another model than the instruction names (a split view)."""
+    from flwr.app import Array, ArrayRecord, RecordDict
+
+    if msg.metadata.message_type == "train":
+        arrays = {k: v.numpy() + np.float32(0.5) for k, v in msg.content.array_records["arrays"].items()}
+        content = dict(msg.content)
+        content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+        forged = Message(RecordDict(content), dst_node_id=msg.metadata.dst_node_id, message_type="train")
+        forged.metadata.__dict__.update(
+            {k: msg.metadata.__dict__[k] for k in ("_message_id", "_src_node_id", "_run_id")}
+        )
+        msg = forged
+    return honest(msg, context)
+
+
+def test_a_site_sent_another_model_than_the_instruction_names_refuses_to_train(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = run_job(tmp_path, _job(), [honest, honest, honest, _lied_to], monkeypatch=monkeypatch)
+
+    assert out.error is None, repr(out.error)
+    refusals = [(site, d["code"]) for site, d in rejections(out)]
+    assert refusals == [("edge-3", "receipt")] * 2
+    started = [e.details for e in out.entries if e.type == "round.started"]
+    completed = [e.subject.sha256 for e in out.entries if e.type == "aggregation.completed"]
+    assert started[1]["model_sha256"] == completed[0]

@@ -31,7 +31,7 @@ from fedinfra.aggregation.rounds import (
     UpdateRejected,
     register,
 )
-from fedinfra.config.secagg_plan import SecAggPlan, plan
+from fedinfra.config.secagg_plan import SecAggPlan, plan, plan_for_roster
 from fedinfra.config.wire import SECAGG, SECAGG_UPDATE
 from fedinfra.config.wire_secagg import StageReply, StageRequest
 from fedinfra.crypto.quantize import unflatten
@@ -40,8 +40,16 @@ from fedinfra.crypto.secagg import codec as sa_codec
 from fedinfra.errors import CryptoError
 
 
-def plan_for(spec: Any, n: int) -> SecAggPlan:
-    """The plan of a round with ``n`` sites under the job's declared bounds."""
+def plan_for(spec: Any, n: int, roster: int | None = None) -> SecAggPlan:
+    """The plan of a round with ``n`` sampled sites (``roster`` of them advertised keys)."""
+    if roster is not None:
+        return plan_for_roster(
+            n,
+            roster,
+            max_dropouts=spec.max_dropouts,
+            max_colluders=spec.max_colluders,
+            min_contributors=spec.min_contributors,
+        )
     return plan(
         n,
         max_dropouts=spec.max_dropouts,
@@ -83,7 +91,7 @@ class SecAggAggregator(_Base):
         yield Stage("advertise", {s: request for s in self.spec.sites}, self._collect_keys, self._close_keys)
         assert self.roster is not None
         assert self.plan is not None
-        share = StageRequest(stage="share", n=self.plan.n, roster=[tuple(r) for r in self.roster.to_json()])
+        share = StageRequest(stage="share", n=len(self.spec.sites), roster=[tuple(r) for r in self.roster.to_json()])
         doc = share.model_dump_json()
         yield Stage("share", {name: doc for name in self.roster.names}, self._collect_shares, self._close_shares)
 
@@ -95,7 +103,7 @@ class SecAggAggregator(_Base):
 
     def _close_keys(self) -> None:
         names = sorted(self._entries)
-        self.plan = self._plan_or_abandon(len(names), "advertised keys")
+        self.plan = self._plan_or_abandon(len(names), "advertised keys", roster=len(names))
         try:
             self.roster = Roster(tuple(self._entries[n] for n in names))
         except CryptoError as exc:
@@ -116,7 +124,7 @@ class SecAggAggregator(_Base):
         assert self.roster is not None
         assert self.plan is not None
         u2 = sorted(self._boxes)
-        self._plan_or_abandon(len(u2), "shared their secrets", n=self.plan.n)
+        self._plan_or_abandon(len(u2), "shared their secrets", roster=self.plan.n)
         self._unmasker = Unmasker(
             self.plan,
             self.roster,
@@ -128,9 +136,9 @@ class SecAggAggregator(_Base):
             bits=self.bits,
         )
 
-    def _plan_or_abandon(self, count: int, what: str, n: int | None = None) -> SecAggPlan:
+    def _plan_or_abandon(self, count: int, what: str, roster: int) -> SecAggPlan:
         try:
-            p = plan_for(self.sa, n if n is not None else count)
+            p = plan_for(self.sa, len(self.spec.sites), roster)
         except ValueError as exc:
             raise SecAggAbandoned(f"secure aggregation: only {count} sites {what}: {exc}") from exc
         if count < max(p.t, p.min_contributors):
@@ -189,7 +197,8 @@ class SecAggAggregator(_Base):
             raise SecAggAbandoned("secure aggregation: the key stages did not complete; round abandoned")
         u = self._unmasker
         self.survivors = tuple(sorted(u.u3))
-        self.dropped = tuple(sorted(set(u.u2) - set(u.u3)))
+        # Every sampled site whose update is not in the sum, whatever stage it dropped at.
+        self.dropped = tuple(sorted(set(self.spec.sites) - set(u.u3)))
         total = u.finish(self._responses)
         mean, _examples, sites = sa_codec.decode(total, self.sa)
         if sites != len(u.u3):
@@ -199,7 +208,7 @@ class SecAggAggregator(_Base):
 
     def audit_details(self) -> dict[str, object]:
         """Mode, n, t, k, the bounds, the survivors and the dropouts of this round."""
-        out: dict[str, object] = {"mode": self.name}
+        out: dict[str, object] = {"mode": self.name, "sampled": len(self.spec.sites)}
         if self.plan is not None:
             out.update(self.plan.summary())
         out.update(survivors=list(self.survivors), dropped=list(self.dropped))

@@ -93,3 +93,33 @@ def plan(n: int, *, max_dropouts: int, max_colluders: int, min_contributors: int
     if t < 2:
         raise ConfigError(f"secure_aggregation: threshold t={t} below 2 for n={n}; lower max_dropouts")
     return SecAggPlan(n=n, k=k, t=t, max_dropouts=d, max_colluders=c, min_contributors=min_contributors)
+
+
+def plan_for_roster(
+    sampled: int, roster: int, *, max_dropouts: int, max_colluders: int, min_contributors: int
+) -> SecAggPlan:
+    """The plan over the ``roster`` sites that advertised keys, out of ``sampled`` asked.
+
+    Sites missing from the roster already count against the dropout bound: the plan uses
+    ``d' = d - (sampled - roster)`` over ``n' = roster`` sites, which keeps the threshold
+    of the full sample (``t' = n' - d' = n - d`` on the complete graph). A coordinator that
+    overstates ``sampled`` only raises the threshold; more missing sites than the bound
+    refuse the round.
+
+    >>> plan_for_roster(4, 3, max_dropouts=1, max_colluders=1, min_contributors=3).t
+    3
+    """
+    missing = sampled - roster
+    if missing < 0:
+        raise ConfigError(f"secure_aggregation: a roster of {roster} sites is larger than the {sampled} sampled")
+    if missing > max_dropouts:
+        raise ConfigError(
+            f"secure_aggregation: {missing} of {sampled} sampled sites did not advertise keys, more than "
+            f"max_dropouts={max_dropouts}"
+        )
+    return plan(
+        roster,
+        max_dropouts=max_dropouts - missing,
+        max_colluders=max_colluders,
+        min_contributors=min_contributors,
+    )

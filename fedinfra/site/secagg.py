@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context
 
-from fedinfra.config.secagg_plan import SecAggPlan, plan
+from fedinfra.config.secagg_plan import SecAggPlan, plan_for_roster
 from fedinfra.config.wire import TrainInstruction
 from fedinfra.config.wire_secagg import StageReply, StageRequest
 from fedinfra.crypto.quantize import flatten, secure_generator
@@ -29,9 +29,15 @@ from fedinfra.types import NDArrays
 _STATE_KEY = "fedinfra.secagg"
 
 
-def _plan(ctx: SiteContext, n: int) -> SecAggPlan:
+def _plan(ctx: SiteContext, sampled: int, roster: int) -> SecAggPlan:
     sa = ctx.job.secure_aggregation
-    return plan(n, max_dropouts=sa.max_dropouts, max_colluders=sa.max_colluders, min_contributors=sa.min_contributors)
+    return plan_for_roster(
+        sampled,
+        roster,
+        max_dropouts=sa.max_dropouts,
+        max_colluders=sa.max_colluders,
+        min_contributors=sa.min_contributors,
+    )
 
 
 def _load(context: Context, instruction: TrainInstruction) -> SiteSession:
@@ -67,9 +73,9 @@ def handle_stage(context: Context, ctx: SiteContext, instruction: TrainInstructi
     session = _load(context, instruction)
     if request.stage == "share":
         roster = Roster.from_json([list(r) for r in request.roster])
-        p = _plan(ctx, len(roster.entries))
-        if request.n != p.n:
-            raise CryptoError("secure aggregation: the coordinator's n disagrees with the roster")
+        # The site derives (t, k) itself; a coordinator overstating n only raises t.
+        p = _plan(ctx, request.n, len(roster.entries))
+        session.sampled = request.n
         if session.roster is not None:
             raise CryptoError("secure aggregation: this site already shared its secrets for this round")
         boxes, commitment = session.share(p, roster)
@@ -80,7 +86,7 @@ def handle_stage(context: Context, ctx: SiteContext, instruction: TrainInstructi
     if request.stage == "unmask":
         if session.roster is None:
             raise CryptoError("secure aggregation: unmask before share")
-        p = _plan(ctx, len(session.roster.entries))
+        p = _plan(ctx, session.sampled, len(session.roster.entries))
         try:
             shares = session.unmask(p, request.u3)
         except SecAggAbandoned as exc:
@@ -107,7 +113,7 @@ def mask_update(
         raise CryptoError("secure aggregation: mask before share")
     if session.u2:
         raise CryptoError("secure aggregation: this site already masked its input for this round")
-    p = _plan(ctx, len(session.roster.entries))
+    p = _plan(ctx, session.sampled, len(session.roster.entries))
     sa = ctx.job.secure_aggregation
     values, _ = flatten(update)
     weight = 1 if ctx.job.privacy.mechanism == "user-dp" else len(ctx.data.y)

@@ -7,7 +7,7 @@ import pytest
 
 from fedinfra.aggregation.rounds import Reply, RoundSpec, UpdateRejected, start_round
 from fedinfra.config import JobSpec
-from fedinfra.config.secagg_plan import plan
+from fedinfra.config.secagg_plan import plan_for_roster
 from fedinfra.config.wire import SECAGG, SECAGG_UPDATE
 from fedinfra.config.wire_secagg import StageReply, StageRequest
 from fedinfra.crypto.quantize import flatten
@@ -40,8 +40,13 @@ class _Site:
 
     def _plan(self):
         sa = self.job.secure_aggregation
-        n = len(self.session.roster.entries)
-        return plan(n, max_dropouts=sa.max_dropouts, max_colluders=sa.max_colluders, min_contributors=3)
+        return plan_for_roster(
+            self.session.sampled,
+            len(self.session.roster.entries),
+            max_dropouts=sa.max_dropouts,
+            max_colluders=sa.max_colluders,
+            min_contributors=sa.min_contributors,
+        )
 
     def answer(self, document: str) -> str:
         req = StageRequest.model_validate_json(document)
@@ -50,13 +55,10 @@ class _Site:
             return StageReply(stage="advertise", site=self.name, c_pk=e.c_pk.hex(), s_pk=e.s_pk.hex()).model_dump_json()
         if req.stage == "share":
             roster = Roster.from_json([list(r) for r in req.roster])
-            sa = self.job.secure_aggregation
-            p = plan(
-                len(roster.entries),
-                max_dropouts=sa.max_dropouts,
-                max_colluders=sa.max_colluders,
-                min_contributors=sa.min_contributors,
-            )
+            self.session.sampled = req.n
+            self.session.roster = roster
+            p = self._plan()
+            self.session.roster = None
             boxes, commit = self.session.share(p, roster)
             return StageReply(
                 stage="share", site=self.name, boxes={k: v.hex() for k, v in boxes.items()}, commitment=commit.hex()
@@ -81,13 +83,14 @@ class _Site:
         return sa_codec.to_wire(segs, bits)
 
 
-def _round(drop_after_share=(), drop_before_unmask=(), bad_first=None):
+def _round(drop_after_share=(), drop_before_unmask=(), bad_first=None, silent=()):
     job = _job()
     agg = start_round(RoundSpec(run_id="run", round=1, layout=LAYOUT, job=job, sites=SITES))
     sites = {n: _Site(n, job) for n in SITES}
     for stage in agg.stages_before():
         for name, doc in stage.payloads.items():
-            stage.collect(name, sites[name].answer(doc))
+            if name not in silent:
+                stage.collect(name, sites[name].answer(doc))
         stage.close()
     rejected = None
     if bad_first is not None:
@@ -133,6 +136,17 @@ def test_a_site_dropping_after_sharing_is_unmasked_and_named():
     assert np.allclose(out.mean["b"], (0.1 + 0.2 + 0.4) / 3, atol=1e-3)
     assert out.details["dropped"] == ["c"]
     assert out.details["survivors"] == ["a", "b", "d"]
+
+
+def test_a_site_that_never_advertised_counts_against_the_dropout_bound():
+    agg, _ = _round(silent=("d",))
+
+    out = agg.finish()
+
+    assert out.mean is not None
+    assert np.allclose(out.mean["w"], 0.2, atol=1e-3)
+    assert out.details["n"] == 3
+    assert out.details["t"] == 3  # the full sample's threshold is kept
 
 
 def test_a_site_silent_at_unmasking_still_counts_once_t_others_answer():

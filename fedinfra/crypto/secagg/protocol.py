@@ -153,6 +153,8 @@ class SiteSession:
     u2: tuple[str, ...] = ()
     received: dict[str, bytes] = field(default_factory=dict)
     unmasked: bool = False
+    #: Sites the coordinator said it sampled (>= roster size; only raises the threshold).
+    sampled: int = 0
 
     @classmethod
     def start(cls, name: str, *, run_id: str, round_id: int) -> SiteSession:
@@ -265,6 +267,7 @@ class SiteSession:
             "u2": list(self.u2),
             "received": {k: v.hex() for k, v in self.received.items()},
             "unmasked": self.unmasked,
+            "sampled": self.sampled,
         }
         return json.dumps(doc).encode()
 
@@ -283,6 +286,7 @@ class SiteSession:
             tuple(d["u2"]),
             {k: bytes.fromhex(v) for k, v in d["received"].items()},
             bool(d["unmasked"]),
+            int(d.get("sampled", 0)),
         )
 
 

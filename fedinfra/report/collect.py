@@ -65,6 +65,7 @@ from fedinfra.report.model import (
     ReportData,
     RoleRow,
     RoundRow,
+    SecureAggRound,
     SiteBudget,
     VerifyInfo,
 )
@@ -351,6 +352,7 @@ def _controls(records: list[AuditRecord], config: RunConfig, budgets: list[SiteB
         budgets=budgets,
         secure_aggregation=mode,
         secure_aggregation_params=params if mode not in ("none", "not recorded") else {},
+        secure_aggregation_rounds=_secagg_rounds(records),
         tls=tls if isinstance(tls, bool) else None,
         transport=transport,
         audit_log=(
@@ -359,6 +361,32 @@ def _controls(records: list[AuditRecord], config: RunConfig, budgets: list[SiteB
             f"({len(cps)} since this run began)"
         ),
     )
+
+
+def _secagg_rounds(records: list[AuditRecord]) -> list[SecureAggRound]:
+    """Per-round SecAgg figures from ``aggregation.completed`` (issue 13: name n, t, k, survivors)."""
+    out: list[SecureAggRound] = []
+    for r in records:
+        d = r.details
+        if r.type != "aggregation.completed" or d.get("mode") != "secagg" or r.round is None:
+            continue
+        try:
+            out.append(
+                SecureAggRound(
+                    round=r.round,
+                    n=int(d.get("sampled", d.get("n", 0))),
+                    t=int(d["t"]),
+                    k=int(d["k"]),
+                    max_dropouts=int(d["max_dropouts"]),
+                    max_colluders=int(d["max_colluders"]),
+                    min_contributors=int(d["min_contributors"]),
+                    survivors=[str(s) for s in d.get("survivors", [])],
+                    dropped=[str(s) for s in d.get("dropped", [])],
+                )
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
 
 
 def _guarantee(

@@ -136,6 +136,20 @@ class SiteBudget(_Model):
     within_cap: bool | None
 
 
+class SecureAggRound(_Model):
+    """One round's secure-aggregation figures (secagg): who was asked, the threshold, who is in the sum."""
+
+    round: int
+    n: int
+    t: int
+    k: int
+    max_dropouts: int
+    max_colluders: int
+    min_contributors: int
+    survivors: list[str]
+    dropped: list[str]
+
+
 class Controls(_Model):
     """Technical controls in force (GDPR Art. 25, 32; HIPAA 164.312)."""
 
@@ -153,6 +167,9 @@ class Controls(_Model):
     budgets: list[SiteBudget]
     secure_aggregation: str
     secure_aggregation_params: dict[str, Scalar]
+    secure_aggregation_rounds: list[SecureAggRound] = Field(
+        default_factory=list, description="secagg: n, t, k, bounds, survivors and dropouts of every round"
+    )
     tls: bool | None
     transport: str = Field(description="tls, insecure, in-process (simulation: no network link) or not recorded")
     audit_log: str

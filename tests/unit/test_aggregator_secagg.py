@@ -184,3 +184,31 @@ def test_bounds_the_sample_cannot_meet_are_refused_at_job_validation():
         JobSpec.model_validate(
             {"sites": {"count": 4}, "secure_aggregation": {"mode": "secagg", "max_dropouts": 2, "max_colluders": 1}}
         )
+
+
+def test_the_report_names_n_t_k_bounds_and_survivors_of_each_round():
+    from fedinfra.report.collect import _secagg_rounds
+    from fedinfra.report.records import AuditRecord
+
+    agg, _ = _round(drop_after_share=("c",))
+    details = {"mode": "secagg", **agg.finish().details}
+    record = AuditRecord(
+        index=1,
+        seq=1,
+        ts="t",
+        run_id="run",
+        round=1,
+        type="aggregation.completed",
+        actor_kind="coordinator",
+        actor_id="coordinator",
+        actor_key_id=None,
+        outcome="success",
+        subject=None,
+        details=details,
+    )
+
+    (row,) = _secagg_rounds([record])
+
+    assert (row.n, row.t, row.k, row.max_dropouts, row.max_colluders) == (4, 3, 3, 1, 1)
+    assert row.survivors == ["a", "b", "d"]
+    assert row.dropped == ["c"]

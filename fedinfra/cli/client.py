@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -97,6 +98,7 @@ def _sayer(fmt: OutputFormat) -> Callable[..., None]:
     """Status lines as text, or one JSON object per line (``--format json``)."""
 
     def say(event: str, text: str, **fields: object) -> None:
+        logging.getLogger("fedinfra.client").info(text, extra={"event": event, **fields})
         if fmt is OutputFormat.json:
             sys.stdout.write(json.dumps({"event": event, **fields}, sort_keys=True) + "\n")
             sys.stdout.flush()

@@ -338,6 +338,12 @@ def register(app: typer.Typer) -> None:
 
         def _run() -> None:
             require_extra("fedinfra demo")
+            from fedinfra.runtime.env import private_umask
+
+            # The run directory holds the simulation's private keys (kits/: CA key, the
+            # sites' HE secret keys), the audit log, ledgers and models: 0600/0700, as the
+            # services (HIPAA 45 CFR 164.312(a)(1), least privilege).
+            private_umask()
             from fedinfra.coordinator.app import new_run_id
             from fedinfra.runtime.simulation import AUDIT_STORE, run_simulated
 
@@ -374,8 +380,12 @@ def register(app: typer.Typer) -> None:
             metrics = json.loads((run_dir / "metrics.json").read_text())
             reports = sorted(str(p) for p in run_dir.glob("report-*"))
             metrics["reports"] = reports
-            if caveats:
-                metrics["warnings"] = caveats
+            keys_note = (
+                f"{run_dir / 'kits'} holds this simulation's private keys (CA key, the sites' HE secret keys); "
+                "keep the run directory private (it is 0700) or delete kits/ when done"
+            )
+            caveats = [*caveats, keys_note]
+            metrics["warnings"] = caveats
             if fmt is OutputFormat.json:
                 print_json(metrics)
                 return
@@ -386,6 +396,7 @@ def register(app: typer.Typer) -> None:
             )
             for path in reports:
                 console.print(f"report: {path}", soft_wrap=True)
+            err_console.print(f"[yellow]note:[/] {escape(keys_note)}", highlight=False, soft_wrap=True)
             console.print(f"verify the audit trail: fedinfra audit verify {run_dir / AUDIT_STORE}", soft_wrap=True)
 
         guarded(_run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -58,6 +59,7 @@ def _serve(link: object, fmt: OutputFormat) -> None:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     def say(event: str, text: str, **fields: object) -> None:
+        logging.getLogger("fedinfra.server").info(text, extra={"event": event, **fields})
         if fmt is OutputFormat.json:
             print_json({"event": event, **fields})
         else:

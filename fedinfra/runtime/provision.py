@@ -42,6 +42,10 @@ SERVER_KEY_FILE = "superlink.key"
 NODE_KEY_FILE = "supernode_auth.key"
 NODE_PUB_FILE = "supernode_auth.pub"
 AUDIT_KEY_FILE = "audit_signing.key"
+#: The audit log's public verifier key as a file, for ``fedinfra audit verify --public-key``
+#: (C2SP signed-note verifier key text); every kit holds it (issue 18: the documented
+#: verify step needs a key file).
+AUDIT_VKEY_FILE = "audit.vkey"
 README_FILE = "README.md"
 
 
@@ -93,7 +97,8 @@ def add_transport_part(
         "key_file": SERVER_KEY_FILE,
         "address": coord.address,
     }
-    c.tables["audit"] = {"key_file": AUDIT_KEY_FILE, "vkey": audit.vkey}
+    c.files[AUDIT_VKEY_FILE] = ((audit.vkey + "\n").encode(), False)
+    c.tables["audit"] = {"key_file": AUDIT_KEY_FILE, "vkey": audit.vkey, "vkey_file": AUDIT_VKEY_FILE}
     auth_files: dict[str, str] = {}
     verify: dict[str, str] = dict(c.tables.get("he.site_keys", {}))
     for site, kit in kits.sites.items():
@@ -107,7 +112,8 @@ def add_transport_part(
         kit.files[NODE_PUB_FILE] = (node_public, False)
         kit.tables["tls"] = {"ca_file": CA_FILE, "superlink": coord.address}
         kit.tables["supernode"] = {"auth_key_file": NODE_KEY_FILE, "auth_public_file": NODE_PUB_FILE}
-        kit.tables["audit"] = {"vkey": audit.vkey}
+        kit.files[AUDIT_VKEY_FILE] = ((audit.vkey + "\n").encode(), False)
+        kit.tables["audit"] = {"vkey": audit.vkey, "vkey_file": AUDIT_VKEY_FILE}
         if requests is not None:
             verify[site] = str(requests[site]["signing_public_key"])
         elif SIGNING_FILE not in kit.files:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import shutil
 import subprocess
 import threading
 import time
@@ -94,6 +96,29 @@ def test_demo_runs_two_rounds_on_loopback_and_writes_artifacts(fedinfra_bin: str
         [fedinfra_bin, "audit", "verify", str(run_dir / "audit.sqlite")], capture_output=True, text=True, check=False
     )
     assert verify.returncode == 0, verify.stderr
+    # Every artifact with data or keys is private (issue 18): files 0600, directories 0700.
+    loose = [
+        f"{p.relative_to(run_dir)} {p.stat().st_mode & 0o777:o}"
+        for p in [run_dir, *run_dir.rglob("*")]
+        if not p.is_symlink() and p.stat().st_mode & 0o077
+    ]
+    assert loose == []
+    assert any("private keys" in w for w in metrics["warnings"])
+    # One verdict: an in-process simulation is "completed with findings" (no TLS, no node keys),
+    # and the report's HIPAA table and findings say the same; pages 1-3 as PNG in the test output.
+    report = json.loads((run_dir / f"report-{metrics['run_id']}.json").read_text())
+    assert report["verdict"]["status"] == "completed with findings"
+    hipaa = {row["ref"]: row["status"] for row in report["hipaa"]}
+    assert hipaa["164.312(e)(1)"] == "not met"
+    tls_rule = next(g for g in report["finding_grid"] if g["rule_id"] == "hipaa.transmission-security")
+    assert "pass" not in tls_rule["cells"].values()
+    if shutil.which("pdftoppm"):
+        out_dir = Path(os.environ.get("FEDINFRA_TEST_OUTPUT", tmp_path))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pdf = run_dir / f"report-{metrics['run_id']}.pdf"
+        subprocess.run(["pdftoppm", "-r", "60", "-f", "1", "-l", "3", "-png", str(pdf), str(out_dir / "demo-report")],
+                       check=True)
+        assert len(list(out_dir.glob("demo-report-*.png"))) == 3
 
 
 def test_demo_without_protection_is_refused_by_policy_and_audited(fedinfra_bin: str, tmp_path: Path) -> None:

@@ -36,23 +36,48 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
 
 
 @runs_app.command("ls")
-def ls_cmd(runs_dir: Path = _RUNS_DIR, config: Path | None = _CONFIG, fmt: OutputFormat = _FORMAT) -> None:
-    """One line per run: id, status, mode, rounds, accuracy, epsilon."""
-    from fedinfra.runtime.runstore import list_runs
+def ls_cmd(
+    runs_dir: Path = _RUNS_DIR,
+    config: Path | None = _CONFIG,
+    store: str | None = typer.Option(
+        None, "--store", help="Also read the consortium's audit log (default with --config: its audit_store)."
+    ),
+    access_log: Path | None = typer.Option(None, "--access-log", help="Where the read of --store is recorded."),
+    fmt: OutputFormat = _FORMAT,
+) -> None:
+    """One line per run: id, status (directory and audit log), mode, rounds, accuracy, epsilon."""
+    from fedinfra.runtime.runstore import list_runs, merge_log, runs_in_log
 
     where = _runs_dir(runs_dir, config)
-    runs = guarded(lambda: list_runs(where))
+    if store is None and config is not None:
+        from fedinfra.config.server import load_server
+
+        store = guarded(lambda: load_server(config)).audit_store
+
+    def read() -> list[Any]:
+        runs = list_runs(where) if where.is_dir() or store is None else []
+        if store is None:
+            return runs
+        from fedinfra.cli.audit import _record_read
+
+        target: str | Path = store if "://" in store else Path(store)
+        _record_read(target, access_log, "runs ls", None, {})  # PCI DSS 10.2.1.3: the read is logged first
+        return merge_log(runs, runs_in_log(target))
+
+    runs = guarded(read)
     if fmt is OutputFormat.json:
         print_json([r.to_dict() | {"mode": r.mode} for r in runs])
         return
     table = Table(title=f"runs in {where}")
     table.add_column("run id", no_wrap=True)
-    for col in ("status", "mode", "rounds", "accuracy", "max ε", "Flower run ids"):
+    logged = store is not None
+    for col in ("status", *(["audit log"] if logged else []), "mode", "rounds", "accuracy", "max ε", "Flower run ids"):
         table.add_column(col)
     for r in runs:
         planned = f"/{r.rounds_planned}" if r.rounds_planned is not None else ""
-        table.add_row(r.run_id, r.status, r.mode, f"{r.rounds_done}{planned}", _fmt(r.final_accuracy),
-                      _fmt(r.epsilon_max, ".3f"), ", ".join(r.flower_run_ids) or "–")
+        table.add_row(r.run_id, r.status, *([r.audit_status or "–"] if logged else []), r.mode,
+                      f"{r.rounds_done}{planned}", _fmt(r.final_accuracy), _fmt(r.epsilon_max, ".3f"),
+                      ", ".join(r.flower_run_ids) or "–")
     console.print(table)
 
 

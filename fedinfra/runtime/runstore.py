@@ -44,6 +44,7 @@ class RunInfo:
     seconds: float | None = None
     error: str | None = None
     reports: list[str] = field(default_factory=list)
+    audit_status: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form (``--format json``)."""
@@ -142,6 +143,45 @@ def find_run(runs_dir: Path, run_id: str) -> Path:
         hint = f"known: {', '.join(known[-5:])}" if known else "there are none"
         raise ConfigError(f"run {run_id!r}: no such run in {runs_dir} ({hint}); list them with 'fedinfra runs ls'")
     return candidate
+
+
+_LOG_STATUS = {"run.created": "started", "run.completed": "completed", "run.failed": "failed"}
+
+
+def runs_in_log(target: str | Path) -> dict[str, tuple[str, str]]:
+    """``run id -> (status, first timestamp)`` from the audit log's run.created/completed/failed entries.
+
+    The consortium's log is the record of every run, including runs whose directory is gone
+    or lives on another host. Opened read-only; the caller records the read (PCI DSS 10.2.1.3).
+    """
+    from fedinfra.audit import AuditLog
+
+    found: dict[str, tuple[str, str]] = {}
+    with AuditLog.open(target, readonly=True) as log:
+        for kind in _LOG_STATUS:  # created first: a later completed/failed overrides its status
+            for entry in log.entries(type=kind):
+                if entry.run_id is None:
+                    continue
+                first = found.get(entry.run_id, ("", entry.ts))[1]
+                found[entry.run_id] = (_LOG_STATUS[kind], str(first))
+    return found
+
+
+def merge_log(runs: list[RunInfo], logged: dict[str, tuple[str, str]]) -> list[RunInfo]:
+    """Runs from directories with the log's status, plus the runs only the log knows."""
+    import dataclasses
+
+    by_id = {r.run_id: dataclasses.replace(r, audit_status=logged.get(r.run_id, ("not in the log", ""))[0])
+             for r in runs}
+    for run_id, (status, ts) in logged.items():
+        if run_id not in by_id:
+            by_id[run_id] = RunInfo(
+                run_id=run_id, run_dir="", status="no run directory here", flower_run_ids=[], created_at=ts,
+                updated_at=None, scenario=None, privacy="not recorded", secure_aggregation="not recorded",
+                rounds_planned=None, rounds_done=0, final_accuracy=None, final_loss=None, epsilon_max=None,
+                audit_status=status,
+            )
+    return [by_id[k] for k in sorted(by_id)]
 
 
 def compare(a: RunInfo, b: RunInfo) -> dict[str, Any]:

@@ -142,3 +142,30 @@ def test_runs_stop_of_a_finished_run_is_refused(runs: Path, tmp_path: Path, caps
 
     assert code == 2
     assert "nothing to stop (completed)" in err
+
+
+def test_runs_ls_reads_the_consortium_audit_log_too(
+    runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedinfra.audit import Actor, AuditLog
+    from fedinfra.audit.note import Signer
+
+    store = tmp_path / "audit.sqlite"
+    coord = Actor(kind="coordinator", id="coordinator")
+    with AuditLog.open(store, origin="fedinfra.test", signer=Signer.generate("fedinfra.test")) as log:
+        for run_id, end in ((DP, "run.completed"), (DPHE, None), ("20260301T080000Z-cccccccccccc", "run.failed")):
+            log.append(run_id=run_id, round=None, type="run.created", actor=coord, outcome="success", details={})
+            if end:
+                log.append(run_id=run_id, round=None, type=end, actor=coord, outcome="success", details={})
+        log.publish_checkpoint(run_id=DP)
+
+    code, out, err = cli(capsys, "runs", "ls", "--runs-dir", str(runs), "--store", str(store), "--format", "json")
+
+    assert code == 0, err
+    listed = {r["run_id"]: (r["status"], r["audit_status"]) for r in json.loads(out)}
+    assert listed == {
+        "20260301T080000Z-cccccccccccc": ("no run directory here", "failed"),
+        DP: ("completed", "completed"),
+        DPHE: ("completed", "started"),
+    }
+    assert "runs ls" in (tmp_path / "audit.sqlite.reads.jsonl").read_text()  # the read was recorded first

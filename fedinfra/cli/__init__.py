@@ -85,6 +85,7 @@ def build_app() -> typer.Typer:
     __import__("fedinfra.cli.server", fromlist=["register"]).register(app)
     __import__("fedinfra.cli.client", fromlist=["register"]).register(app)
     __import__("fedinfra.cli.run", fromlist=["register"]).register(app)
+    __import__("fedinfra.cli.simulate", fromlist=["register"]).register(app)
     __import__("fedinfra.cli.compliance", fromlist=["register"]).register(app)
     __import__("fedinfra.cli.runs", fromlist=["register"]).register(app)
     return app

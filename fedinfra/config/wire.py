@@ -175,6 +175,16 @@ class TrainInstruction(StrictModel):
 #: Upper bound on a site's reported test-shard size: larger counts are treated as invalid.
 MAX_EVAL_COUNT = 100_000_000
 
+#: A task's evaluation sums (fedinfra.task.metrics): at most 16 named vectors of 4,096
+#: non-negative finite numbers - counts, confusion cells, score histograms, error sums.
+MetricSums = Annotated[
+    dict[
+        Annotated[str, Field(max_length=32, pattern=r"^[a-z_]+$")],
+        Annotated[list[NonNegF32], Field(max_length=4096)],
+    ],
+    Field(max_length=16),
+]
+
 
 class EvalCounts(StrictModel):
     """A site's evaluation of one round's global model: sums only, no records.
@@ -188,6 +198,7 @@ class EvalCounts(StrictModel):
     loss_sum: NonNegF32
     correct: int = Field(ge=0, le=MAX_EVAL_COUNT)
     count: int = Field(ge=0, le=MAX_EVAL_COUNT)
+    sums: MetricSums = Field(default_factory=dict, description="the task's metric sums")
 
     @model_validator(mode="after")
     def _correct_within_count(self) -> EvalCounts:
@@ -233,6 +244,7 @@ class EvalReport(StrictModel):
     correct: int = Field(default=0, ge=0, le=MAX_EVAL_COUNT)
     count: int = Field(default=0, ge=0, le=MAX_EVAL_COUNT)
     receipts_verified: int = Field(default=0, ge=0, le=MAX_SAFE_INTEGER)
+    sums: MetricSums = Field(default_factory=dict, description="the task's metric sums")
     cosignature: str = Field(default="", max_length=1024, description="the site's cosignature (JSON)")
     run_id: RunId | None = None
     model_digest: Digest | None = None

@@ -108,12 +108,26 @@ class _EvalTally:
     correct: int = 0
     count: int = 0
     sites: list[str] = field(default_factory=list)
+    sums: list[Mapping[str, list[float]]] = field(default_factory=list)
 
-    def add(self, site: str, loss_sum: float, correct: int, count: int) -> None:
+    def add(
+        self, site: str, loss_sum: float, correct: int, count: int, sums: Mapping[str, list[float]] | None = None
+    ) -> None:
         self.loss_sum += loss_sum
         self.correct += correct
         self.count += count
         self.sites.append(site)
+        if sums:
+            self.sums.append(sums)
+
+    def metrics(self, kind: Any) -> dict[str, float]:
+        """The task's metrics from the sites' sums (fedinfra.task.metrics); {} when none agree."""
+        from fedinfra.task.metrics import add_sums, finalize
+
+        try:
+            return finalize(kind, add_sums(self.sums)) if self.sums else {}
+        except (ValueError, KeyError, IndexError):
+            return {}
 
     def result(self) -> tuple[float, float]:
         """(test loss, test accuracy); NaN when no site reported."""
@@ -154,6 +168,7 @@ class Coordinator:
         self.num_features = self.task.expected_features()
         # Without a reference set the sites evaluate each round's model, as under HE.
         self.sites_evaluate = self.he or self.reference is None
+        self._metrics: dict[str, float | None] = {}
         self.gate = GateContext(
             tls=settings.tls, in_process=settings.in_process, audit_retention_days=settings.audit_retention_days
         )
@@ -408,7 +423,7 @@ class Coordinator:
                 self.witnessing.accept(name, report.cosignature)
                 ev = report.evaluation
                 if evaluate_round is not None and ev is not None and ev.round == evaluate_round:
-                    tally.add(name, ev.loss_sum, ev.correct, ev.count)
+                    tally.add(name, ev.loss_sum, ev.correct, ev.count, ev.sums)
                 if report.status != "ok":
                     refused[name] = report.code or "error"
                     trail.event(
@@ -564,7 +579,7 @@ class Coordinator:
             replies=count,
             refused=len(refused),
             seconds=time.monotonic() - start,
-            details={"epsilon_max": max_eps},
+            details={"epsilon_max": max_eps, **({"metrics": self._metrics} if aggregate is None else {})},
         )
         state.results.append(result)
         state.rng = dict(self._rng.bit_generator.state)
@@ -610,7 +625,7 @@ class Coordinator:
             return
         self._delivered(state, name)
         self.witnessing.accept(name, report.cosignature)
-        tally.add(name, report.loss_sum, report.correct, report.count)
+        tally.add(name, report.loss_sum, report.correct, report.count, report.sums)
 
     def _federated_eval(
         self, grid: Grid, rnd: int, sites: list[Site], state: RunState, phase: str = "evaluate"
@@ -633,8 +648,12 @@ class Coordinator:
         """
         assert self.trail is not None
         loss, acc = tally.result()
+        metrics = _finite(tally.metrics(self.task.kind))
         state.results = [
-            dataclasses.replace(r, test_loss=loss, test_accuracy=acc) if r.round == rnd else r for r in state.results
+            dataclasses.replace(r, test_loss=loss, test_accuracy=acc, details={**r.details, "metrics": metrics})
+            if r.round == rnd
+            else r
+            for r in state.results
         ]
         self.trail.event(
             "evaluation.completed",
@@ -644,6 +663,7 @@ class Coordinator:
                 "test_loss": None if math.isnan(loss) else loss,
                 "test_accuracy": None if math.isnan(acc) else acc,
                 "examples": tally.count,
+                "metrics": metrics,
                 "sites": sorted(tally.sites),
                 "mode": self.job.secure_aggregation.mode,
             },
@@ -667,11 +687,12 @@ class Coordinator:
         """(loss, accuracy) on the reference test set; NaN without one (sites evaluate)."""
         if self.reference is None:
             return float("nan"), float("nan")
-        from fedinfra.task.metrics import evaluate_sums
+        from fedinfra.task.metrics import evaluate_sums, finalize
 
         model, _ = job_model(self.job, self.task)
         set_weights(model, weights)
         sums = evaluate_sums(self.task, model, self.reference.x_test, self.reference.y_test)
+        self._metrics = _finite(finalize(self.task.kind, sums))
         n = float(sums["count"][0])
         correct = float(sums["correct"][0]) if "correct" in sums else float("nan")
         return float(sums["loss"][0]) / n, correct / n
@@ -826,7 +847,16 @@ class Coordinator:
             },
         )
         final = trail.checkpoint(state.round)
+        from fedinfra.task.metrics import HEADLINE
+
+        final_metrics = _finite(tally.metrics(self.task.kind)) if self.sites_evaluate else self._metrics
         extra: dict[str, object] = {
+            "task": {
+                "ref": self.job.task.ref if self.job.task is not None else "fedinfra.task.builtin:TabularTask",
+                "kind": self.task.kind,
+                "headline": HEADLINE[self.task.kind],
+                "metrics": final_metrics,
+            },
             "final_checkpoint": {"tree_size": final.size, "note": final.note},
             "stop_reason": stop,
             "privacy": privacy_summary(
@@ -860,6 +890,11 @@ def _abandon_on_failure(rnd: int) -> Iterator[None]:
         yield
     except SecAggAbandoned as exc:
         raise PolicyViolation(f"round {rnd} abandoned, nothing released: {exc}") from exc
+
+
+def _finite(metrics: Mapping[str, float]) -> dict[str, float | None]:
+    """Metrics for JSON and the audit log: NaN (undefined, e.g. AUC of one class) as null."""
+    return {k: None if math.isnan(v) else v for k, v in metrics.items()}
 
 
 class _BudgetExhausted(Exception):

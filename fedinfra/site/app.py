@@ -116,19 +116,19 @@ def _weights(msg: Message, ctx: SiteContext, instruction: TrainInstruction) -> t
     return current_model(ctx, instruction, base, aggregates), digest
 
 
-def _test_counts(ctx: SiteContext, weights: NDArrays) -> tuple[float, int, int]:
-    """Evaluate ``weights`` on the local test shard: (loss sum, correct, count) - sums only."""
+def _test_counts(ctx: SiteContext, weights: NDArrays) -> tuple[float, int, int, dict[str, list[float]]]:
+    """Evaluate ``weights`` on the local test shard: (loss sum, correct, count, task sums) - sums only."""
     from fedinfra.site.tasks import job_model, job_task
     from fedinfra.task.metrics import evaluate_sums
 
     tx, ty = ctx.data.test_x, ctx.data.test_y
     if tx is None or ty is None or len(ty) == 0:
-        return 0.0, 0, 0
+        return 0.0, 0, 0, {}
     model, _ = job_model(ctx.job)
     set_weights(model, weights)
     sums = evaluate_sums(job_task(ctx.job), model, tx, ty)
     correct = int(np.rint(sums["correct"][0])) if "correct" in sums else 0
-    return float(sums["loss"][0]), correct, len(ty)
+    return float(sums["loss"][0]), correct, len(ty), {k: [float(v) for v in a] for k, a in sums.items()}
 
 
 @app.query()
@@ -214,9 +214,9 @@ def train(msg: Message, context: Context) -> Message:
         if instruction.evaluate_round is not None:
             # Computed afresh, after run_round (receipts verified, policy checked), and not
             # part of a replayed release: counts only, never the model.
-            loss_sum, correct, count = _test_counts(ctx, weights)
+            loss_sum, correct, count, sums = _test_counts(ctx, weights)
             evaluation = EvalCounts(
-                round=instruction.evaluate_round, loss_sum=max(0.0, loss_sum), correct=correct, count=count
+                round=instruction.evaluate_round, loss_sum=max(0.0, loss_sum), correct=correct, count=count, sums=sums
             )
             out.report = out.report.model_copy(update={"evaluation": evaluation})
         if ctx.job.secure_aggregation.masked:
@@ -262,7 +262,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             instruction.receipts, directory=ctx.receipts_dir(instruction.run_id), verifier_key=ctx.audit_key()
         )
         weights, digest = _weights(msg, ctx, instruction)
-        loss_sum, correct, count = _test_counts(ctx, weights)
+        loss_sum, correct, count, sums = _test_counts(ctx, weights)
         if instruction.phase == "close":
             ctx.home.save_weights(instruction.run_id, "final-model", weights)
     except (FedinfraError, ValueError) as exc:
@@ -276,6 +276,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         loss_sum=loss_sum,
         correct=correct,
         count=count,
+        sums=sums,
         receipts_verified=verified,
         cosignature=cosignature,
         run_id=instruction.run_id,

@@ -24,10 +24,30 @@ FIXED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 ABOVE = 1e-9  # far above float noise, far below any meaningful epsilon
 
 
-def _reserve(book: PrivacyLedger, run: str, eps: float, *, run_cap: float, lifetime_cap: float, rnd: int = 1,
-             delta: float = 1e-6, delta_cap: float | None = None) -> None:
-    book.reserve(run_id=run, round=rnd, mechanism="dp-sgd", accountant="rdp", params={}, epsilon=eps,
-                 delta=delta, dataset_fingerprint=FP, run_cap=run_cap, lifetime_cap=lifetime_cap, delta_cap=delta_cap)
+def _reserve(
+    book: PrivacyLedger,
+    run: str,
+    eps: float,
+    *,
+    run_cap: float,
+    lifetime_cap: float,
+    rnd: int = 1,
+    delta: float = 1e-6,
+    delta_cap: float | None = None,
+) -> None:
+    book.reserve(
+        run_id=run,
+        round=rnd,
+        mechanism="dp-sgd",
+        accountant="rdp",
+        params={},
+        epsilon=eps,
+        delta=delta,
+        dataset_fingerprint=FP,
+        run_cap=run_cap,
+        lifetime_cap=lifetime_cap,
+        delta_cap=delta_cap,
+    )
 
 
 @pytest.fixture

@@ -96,8 +96,9 @@ def test_a_split_view_is_refused_once_the_site_holds_a_checkpoint(tmp_path: Path
     fork = _log(tmp_path / "b.db", signer, rounds=3, site="site-z")  # same key, different history
 
     with pytest.raises(VerificationError):
-        verify_and_store([fork.receipt(5, since=honest.size).to_json()], directory=tmp_path / "r",
-                         verifier_key=signer.verifier)
+        verify_and_store(
+            [fork.receipt(5, since=honest.size).to_json()], directory=tmp_path / "r", verifier_key=signer.verifier
+        )
     assert current_size(tmp_path / "r", signer.verifier) == honest.size
     honest.close()
     fork.close()

@@ -56,7 +56,11 @@ def test_the_reserved_epsilon_composes_every_round_so_far(tmp_path: Path, rnd: i
     _, details = _user_level(ctx, {"w": np.ones(3, dtype=np.float32)}, _instruction(ctx, rnd), SITES)
 
     expected = user_level_epsilon(
-        noise_multiplier=Z, sites_per_round=SITES, total_sites=SITES, rounds=rnd, delta=ctx.job.privacy.delta,
+        noise_multiplier=Z,
+        sites_per_round=SITES,
+        total_sites=SITES,
+        rounds=rnd,
+        delta=ctx.job.privacy.delta,
         accountant="rdp",
     )
     assert details["epsilon_total"] == pytest.approx(expected)

@@ -1,0 +1,218 @@
+"""The coordinator's admission, without processes: a fake Grid carries real Flower Messages.
+
+The grid replaces only the transport (SuperLink + SuperNodes); every message the
+coordinator builds is a real ``flwr.app.Message`` and every reply a real reply to it, so
+admission, identity binding and the site gate run exactly as in a deployment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from fedinfra.audit import AuditLog, Signer
+from fedinfra.config import JobSpec
+from fedinfra.config.wire import CONFIG, DOC, SiteHello
+from fedinfra.coordinator.server import Coordinator, CoordinatorSettings
+from fedinfra.coordinator.trail import AuditTrail
+from fedinfra.errors import PolicyViolation
+from fedinfra.policy import load_packs
+from fedinfra.policy.scan import scan_table
+from fedinfra.site.simulated import simulated_manifest
+
+Answer = Callable[[Message], Message]
+
+
+@dataclass
+class _NodeInfo:
+    node_id: int
+    name: str
+    public_key: bytes = b""
+
+
+class FakeGrid:
+    """Delivers each pushed message to its node's handler and queues the real reply."""
+
+    def __init__(self, handlers: dict[int, Answer], names: dict[int, str] | None = None) -> None:
+        self.handlers = handlers
+        self.names = names or {}
+        self.replies: dict[str, Message] = {}
+        self.sent: list[Message] = []
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.handlers)
+
+    def get_nodes(self) -> Iterable[_NodeInfo]:
+        return [_NodeInfo(n, self.names.get(n, "")) for n in self.handlers]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid4())  # what Flower's grids do on push
+            self.sent.append(msg)
+            self.replies[msg.metadata.message_id] = self.handlers[msg.metadata.dst_node_id](msg)
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+
+
+def _job() -> JobSpec:
+    return JobSpec.model_validate(
+        {"scenario": "hospital", "purpose": "medical-research", "rounds": 1, "sites": {"count": 3, "min_sites": 2}}
+    )
+
+
+def _hello(job: JobSpec, site: str, **changes: object) -> SiteHello:
+    scan = scan_table({"x": ["1.5", "2.5", "3.5"], "label": ["0", "1", "0"]})
+    doc = {
+        "site": site,
+        "num_examples": 100,
+        "num_features": 30,
+        "dataset_fingerprint": "sha256:" + "ab" * 32,
+        "manifest": simulated_manifest(job, site).model_dump(mode="json"),
+        "scan": scan.model_dump(mode="json"),
+        **changes,
+    }
+    return SiteHello.model_validate(doc)
+
+
+def _answers(hello: SiteHello) -> Answer:
+    def answer(msg: Message) -> Message:
+        return Message(RecordDict({CONFIG: ConfigRecord({DOC: hello.model_dump_json()})}), reply_to=msg)
+
+    return answer
+
+
+@pytest.fixture(autouse=True)
+def _flower_run() -> Iterator[None]:
+    """What Flower's ServerApp runtime sets before ``main`` runs: the run messages belong to."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id = 4242
+    TaskIdentity.node_id = 0  # the SuperLink's own node id, the source of server messages
+    TaskIdentity.task_id = 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Coordinator, AuditTrail, list[object]]:
+    job = _job()
+    signer = Signer.generate("fedinfra.test/coordinator")
+    settings = CoordinatorSettings(store=str(tmp_path / "audit.db"), signer=signer, in_process=True, node_wait_s=1)
+    coordinator = Coordinator(job, run_id="run-1", run_dir=tmp_path / "run", settings=settings)
+    log = AuditLog.open(settings.store, origin=signer.name, signer=signer)
+    trail = AuditTrail(log, run_id="run-1", key_id=signer.key_id)
+    return coordinator, trail, list(load_packs(job.policy_packs or ["gdpr", "hipaa"]))
+
+
+def _rejections(trail: AuditTrail) -> dict[str, str]:
+    out = {}
+    for entry in trail.log.entries(run_id="run-1", type="site.rejected"):
+        details = entry.details
+        out[str(details.get("site") or details.get("node"))] = str(details.get("reason"))
+    return out
+
+
+def test_sites_that_pass_their_own_and_the_coordinators_gate_are_admitted(setup) -> None:  # type: ignore[no-untyped-def]
+    coordinator, trail, packs = setup
+    job = coordinator.job
+    grid = FakeGrid({n: _answers(_hello(job, f"hospital-{n}")) for n in (1, 2, 3)})
+
+    admitted = coordinator.admit(grid, trail, packs)  # type: ignore[arg-type]
+
+    assert [s.hello.site for s in admitted] == ["hospital-1", "hospital-2", "hospital-3"]
+    assert all(m.metadata.message_type == "query" for m in grid.sent)
+
+
+def test_a_site_whose_own_preflight_refused_is_not_admitted(setup) -> None:  # type: ignore[no-untyped-def]
+    coordinator, trail, packs = setup
+    job = coordinator.job
+    refuses = _hello(job, "hospital-2", preflight_passed=False, preflight_reason="epsilon cap exceeded")
+    grid = FakeGrid(
+        {1: _answers(_hello(job, "hospital-1")), 2: _answers(refuses), 3: _answers(_hello(job, "hospital-3"))}
+    )
+
+    admitted = coordinator.admit(grid, trail, packs)  # type: ignore[arg-type]
+
+    assert [s.hello.site for s in admitted] == ["hospital-1", "hospital-3"]
+    assert "own preflight refused" in _rejections(trail)["hospital-2"]
+
+
+def test_a_site_with_the_wrong_number_of_features_is_not_admitted(setup) -> None:  # type: ignore[no-untyped-def]
+    coordinator, trail, packs = setup
+    job = coordinator.job
+    wrong = _hello(job, "hospital-3", num_features=7)
+    grid = FakeGrid(
+        {1: _answers(_hello(job, "hospital-1")), 2: _answers(_hello(job, "hospital-2")), 3: _answers(wrong)}
+    )
+
+    admitted = coordinator.admit(grid, trail, packs)  # type: ignore[arg-type]
+
+    assert [s.hello.site for s in admitted] == ["hospital-1", "hospital-2"]
+    assert "features" in _rejections(trail)["hospital-3"]
+
+
+def test_a_second_node_claiming_an_admitted_name_is_refused(setup) -> None:  # type: ignore[no-untyped-def]
+    coordinator, trail, packs = setup
+    job = coordinator.job
+    grid = FakeGrid({n: _answers(_hello(job, "hospital-1" if n < 3 else "hospital-3")) for n in (1, 2, 3)})
+
+    admitted = coordinator.admit(grid, trail, packs)  # type: ignore[arg-type]
+
+    assert [s.hello.site for s in admitted] == ["hospital-1", "hospital-3"]
+    assert "already holds this site name" in _rejections(trail)["2"]
+
+
+def test_a_malformed_hello_is_rejected_and_the_run_goes_on(setup) -> None:  # type: ignore[no-untyped-def]
+    coordinator, trail, packs = setup
+    job = coordinator.job
+
+    def garbage(msg: Message) -> Message:
+        return Message(RecordDict({CONFIG: ConfigRecord({DOC: '{"site": "x"'})}), reply_to=msg)
+
+    grid = FakeGrid({1: _answers(_hello(job, "hospital-1")), 2: garbage, 3: _answers(_hello(job, "hospital-3"))})
+
+    admitted = coordinator.admit(grid, trail, packs)  # type: ignore[arg-type]
+
+    assert [s.hello.site for s in admitted] == ["hospital-1", "hospital-3"]
+    assert "2" in _rejections(trail)
+
+
+def test_too_few_admitted_sites_stop_the_run(setup) -> None:  # type: ignore[no-untyped-def]
+    coordinator, trail, packs = setup
+    job = coordinator.job
+    refuse = {"preflight_passed": False, "preflight_reason": "no"}
+    grid = FakeGrid(
+        {
+            1: _answers(_hello(job, "hospital-1")),
+            2: _answers(_hello(job, "hospital-2", **refuse)),
+            3: _answers(_hello(job, "hospital-3", **refuse)),
+        }
+    )
+
+    with pytest.raises(PolicyViolation, match="min_sites=2"):
+        coordinator.admit(grid, trail, packs)  # type: ignore[arg-type]
+
+
+def test_sampling_draws_at_least_min_sites_and_never_repeats(setup) -> None:  # type: ignore[no-untyped-def]
+    coordinator, _, _ = setup
+    from fedinfra.coordinator.server import Site
+
+    sites = [Site(n, _hello(coordinator.job, f"hospital-{n}")) for n in range(1, 11)]
+    coordinator.job = coordinator.job.model_copy(
+        update={"sites": coordinator.job.sites.model_copy(update={"count": 10, "fraction": 0.3, "min_sites": 2})}
+    )
+
+    for _ in range(20):
+        sample = coordinator._sample(sites)
+        assert len(sample) == 3
+        assert len({s.node_id for s in sample}) == 3

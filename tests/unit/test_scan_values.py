@@ -56,6 +56,7 @@ CASES: list[tuple[str, str, Callable[[Faker], str], set[str]]] = [
     ("card", "en_US", lambda f: f.credit_card_number(), {"card_number"}),
     ("email", "en_US", lambda f: f.email(), {"email"}),
     ("phone", "en_GB", lambda f: f.phone_number(), {"phone"}),
+    ("phone_mixed_formats", "it_IT", lambda f: f.phone_number(), {"phone"}),
     ("url", "en_US", lambda f: f.url(), {"url"}),
     ("ipv4", "en_US", lambda f: f.ipv4(), {"ip_address"}),
     ("ipv6", "en_US", lambda f: f.ipv6(), {"ip_address"}),

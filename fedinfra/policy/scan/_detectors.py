@@ -306,7 +306,22 @@ def _mbi(col: Column) -> Detection | None:
 @detector("phone", "telephone or fax number", "D/E")
 def _phone(col: Column) -> Detection | None:
     named = col.named(("phone",), ("telephone",), ("tel",), ("mobile",), ("cell",), ("fax",), ("contact", "number"))
-    return _decide("phone", col, named, lambda v: p.is_phone(v) or p.is_phone_lenient(v), strength=0.95)
+    written = _decide("phone", col, named, _written_phone, strength=0.95)
+    if written is not None:
+        return written
+    # People type numbers both ways in one column ("+39 0574 361468", "3534515522"): when a
+    # good share is written as a phone, bare 9-12 digit strings beside it are phones too.
+    if col.share(_written_phone) >= 0.3:
+        return _decide("phone", col, named, _phone_or_bare, strength=0.9, rule="phone, mixed formats")
+    return None
+
+
+def _written_phone(v: str) -> bool:
+    return p.is_phone(v) or p.is_phone_lenient(v)
+
+
+def _phone_or_bare(v: str) -> bool:
+    return _written_phone(v) or (v.isdigit() and 9 <= len(v) <= 12)
 
 
 @detector("date", "date more precise than the year", "C")

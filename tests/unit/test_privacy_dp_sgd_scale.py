@@ -47,8 +47,19 @@ def _one_step(mode: str, seed: int) -> np.ndarray:
     x[:, 0] = 10.0
     y = np.ones(N, dtype=np.float32)
     train_dp_sgd(
-        model, x, y, epochs=1, batch_size=N, lr=LR, noise_multiplier=SIGMA, max_grad_norm=CLIP,
-        delta=1e-3, accountant="rdp", mode=mode, seed=seed, criterion=_Linear(),  # type: ignore[arg-type]
+        model,
+        x,
+        y,
+        epochs=1,
+        batch_size=N,
+        lr=LR,
+        noise_multiplier=SIGMA,
+        max_grad_norm=CLIP,
+        delta=1e-3,
+        accountant="rdp",
+        mode=mode,
+        seed=seed,
+        criterion=_Linear(),  # type: ignore[arg-type]
     )
     return model.weight.detach().numpy().ravel().astype(np.float64)
 

@@ -75,7 +75,7 @@ def _hello(job: JobSpec, site: str, **changes: object) -> SiteHello:
         "site": site,
         "num_examples": 100,
         "num_features": 30,
-        "dataset_fingerprint": "sha256:" + "ab" * 32,
+        "dataset_fingerprint": "hmac-sha256:" + "ab" * 32,
         "manifest": simulated_manifest(job, site).model_dump(mode="json"),
         "scan": scan.model_dump(mode="json"),
         **changes,
@@ -203,16 +203,22 @@ def test_too_few_admitted_sites_stop_the_run(setup) -> None:  # type: ignore[no-
         coordinator.admit(grid, trail, packs)  # type: ignore[arg-type]
 
 
-def test_sampling_draws_at_least_min_sites_and_never_repeats(setup) -> None:  # type: ignore[no-untyped-def]
+def test_sampling_is_poisson_at_the_job_rate_with_at_least_min_sites(setup) -> None:  # type: ignore[no-untyped-def]
     coordinator, _, _ = setup
     from fedinfra.coordinator.server import Site
 
-    sites = [Site(n, _hello(coordinator.job, f"hospital-{n}")) for n in range(1, 11)]
+    sites = [Site(n, _hello(coordinator.job, f"hospital-{n}")) for n in range(1, 21)]
     coordinator.job = coordinator.job.model_copy(
-        update={"sites": coordinator.job.sites.model_copy(update={"count": 10, "fraction": 0.3, "min_sites": 2})}
+        update={"sites": coordinator.job.sites.model_copy(update={"count": 20, "fraction": 0.3, "min_sites": 2})}
     )
 
-    for _ in range(20):
+    sizes = []
+    for _ in range(300):
         sample = coordinator._sample(sites)
-        assert len(sample) == 3
-        assert len({s.node_id for s in sample}) == 3
+        assert len(sample) >= 2
+        assert len({s.node_id for s in sample}) == len(sample)
+        assert {s.node_id for s in sample} <= {s.node_id for s in sites}
+        sizes.append(len(sample))
+    # Binomial(20, 0.3): mean 6, sd 2.05; the mean of 300 draws is within 0.6 of 6 w.p. > 0.9999.
+    assert abs(sum(sizes) / len(sizes) - 6.0) < 0.6
+    assert len(set(sizes)) > 3  # the size varies: not a fixed-k sample

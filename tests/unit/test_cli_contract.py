@@ -348,3 +348,16 @@ def test_a_phi_failure_exits_the_same_from_client_and_edge_start(
     edge_line = assert_one_line_error(edge, 2)
     assert "email" in client_line
     assert "email" in edge_line
+
+
+def test_demo_help_names_every_scenario_on_the_scenario_option(capsys: pytest.CaptureFixture[str]) -> None:
+    import click
+
+    from fedinfra.cli.demo import SCENARIO_DEFAULTS
+
+    demo = TREE.commands["demo"]  # type: ignore[attr-defined]
+    option = next(p for p in demo.params if isinstance(p, click.Option) and "--scenario" in p.opts)
+
+    assert run(capsys, "demo", "-h").code == 0
+    for scenario in SCENARIO_DEFAULTS:
+        assert scenario in (option.help or ""), scenario

@@ -89,10 +89,10 @@ def trimmed_mean(updates: F32, trim_fraction: float) -> F32:
 
 
 def pairwise_sq_distances(updates: F32) -> F64:
-    """Squared L2 distances between rows, from the Gram matrix in float64."""
-    x = updates.astype(np.float64, copy=False)
-    gram = x @ x.T
-    sq = np.diag(gram)
+    """Squared L2 distances between rows, from the Gram matrix (``|a|^2 + |b|^2 - 2 a.b``)."""
+    # One float32 GEMM (BLAS), accumulated to float64 afterwards: n x n entries only.
+    gram = np.asarray(updates @ updates.T, dtype=np.float64)
+    sq = np.einsum("ij,ij->i", updates, updates, dtype=np.float64)
     d = sq[:, None] + sq[None, :] - 2 * gram
     np.maximum(d, 0, out=d)
     np.fill_diagonal(d, 0)

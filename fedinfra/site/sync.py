@@ -34,6 +34,7 @@ def current_model(
     a stale, replayed or foreign aggregate is refused by the codec.
     """
     from fedinfra.crypto import open_sum, unflatten
+    from fedinfra.site.views import check_mean_bound
 
     run_id = instruction.run_id
     start = (instruction.sync_from or 1) - 1
@@ -53,6 +54,7 @@ def current_model(
     for i, agg in enumerate(aggregates):
         rnd = at + 1 + i
         mean, total = open_sum(agg, ctx.he_keys(), run_id=run_id, round_id=rnd)
+        check_mean_bound(mean, ctx.job.secure_aggregation)  # sites clipped before encrypting
         if ctx.job.privacy.mechanism == "user-dp":  # one weight per site: total = contributions
             from fedinfra.privacy.claims import check_survivors
 

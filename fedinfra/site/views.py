@@ -13,7 +13,10 @@ checks nothing new here - its copy was checked when it was received.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fedinfra.aggregation.digest import blob_digest, model_digest
+from fedinfra.config.secagg import SecureAggSpec
 from fedinfra.config.wire import TrainInstruction
 from fedinfra.errors import VerificationError
 from fedinfra.types import NDArrays
@@ -42,4 +45,29 @@ def check_view(instruction: TrainInstruction, received: str | None) -> None:
         raise VerificationError("the model received is not the one the instruction names (digest mismatch); refused")
 
 
-__all__ = ["check_view", "received_digest"]
+def check_mean_bound(mean: Any, spec: SecureAggSpec) -> None:
+    """Refuse a decrypted mean outside what the sites' clipped updates can produce.
+
+    Under secure aggregation the coordinator cannot inspect updates, so every site clips
+    before encrypting (BFV: ``|value| <= clip`` per coordinate; CKKS: ``|value| <=
+    ckks_max_abs``) and checks the decrypted mean against the same bound - any weighted
+    mean of clipped values lies within it, up to one quantization step - before using it
+    (issue 16; Bonawitz et al. 2017 leave input validation to the protocol around SecAgg).
+
+    Raises
+    ------
+    VerificationError
+        If a coordinate of the mean is not finite or exceeds the bound.
+    """
+    import numpy as np
+
+    if spec.mode == "ckks":
+        bound = spec.ckks_max_abs * (1 + 1e-6) + 1e-6
+    else:
+        bound = spec.clip * (1 + 2.0 / 2 ** (spec.quant_bits - 1)) + 1e-9
+    values = np.asarray(mean, dtype=np.float64)
+    if values.size and not (np.all(np.isfinite(values)) and float(np.max(np.abs(values))) <= bound):
+        raise VerificationError("the decrypted aggregate exceeds the job's clip bound; refused")
+
+
+__all__ = ["check_mean_bound", "check_view", "received_digest"]

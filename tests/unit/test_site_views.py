@@ -40,3 +40,18 @@ def test_under_he_the_newest_aggregate_is_what_is_named() -> None:
 
 def test_the_digest_does_not_depend_on_dict_order() -> None:
     assert model_digest(W) == model_digest(dict(reversed(list(W.items()))))
+
+
+def test_a_decrypted_mean_beyond_the_clip_bound_is_refused() -> None:
+    from fedinfra.config import SecureAggSpec
+    from fedinfra.site.views import check_mean_bound
+
+    bfv = SecureAggSpec(mode="bfv", clip=1.0, quant_bits=8)
+    check_mean_bound(np.array([0.5, -1.0, 1.005]), bfv)
+    for bad in ([0.0, 1.2], [float("nan")], [-50.0]):
+        with pytest.raises(VerificationError, match="clip bound"):
+            check_mean_bound(np.array(bad), bfv)
+    ckks = SecureAggSpec(mode="ckks", ckks_max_abs=4.0)
+    check_mean_bound(np.array([3.9]), ckks)
+    with pytest.raises(VerificationError):
+        check_mean_bound(np.array([4.1]), ckks)

@@ -92,8 +92,8 @@ def pairwise_sq_distances(updates: F32) -> F64:
     """Squared L2 distances between rows, from the Gram matrix (``|a|^2 + |b|^2 - 2 a.b``)."""
     # One float32 GEMM (BLAS), accumulated to float64 afterwards: n x n entries only.
     gram = np.asarray(updates @ updates.T, dtype=np.float64)
-    sq = np.einsum("ij,ij->i", updates, updates, dtype=np.float64)
-    d = sq[:, None] + sq[None, :] - 2 * gram
+    sq: F64 = np.asarray(np.einsum("ij,ij->i", updates, updates, dtype=np.float64), dtype=np.float64)
+    d: F64 = sq[:, None] + sq[None, :] - 2 * gram
     np.maximum(d, 0, out=d)
     np.fill_diagonal(d, 0)
     return d

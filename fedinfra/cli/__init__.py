@@ -86,6 +86,8 @@ def build_app() -> typer.Typer:
     __import__("fedinfra.cli.client", fromlist=["register"]).register(app)
     __import__("fedinfra.cli.run", fromlist=["register"]).register(app)
     __import__("fedinfra.cli.simulate", fromlist=["register"]).register(app)
+    __import__("fedinfra.cli.new", fromlist=["register"]).register(app)
+    __import__("fedinfra.cli.model", fromlist=["register"]).register(app)
     __import__("fedinfra.cli.compliance", fromlist=["register"]).register(app)
     __import__("fedinfra.cli.runs", fromlist=["register"]).register(app)
     return app

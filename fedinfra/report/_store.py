@@ -60,6 +60,7 @@ def read_verified(target: str | Path, *, public_key: str | Path | None = None) -
         meta = source.meta()
         stored_cps = source.checkpoints()
         raw = list(source.entries())
+        cosignatures = source.cosignatures()
     finally:
         source.close()
     if isinstance(public_key, Path):
@@ -84,7 +85,17 @@ def read_verified(target: str | Path, *, public_key: str | Path | None = None) -
         checkpoints=checkpoints,
         public_key=verifier.vkey,
         store_name=store_name(target),
+        cosigners=_cosigner_names(cosignatures),
     )
+
+
+def _cosigner_names(lines: list[tuple[int, str]]) -> dict[int, list[str]]:
+    """``tree size -> sorted cosigner names`` from C2SP signature lines (``— name base64``)."""
+    out: dict[int, set[str]] = {}
+    for size, line in lines:
+        if line.startswith("— "):
+            out.setdefault(size, set()).add(line[2:].split(" ", 1)[0])
+    return {size: sorted(names) for size, names in sorted(out.items())}
 
 
 def _record(index: int, obj: dict[str, object]) -> AuditRecord:

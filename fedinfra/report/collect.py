@@ -583,7 +583,7 @@ def build_report(log: VerifiedLog, run_id: str, config: RunConfig) -> ReportData
     return ReportData(
         header=header,
         verdict=verdict.verdict(header, controls, findings, [*hipaa, *(pci or [])], evidence, kept),
-        summary=verdict.summary(records, header, config, participants, controls, rule_grid, cp),
+        summary=verdict.summary(records, header, config, participants, controls, rule_grid, cp, log.cosigners),
         roles=_roles(header, sites, config),
         participants=participants,
         data=_data_rows(sites),

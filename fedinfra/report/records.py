@@ -62,6 +62,9 @@ class VerifiedLog:
     checkpoints: list[Checkpoint]
     public_key: str
     store_name: str
+    #: tree size -> names on the cosignature lines stored beside that checkpoint (the lines'
+    #: signatures are checked by ``audit verify --witnesses``, which holds the sites' keys).
+    cosigners: dict[int, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -174,15 +174,23 @@ def verdict(
     return Verdict(status=status, tone=tone, open_findings=open_, waived=waived, notes=notes)
 
 
-def _cosigners(cp: Checkpoint) -> list[str]:
-    """Names of the signatures on the final checkpoint other than the log's own key (C2SP signed note)."""
-    names = []
-    for line in cp.note.splitlines():
-        if line.startswith("\u2014 "):
-            name = line[2:].split(" ", 1)[0]
-            if name != cp.key_name:
-                names.append(name)
-    return sorted(set(names))
+def _cosigners(cp: Checkpoint, stored: dict[int, list[str]], first_index: int) -> tuple[list[str], int | None]:
+    """Sites that cosigned this run's checkpoints up to the cited one, and the newest such tree size.
+
+    Names come from the note's own extra signature lines and from the cosignatures stored
+    beside the checkpoints (#15); their signatures are checked by ``audit verify --witnesses``.
+    """
+    names = {
+        line[2:].split(" ", 1)[0]
+        for line in cp.note.splitlines()
+        if line.startswith("\u2014 ") and line[2:].split(" ", 1)[0] != cp.key_name
+    }
+    newest = cp.tree_size if names else None
+    for size, signers in stored.items():
+        if first_index < size <= cp.tree_size and signers:
+            names.update(signers)
+            newest = max(newest or 0, size)
+    return sorted(names), newest
 
 
 def _protections(controls: Controls) -> list[str]:
@@ -213,6 +221,7 @@ def summary(
     controls: Controls,
     grid: list[GridRow],
     cp: Checkpoint,
+    cosigned: dict[int, list[str]] | None = None,
 ) -> Summary:
     """Page 1: task and data, sites, protections, epsilon against caps, policy totals, audit."""
     job = config.job
@@ -226,6 +235,13 @@ def summary(
     completed = next((r for r in reversed(records) if r.type == "run.completed"), None)
     accuracy = completed.details.get("final_accuracy") if completed else None
     scenario = f"{header.scenario} scenario" if header.scenario else "job"
+    cosigners, newest = _cosigners(cp, cosigned or {}, records[0].index if records else 0)
+    witnessed = (
+        f"; sites cosigned this run's checkpoints up to tree size {newest} (check their signatures with "
+        "'fedinfra audit verify --witnesses')"
+        if newest is not None
+        else ""
+    )
     purpose = f" for {header.purpose}" if header.purpose else ""
     return Summary(
         task=f"{scenario} '{header.job_name or 'unnamed'}'{purpose}",
@@ -244,8 +260,9 @@ def summary(
         audit=(
             f"verified when this report was generated: {header.entries} entries of this run, final signed "
             f"checkpoint at tree size {header.final_checkpoint.tree_size} (key {header.final_checkpoint.key_name})"
+            f"{witnessed}"
         ),
-        cosigners=_cosigners(cp),
+        cosigners=cosigners,
         final_accuracy=(
             float(accuracy) if isinstance(accuracy, int | float) and not isinstance(accuracy, bool) else None
         ),

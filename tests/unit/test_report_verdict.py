@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from fedinfra.audit.cosign import Cosigner
 from fedinfra.audit.entry import Actor, Subject
 from fedinfra.audit.log import AuditLog
 from fedinfra.audit.note import Signer
@@ -79,12 +80,14 @@ def write_run(
     mechanism: str = "dp-sgd",
     dpia_sha: str | None = None,
     identical: bool = True,
+    cosigned: bool = False,
 ) -> Path:
     """A two-site, three-round hospital run as the coordinator records it."""
     signer = Signer.from_private_bytes(ORIGIN, hashlib.sha256(b"verdict-test").digest())
     coord = Actor(kind="coordinator", id="coordinator", key_id=signer.key_id)
     tick = iter(T0 + timedelta(seconds=i) for i in range(10_000))
     dp = mechanism != "none"
+    cosigners = [Cosigner.from_skey(Cosigner.generate(f"fedinfra-site.{n}").skey) for n in SITES]
     with AuditLog.open(path, origin=ORIGIN, signer=signer) as log:
 
         def add(type_: str, rnd: int | None, actor: Actor = coord, **kw: Any) -> None:
@@ -135,7 +138,10 @@ def write_run(
                                                            "delta": 1e-5, "accountant": "rdp"})
             add("aggregation.completed", rnd, details={"test_loss": 0.3 - rnd / 100, "test_accuracy": 0.9 + rnd / 100,
                                                        "replies": 2})
-            log.publish_checkpoint(run_id=RUN, now=next(tick))
+            head = log.publish_checkpoint(run_id=RUN, now=next(tick))
+            if cosigned:
+                for site in cosigners:
+                    log.add_cosignature(head.size, site.cosign(head, timestamp=rnd), site.witness)
         add("run.completed", None, details={"final_accuracy": 0.93})
         log.publish_checkpoint(run_id=RUN, now=next(tick))
     return path
@@ -283,6 +289,16 @@ def test_identical_epsilon_series_are_one_line_and_caps_and_target_are_drawn(tmp
         assert 'id="run-cap-8"' in svg
         assert 'id="target-3"' in svg
         assert "lifetime-cap" in svg
+
+
+def test_page_one_names_the_sites_that_cosigned_the_runs_checkpoints(tmp_path: Path) -> None:
+    plain = load_report(write_run(tmp_path / "m.db", transport="tls", keyed=True, findings=[]), RUN)
+    witnessed = load_report(write_run(tmp_path / "n.db", transport="tls", keyed=True, findings=[], cosigned=True), RUN)
+
+    assert plain.summary.cosigners == []
+    assert witnessed.summary.cosigners == [f"fedinfra-site.{n}" for n in SITES]
+    assert "audit verify --witnesses" in witnessed.summary.audit
+    assert "fedinfra-site.hospital-a" in to_html(witnessed)
 
 
 def test_accuracy_has_its_own_axis_range() -> None:

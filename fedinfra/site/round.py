@@ -23,7 +23,7 @@ from fedinfra.privacy.release import released_count, released_loss
 from fedinfra.site import replay
 from fedinfra.site.context import SiteContext
 from fedinfra.site.receipts import verify_and_store, witness
-from fedinfra.site.tasks import job_model, job_task
+from fedinfra.site.tasks import job_model, job_task, withhold_buffers
 from fedinfra.site.user_dp import protect_update
 from fedinfra.task.training import train_plain
 from fedinfra.types import NDArrays
@@ -301,6 +301,10 @@ def _train_round(
         )
     local = get_weights(model)
     update = {k: (local[k] - global_weights[k]).astype(np.float32) for k in global_weights}
+    if job.privacy.mechanism == "dp-sgd":
+        withheld = withhold_buffers(model, update)
+        if withheld:
+            details["buffers_withheld"] = withheld
     if job.privacy.mechanism == "user-dp":
         update, dp = protect_update(ctx, update, instruction)
         details.update(dp)

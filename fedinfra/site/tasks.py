@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedinfra.config import JobSpec
 from fedinfra.task import Task, load_task, new_model
@@ -70,3 +70,23 @@ def _refuse_uncovered_layers(model: nn.Module) -> None:
                 f"model layer {name or '<root>'!r} ({type(module).__name__}) is trainable and keeps buffers, which "
                 "DP-SGD cannot make private; replace it (BatchNorm -> GroupNorm) or use privacy.mechanism='user-dp'"
             )
+
+
+def withhold_buffers(model: nn.Module, update: dict[str, Any]) -> list[str]:
+    """Zero the update of every buffer training changed; return their names.
+
+    DP-SGD (Abadi et al. 2016) bounds and noises *gradients*: a buffer a forward pass
+    updates (a counter, running statistics of a custom layer) is a function of the data
+    outside that accounting, so its change never leaves the site. Under user-level DP the
+    whole update, buffers included, is clipped and noised (McMahan et al. 2018) and
+    nothing is withheld; under encryption alone nothing is private anyway.
+    """
+    import numpy as np
+
+    params = {name for name, _ in model.named_parameters()}
+    withheld = []
+    for name in update:
+        if name not in params and np.any(update[name] != 0):
+            update[name] = np.zeros_like(update[name])
+            withheld.append(name)
+    return withheld

@@ -238,3 +238,56 @@ def test_a_task_may_bring_its_own_training_step() -> None:
 
     assert Counting.overrides_training_step()
     assert sum(calls) == len(x) == 8
+
+
+COUNTING_TASK = '''
+import torch
+from torch import nn
+
+import fedinfra
+
+
+class Counter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("seen", torch.zeros(1))
+
+    def forward(self, x):
+        if self.training:
+            self.seen += x.shape[0]  # a function of the data that no gradient covers
+        return x
+
+
+class CountingTask(fedinfra.Task):
+    kind = "binary"
+
+    def build_model(self):
+        return nn.Sequential(Counter(), nn.Linear(4, 2))
+'''
+
+
+def test_under_dp_sgd_a_buffer_changed_by_training_never_leaves_the_site(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = f"counting_task_{abs(hash(tmp_path)) % 10**8}"
+    (tmp_path / f"{name}.py").write_text(COUNTING_TASK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    manifest = _site(tmp_path)
+    job = JobSpec.model_validate(
+        {
+            "task": {"ref": f"{name}:CountingTask"},
+            "sites": {"count": 2, "min_sites": 2},
+            "privacy": {"mechanism": "dp-sgd", "epsilon": 3.0, "accountant": "rdp"},
+        }
+    )
+    ctx = site_context({"site-manifest": str(manifest), "state-dir": str(tmp_path / "home")}, job)
+    weights = get_weights(job_model(job)[0])
+    instruction = TrainInstruction(run_id="run-b", round=1, phase="train", job=job.model_dump(mode="json"))
+
+    out = run_round(ctx, instruction, weights, tls=True, sampled=1)
+
+    assert out.update is not None
+    assert out.report.details["buffers_withheld"] == ["0.seen"]
+    assert not out.update["0.seen"].any()
+    assert out.update["1.weight"].any()
+    sys.modules.pop(name, None)

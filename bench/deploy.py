@@ -246,11 +246,23 @@ def main() -> None:
         nodes: list[object] = []
 
         def start_nodes(warm: bool, tag: str, superlink: str | None = None) -> None:
+            from fedinfra.errors import RuntimeLaunchError
+
             for name in SITES:
-                nodes.append(start_supernode(manifests[name], preflight(manifests[name]),
-                                             load_site_transport(root / "kits" / "sites" / name),
-                                             state_dir=root / f"site-state-{tag}" / name, port=free_port(),
-                                             warm=warm, superlink=superlink))
+                # A stopped SuperNode is not deactivated: the SuperLink refuses its key (2004)
+                # until its heartbeat lapses. Retry for a while when restarting the same sites.
+                deadline = time.monotonic() + 240
+                while True:
+                    try:
+                        nodes.append(start_supernode(manifests[name], preflight(manifests[name]),
+                                                     load_site_transport(root / "kits" / "sites" / name),
+                                                     state_dir=root / f"site-state-{tag}" / name, port=free_port(),
+                                                     warm=warm, superlink=superlink))
+                        break
+                    except RuntimeLaunchError as exc:
+                        if "2004" not in str(exc) or time.monotonic() > deadline:
+                            raise
+                        time.sleep(10)
 
         def stop_nodes() -> None:
             while nodes:

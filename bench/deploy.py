@@ -13,7 +13,9 @@ Both apps run on the SuperNodes fedinfra starts (``start_supernode``: the warm l
 For context the full run also times the plain app on stock SuperNodes (Flower's default
 ``--isolation subprocess``: a fresh ``flwr-clientapp`` process per message), as baseline
 ``plain-stock``; the goal is against ``plain``, the same deployment for both apps.
-Issue 12 adds baseline ``fedinfra-direct``: the same fedinfra round with the sites dialling
+Issue 12 adds ``fleet-request-direct`` vs ``fleet-request-proxied`` (one Fleet API request
+straight to the SuperLink vs through the proxy; ``FEDINFRA_BENCH_TRANSPORT_ONLY=1`` runs only
+these and ``app-check``) and baseline ``fedinfra-direct``: the same fedinfra round with the sites dialling
 the SuperLink's loopback port directly, as before the Fleet-only nginx proxy; goal
 ``proxy-overhead``: the round behind the proxy within 10% of it. ``app-check`` times the
 per-message verification of the FAB against the site's approved, signed releases.
@@ -147,6 +149,20 @@ def _approve_everywhere(app: Path, kits: Path) -> None:
         approve(record, kits / "sites" / name)
 
 
+def _fleet_request(address: str, ca: Path) -> dict[str, float]:
+    """Seconds per Fleet API request (an unauthenticated heartbeat: refused, full round trip)."""
+    import ssl
+
+    import httpx
+    from _common import time_median
+
+    context = ssl.create_default_context(cafile=str(ca))
+    with httpx.Client(verify=context, timeout=30) as client:
+        url = f"https://{address}/v1/fleet/send-node-heartbeat"
+        return time_median(lambda: client.post(url, content=b"", headers={"Content-Type": "application/protobuf"}),
+                           repeats=300, warmup=5)
+
+
 def _app_check(kit: Path) -> dict[str, float]:
     """Seconds to check the fedinfra FAB at a site (digest, record lookup, Ed25519 verify)."""
     from _common import time_median
@@ -276,6 +292,18 @@ def main() -> None:
                                     "task_poll_interval_s": TASK_POLL_INTERVAL_S,
                                     "coordinator_pull_interval_s": PULL_INTERVAL_S,
                                     "supernode": "fedinfra warm launcher (--isolation process, fork per message)"})
+            # Issue 12: one Fleet request (TLS, keep-alive, as a SuperNode sends them) straight
+            # to the loopback SuperLink vs through the Fleet-only nginx proxy.
+            ca = root / "kits" / "coordinator" / "ca.crt"
+            report.baseline("fleet-request-direct", _fleet_request(link.address, ca),
+                            label="one Fleet request, straight to the SuperLink")
+            report.figure("fleet-request-proxied", _fleet_request(link.public, ca),
+                          label="one Fleet request through the nginx proxy", against=["fleet-request-direct"])
+            report.figure("app-check", _app_check(root / "kits" / "sites" / SITES[0]),
+                          label="verifying one FAB against the site's approved releases (per message)", against=[])
+            if os.environ.get("FEDINFRA_BENCH_TRANSPORT_ONLY"):
+                report.save(args.out)
+                return
             if not args.quick or os.environ.get("FEDINFRA_BENCH_STOCK"):
                 # What a plain Flower user gets: stock SuperNodes (--isolation subprocess, a
                 # fresh flwr-clientapp process per message). Context only, not the goal.
@@ -288,9 +316,13 @@ def main() -> None:
             report.baseline("plain", _per_round(lambda r: _time_plain(app, r, link.flwr_home), rounds, repeats),
                             label="plain Flower FedAvg round, same SuperNodes as fedinfra")
             against = ["plain", "plain-stock"] if "plain-stock" in report.baselines else ["plain"]
+            log = cfg.state_dir / "superlink.log"
+            before = log.read_text(errors="replace").count("POST /v1/fleet/")
             report.figure("fedinfra", _per_round(lambda r: _time_fedinfra(r, link.flwr_home, root / "runs"),
                                                  rounds, repeats),
                           label="fedinfra round", against=against)
+            fleet = log.read_text(errors="replace").count("POST /v1/fleet/") - before
+            report.params["fleet_requests_per_fedinfra_round_upper"] = fleet / (repeats * (1 + rounds))
             report.goal("round-latency", ratio="fedinfra/plain", at_most=1.2)
             # Issue 12's cost: the same fedinfra round with the sites dialling the SuperLink
             # directly (as before the Fleet-only proxy), and the per-task app-release check.
@@ -303,8 +335,6 @@ def main() -> None:
             report.figure("fedinfra-behind-proxy", proxied,
                           label="fedinfra round, sites dial the Fleet-only nginx proxy", against=["fedinfra-direct"])
             report.goal("proxy-overhead", ratio="fedinfra-behind-proxy/fedinfra-direct", at_most=1.1)
-            report.figure("app-check", _app_check(root / "kits" / "sites" / SITES[0]),
-                          label="verifying one FAB against the site's approved releases (per message)", against=[])
             report.save(args.out)
         finally:
             stop_nodes()

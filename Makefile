@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedinfra-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench mutate clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,5 +34,10 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(PY) bench/run_all.py $(if $(QUICK),--quick,)
 
+# Mutation testing of the modules that protect people (not part of `make test`; see
+# CONTRIBUTING.md). MODULES=fedinfra.privacy.ledger limits it to the modules you touched.
+mutate: $(STAMP)
+	$(PY) bench/mutation.py $(MODULES) --jobs $(or $(JOBS),2)
+
 clean:
-	rm -rf runs build dist .mypy_cache .ruff_cache .pytest_cache
+	rm -rf runs build dist .mypy_cache .ruff_cache .pytest_cache mutants

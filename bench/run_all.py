@@ -25,7 +25,8 @@ RESULTS_DIR = BENCH_DIR / "results"
 def discover(bench_dir: Path = BENCH_DIR) -> list[Path]:
     """Return the benchmark scripts in ``bench_dir``, sorted by name."""
     me = Path(__file__).resolve().name
-    return sorted(p for p in bench_dir.glob("*.py") if not p.name.startswith("_") and p.name != me)
+    skip = (me, "mutation.py")  # mutation.py is `make mutate`, not a benchmark
+    return sorted(p for p in bench_dir.glob("*.py") if not p.name.startswith("_") and p.name not in skip)
 
 
 def main(argv: list[str] | None = None) -> int:

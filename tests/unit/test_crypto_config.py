@@ -8,21 +8,24 @@ import pytest
 from pydantic import ValidationError
 
 from fedinfra.config.secagg import ConsortiumSpec, SecureAggSpec, max_plain_bits
-from fedinfra.crypto import params as params_module
 from fedinfra.crypto import quantize as quantize_module
 from fedinfra.crypto._seal import SealContext
 from fedinfra.errors import ConfigError
 
 
-@pytest.mark.parametrize("module", [quantize_module, params_module])
+@pytest.mark.parametrize("module", [quantize_module])
 def test_doctests_hold(module):
-    assert doctest.testmod(module).failed == 0
+    result = doctest.testmod(module)
+    assert result.attempted > 0  # a module without examples would pass vacuously (crypto.params has none)
+    assert result.failed == 0
 
 
 def test_doctests_of_the_spec_hold():
     from fedinfra.config import secagg
 
-    assert doctest.testmod(secagg).failed == 0
+    result = doctest.testmod(secagg)
+    assert result.attempted > 0
+    assert result.failed == 0
 
 
 @pytest.mark.parametrize(("sites", "bits"), [(1, 53), (10, 50), (11, 50), (12, 49), (20, 49), (100, 46), (1000, 43)])

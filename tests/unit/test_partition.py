@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from fedinfra.data import dirichlet_partition
@@ -115,32 +115,46 @@ def test_data_error_is_a_value_error_with_exit_code_2() -> None:
     assert info.value.exit_code == 2
 
 
+@st.composite
+def _partition_cases(draw: st.DrawFn) -> tuple[list[int], int, float, int]:
+    """Cases the partitioner can serve (5+ examples per site, alpha >= 0.3): examples reach the property."""
+    num_sites = draw(st.integers(min_value=1, max_value=12))
+    labels = draw(st.lists(st.integers(min_value=0, max_value=4), min_size=5 * num_sites, max_size=300))
+    alpha = draw(st.floats(min_value=0.3, max_value=100.0))
+    seed = draw(st.integers(min_value=0, max_value=2**32 - 1))
+    return labels, num_sites, alpha, seed
+
+
 @settings(max_examples=60, deadline=None)
 @given(
-    labels=st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=300),
-    num_sites=st.integers(min_value=1, max_value=12),
-    alpha=st.floats(min_value=0.05, max_value=100.0),
-    seed=st.integers(min_value=0, max_value=2**32 - 1),
+    labels=st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=23),
+    num_sites=st.integers(min_value=12, max_value=20),
 )
+def test_too_few_examples_for_two_per_site_is_a_data_error(labels: list[int], num_sites: int) -> None:
+    with pytest.raises(DataError, match="use at most"):
+        dirichlet_partition(labels, num_sites=num_sites, alpha=1.0, seed=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=_partition_cases())
 def test_any_partition_covers_every_example_once_and_fills_every_site(
-    labels: list[int], num_sites: int, alpha: float, seed: int
+    case: tuple[list[int], int, float, int],
 ) -> None:
+    labels, num_sites, alpha, seed = case
     n = len(labels)
-    if n < num_sites * 2:
-        with pytest.raises(DataError, match="use at most"):
-            dirichlet_partition(labels, num_sites=num_sites, alpha=alpha, seed=seed)
-        return
     try:
         parts = dirichlet_partition(labels, num_sites=num_sites, alpha=alpha, seed=seed, max_tries=200)
     except DataError as exc:
-        # Allowed only when the bounded redraws ran out, and then it says so.
         message = str(exc)
     else:
         message = ""
     if message:
+        # Allowed only when the bounded redraws ran out, and then it says so.
+        event("bounded redraws ran out")
         assert "after 200 draws" in message
         return
 
+    event("reached the cover assertion")
     assert len(parts) == num_sites
     _assert_exact_cover(parts, n)
     assert min(p.size for p in parts) >= 2

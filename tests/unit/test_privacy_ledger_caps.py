@@ -108,6 +108,7 @@ def test_property_the_run_cap_is_exact(run_cap: float, offset: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         book = PrivacyLedger(Path(tmp) / "l.db")
         try:
+            event("reached the cap assertion")
             if eps > run_cap:
                 with pytest.raises(PrivacyBudgetExceeded):
                     _reserve(book, "r", eps, run_cap=run_cap, lifetime_cap=1e9)
@@ -132,6 +133,7 @@ def test_property_the_lifetime_cap_is_exact(lifetime_cap: float, first: float, o
             if second < 0:
                 return
             total = spent_first + second
+            event("reached the cap assertion")
             if total > lifetime_cap + 1e-12:
                 with pytest.raises(PrivacyBudgetExceeded):
                     _reserve(book, "b", second, run_cap=1e9, lifetime_cap=lifetime_cap)

@@ -1,0 +1,125 @@
+"""Mutation testing of the modules that protect people (``make mutate``; CONTRIBUTING.md).
+
+Runs mutmut (configured in ``pyproject.toml`` ``[tool.mutmut]``: which modules, which unit
+and property tests) on the modules named on the command line, or on all of them, in
+parallel (``--jobs``), and merges per-module counts into ``bench/results/mutation.json``:
+mutants, killed, survived, timeouts, score = killed / (mutants - skipped). mutmut keeps its
+results in ``mutants/`` and re-tests only mutants whose function changed, so a second run
+is a cache hit. Survivors are listed by name; a survivor that is equivalent to the original
+gets its reason in ``bench/mutation_equivalent.toml``.
+
+    python bench/mutation.py fedinfra.privacy.ledger fedinfra.site.receipts --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import subprocess
+import sys
+import time
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "mutation.json"
+EQUIVALENT = ROOT / "bench" / "mutation_equivalent.toml"
+_LINE = re.compile(r"^\s*(?P<name>[\w.]+__mutmut_\d+): (?P<status>[\w ]+?)\s*$")
+
+
+def modules_from_config() -> list[str]:
+    """Dotted module prefixes of ``[tool.mutmut] only_mutate``."""
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    return [p.removesuffix(".py").removesuffix("/*").replace("/", ".") for p in conf["only_mutate"]]
+
+
+def module_of(mutant: str) -> str:
+    """``fedinfra.privacy.ledger.x_reserve__mutmut_3`` -> ``fedinfra.privacy.ledger``."""
+    return mutant.split("__mutmut_")[0].rsplit(".", 1)[0]
+
+
+def run(modules: list[str], jobs: int) -> float:
+    """Run mutmut on ``modules``; return the wall time in seconds."""
+    start = time.monotonic()
+    patterns = [f"{m}.*" for m in modules]
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *patterns]
+    subprocess.run(cmd, cwd=ROOT, check=False)
+    return time.monotonic() - start
+
+
+def results() -> dict[str, str]:
+    """Every mutant's status from ``mutmut results --all true``."""
+    out = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    found = {}
+    for line in out.splitlines():
+        if m := _LINE.match(line):
+            found[m["name"]] = m["status"].strip()
+    return found
+
+
+def summarise(statuses: dict[str, str], modules: list[str], seconds: float, jobs: int) -> dict[str, object]:
+    """Per-module counts and survivors (with their equivalence reasons where known)."""
+    reasons = tomllib.loads(EQUIVALENT.read_text()).get("equivalent", {}) if EQUIVALENT.exists() else {}
+    per: dict[str, object] = {}
+    for module in modules:
+        mine = {k: v for k, v in statuses.items() if module_of(k) == module or module_of(k).startswith(module + ".")}
+        if not mine:
+            continue
+        counts = Counter(mine.values())
+        killed = counts["killed"]
+        survived = [k for k, v in mine.items() if v == "survived"]
+        skipped = counts["skipped"] + counts["not checked"]
+        tested = len(mine) - skipped
+        equivalent = [k for k in survived if k in reasons]
+        per[module] = {
+            "mutants": len(mine),
+            "killed": killed,
+            "survived": len(survived),
+            "timeouts": counts["timeout"],
+            "suspicious": counts["suspicious"],
+            "no_tests": counts["no tests"],
+            "skipped": skipped,
+            "score": round(killed / tested, 4) if tested else None,
+            "score_counting_equivalent_as_killed": round((killed + len(equivalent)) / tested, 4) if tested else None,
+            "survivors": {k: reasons.get(k, "not yet analysed") for k in sorted(survived)},
+        }
+    return {"modules": per, "seconds": round(seconds, 1), "jobs": jobs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, summarise, merge into bench/results/mutation.json and print the scores."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("modules", nargs="*", help="dotted modules (default: every module in [tool.mutmut])")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel")
+    parser.add_argument("--report-only", action="store_true", help="summarise mutmut's cached results, run nothing")
+    args = parser.parse_args(argv)
+    modules = args.modules or modules_from_config()
+    seconds = 0.0 if args.report_only else run(modules, args.jobs)
+    summary = summarise(results(), modules, seconds, args.jobs)
+    doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"name": "mutation", "modules": {}}
+    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    for module, entry in summary["modules"].items():  # type: ignore[attr-defined]
+        doc["modules"][module] = {**entry, "measured_at": stamp}
+    doc["last_run"] = {"modules": modules, "seconds": summary["seconds"], "jobs": args.jobs, "at": stamp}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    for module, entry in summary["modules"].items():  # type: ignore[attr-defined]
+        print(
+            f"{module}: {entry['mutants']} mutants, {entry['killed']} killed, {entry['survived']} survived, "
+            f"{entry['timeouts']} timeouts, score {entry['score']}"
+        )
+    print(f"{summary['seconds']} s with {args.jobs} jobs; wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

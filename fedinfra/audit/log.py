@@ -29,6 +29,13 @@ from fedinfra.audit.store import FORMAT, EntryRow, Store
 from fedinfra.audit.tree import MerkleTree
 from fedinfra.errors import ConfigError, StoreError, VerificationError
 
+_MAX_RETRIES = 20
+
+
+class _Behind(Exception):
+    """Another writer appended first; catch up and retry."""
+
+
 LOG_ACTOR_ID = "audit-log"
 """Actor id of the entries the log writes about itself (``checkpoint.published``)."""
 
@@ -185,9 +192,11 @@ class AuditLog:
             raise StoreError(f"{store.display}: store holds a malformed public key") from exc
         if signer is not None and signer.vkey != verifier.vkey:
             raise ConfigError(f"{store.display}: signing key does not match the store's public key")
-        tree = MerkleTree(store.leaf_hashes())
-        if tree.size != store.size():
-            raise VerificationError(f"{store.display}: entries are not contiguous; run `fedinfra audit verify`")
+        try:
+            tree = MerkleTree(store.leaf_hashes())
+        except StoreError as exc:
+            problem = f"{store.display}: entries are not contiguous; run `fedinfra audit verify`"
+            raise VerificationError(problem) from exc
         checkpoints = store.checkpoints()
         log = cls(
             store,
@@ -204,14 +213,16 @@ class AuditLog:
                 head = Checkpoint.from_note(note, verifier)
             except VerificationError as exc:
                 raise VerificationError(f"{store.display}: last checkpoint does not verify") from exc
-            if head.size != size or size > tree.size or tree.root(size) != head.root_hash:
+            if size > tree.size:  # another writer appended since the leaves were read
+                log._catch_up()
+            if head.size != size or size > log._tree.size or log._tree.root(size) != head.root_hash:
                 raise VerificationError(
                     f"{store.display}: entries do not match the last signed checkpoint; run `fedinfra audit verify`"
                 )
             log._head = head
-        if tree.size:
-            last = store.entry_data(tree.size - 1)
-            log._last_ts = str(parse_canonical(last or b"")["ts"])
+        if log._tree.size:
+            last = store.entry_data(log._tree.size - 1)
+            log._last_ts = max(log._last_ts, str(parse_canonical(last or b"")["ts"]))
         return log
 
     # -- properties ----------------------------------------------------------------------
@@ -340,8 +351,59 @@ class AuditLog:
         run_id: str | None = None,
         round_: int | None = None,
     ) -> tuple[list[Entry], Checkpoint | None]:
+        """Append ``events`` (and with ``publish`` a signed checkpoint) in one transaction.
+
+        One consortium log may have several writers (runs of one coordinator in parallel):
+        if another appended first, the database refuses the duplicate seq; this writer then
+        loads what was appended, renumbers its batch after it and tries again.
+        """
         if publish and self._signer is None:
             raise ConfigError(f"{self.display}: publishing a checkpoint needs the log's signing key")
+        for _ in range(_MAX_RETRIES):
+            try:
+                return self._try_commit(events, now=now, publish=publish, run_id=run_id, round_=round_)
+            except _Behind:
+                self._catch_up()
+        raise StoreError(f"{self.display}: too many concurrent writers; retry")
+
+    def _catch_up(self) -> None:
+        """Load entries and checkpoints another writer appended (the tree must still match)."""
+        for _ in range(_MAX_RETRIES):
+            self._load_leaves()
+            rows = self._store.checkpoints()
+            if not rows:
+                return
+            head = Checkpoint.from_note(rows[-1][2], self.verifier)
+            if head.size > self._tree.size:  # it published after our read of the leaves: read on
+                continue
+            if self._tree.root(head.size) != head.root_hash:
+                raise VerificationError(f"{self.display}: entries do not match the last signed checkpoint")
+            self._head = head
+            self._checkpoint_sizes = [row[0] for row in rows]
+            return
+        raise StoreError(f"{self.display}: too many concurrent writers; retry")
+
+    def _load_leaves(self) -> None:
+        start = self._tree.size
+        try:
+            for leaf in self._store.leaf_hashes(start):
+                self._tree.append(leaf)
+        except StoreError as exc:
+            self._tree.truncate(start)
+            raise VerificationError(f"{self.display}: entries are not contiguous; run `fedinfra audit verify`") from exc
+        if self._tree.size:
+            last = parse_canonical(self._store.entry_data(self._tree.size - 1) or b"")
+            self._last_ts = max(self._last_ts, str(last["ts"]))
+
+    def _try_commit(
+        self,
+        events: list[Event],
+        *,
+        now: datetime | None,
+        publish: bool,
+        run_id: str | None,
+        round_: int | None,
+    ) -> tuple[list[Entry], Checkpoint | None]:
         if publish:
             last = events[-1] if events else None
             events = [
@@ -370,7 +432,7 @@ class AuditLog:
                 checkpoint = Checkpoint.sign(self._signer, self._tree.size, self._tree.root())
             with self._store.engine.begin() as conn:
                 if self._store.size(conn) != start:
-                    raise StoreError(f"{self.display}: another process appended to this log; reopen it")
+                    raise _Behind
                 self._store.insert_entries(conn, rows)
                 if checkpoint is not None:
                     Store.insert_checkpoint(
@@ -380,6 +442,9 @@ class AuditLog:
                         note=checkpoint.note,
                         published_at=ts_text,
                     )
+        except sa.exc.IntegrityError as exc:  # another writer took this seq between our check and insert
+            self._tree.truncate(start)
+            raise _Behind from exc
         except sa.exc.SQLAlchemyError as exc:
             self._tree.truncate(start)
             raise self._store.guard(exc) from exc

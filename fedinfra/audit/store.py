@@ -145,7 +145,19 @@ def is_url(target: str | Path) -> bool:
     return isinstance(target, str) and "://" in target
 
 
+def _sqlite_begin_immediate(conn: Connection) -> None:
+    """Writers take SQLite's write lock when a transaction begins, not at its first INSERT.
+
+    Several writers may share one consortium log: a deferred transaction that read the
+    log's size and then tries to write after another writer committed fails at once
+    (SQLITE_BUSY_SNAPSHOT); an immediate one waits ``busy_timeout`` for its turn and then
+    sees the other's rows (https://sqlite.org/lang_transaction.html).
+    """
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" event issues BEGIN itself
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
@@ -239,6 +251,7 @@ def make_engine(target: str | Path, *, create: bool, readonly: bool = False) -> 
         path.parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(f"sqlite:///{path}")
     sa.event.listen(engine, "connect", _sqlite_pragmas)
+    sa.event.listen(engine, "begin", _sqlite_begin_immediate)
     return engine, str(path)
 
 
@@ -359,12 +372,26 @@ class Store:
                 top = own.execute(stmt).scalar()
         return 0 if top is None else int(top) + 1
 
-    def leaf_hashes(self) -> Iterator[bytes]:
-        """Yield every stored leaf hash in seq order."""
-        stmt = sa.select(entries_table.c.leaf_hash).order_by(entries_table.c.seq)
+    def leaf_hashes(self, lo: int = 0) -> Iterator[bytes]:
+        """Yield the stored leaf hashes from ``seq >= lo`` in order, as read in one snapshot.
+
+        Raises
+        ------
+        StoreError
+            If a seq is missing (the entries are not contiguous).
+        """
+        stmt = (
+            sa.select(entries_table.c.seq, entries_table.c.leaf_hash)
+            .where(entries_table.c.seq >= lo)
+            .order_by(entries_table.c.seq)
+        )
+        expected = lo
         with self.engine.connect() as conn:
             result = conn.execution_options(yield_per=50_000).execute(stmt)
-            for (leaf,) in result:
+            for seq, leaf in result:
+                if seq != expected:
+                    raise StoreError(f"{self.display}: entry {expected} is missing; run `fedinfra audit verify`")
+                expected += 1
                 yield bytes(leaf)
 
     def count(self) -> int:

@@ -32,7 +32,8 @@ class ServerConfig(StrictModel):
     kit: Path | None = Field(default=None, description="the coordinator kit; --kit overrides")
     audit_store: str | None = Field(
         default=None,
-        description="audit store: SQLite path or postgresql+psycopg:// URL; default runs/<run-id>/audit.sqlite",
+        description="the consortium's one audit log: SQLite path or postgresql+psycopg:// URL; "
+        "default state_dir/audit.sqlite",
     )
     report_formats: list[ReportFormat] = Field(
         default_factory=lambda: list(_ALL_FORMATS), description="report formats written when a run ends"
@@ -47,8 +48,8 @@ class ServerConfig(StrictModel):
 
         state = fix(self.state_dir)
         assert state is not None
-        store = self.audit_store
-        if store and "://" not in store:
+        store = self.audit_store or str(state / "audit.sqlite")  # one log for every run of the consortium
+        if "://" not in store:
             store = str(fix(Path(store)))
         return self.model_copy(
             update={

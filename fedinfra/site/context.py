@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -41,14 +42,21 @@ class SiteContext:
         return keyed_fingerprint(self.data.fingerprint, self.home.fingerprint_key())
 
     def receipts_dir(self, run_id: str) -> Path:
-        """Where this run's verified receipts are kept.
+        """Where the receipts and cosigned checkpoints of the coordinator's log are kept.
 
-        One directory per run: consistency is checked along one run's checkpoints, so a
-        store kept per run (the demo's) never meets another store's tree heads.
+        One directory per *log* (the origin named by the kit's log key), not per run: a
+        deployed coordinator keeps one log for the consortium, so the site's consistency
+        chain - and the split-view check it enables - spans all its runs. A demo's log is
+        per run and so is its origin. Without a log key, one directory per run.
         """
         from fedinfra.config.names import check_slug
 
-        return self.home.receipts / check_slug(run_id, "run_id from the coordinator")
+        run = check_slug(run_id, "run_id from the coordinator")
+        key = self.audit_key()
+        if key is None:
+            return self.home.receipts / run
+        origin = re.sub(r"[^A-Za-z0-9._-]", "_", key.split("+", 1)[0])
+        return self.home.receipts / (origin if origin.strip(".") else "_")
 
     def he_keys(self) -> SiteKeys:
         """The site's HE kit (shared secret key); refuses when there is none."""

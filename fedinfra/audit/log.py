@@ -243,6 +243,8 @@ class AuditLog:
 
     def checkpoint(self, size: int) -> Checkpoint:
         """Return the signed checkpoint of tree size ``size``."""
+        if self._head is not None and self._head.size == size:
+            return self._head
         for tree_size, _, note, _ in self._store.checkpoints():
             if tree_size == size:
                 return Checkpoint.from_note(note, self.verifier)
@@ -250,7 +252,7 @@ class AuditLog:
 
     def cosignatures(self, size: int) -> list[str]:
         """The stored cosignature lines of the checkpoint of tree size ``size``."""
-        return [line for tree_size, line in self._store.cosignatures() if tree_size == size]
+        return [line for _, line in self._store.cosignatures(size)]
 
     def add_cosignature(self, size: int, line: str, witness: Witness, *, now: datetime | None = None) -> bool:
         """Verify a site's cosignature on the checkpoint of ``size`` and store it beside it.

@@ -453,18 +453,20 @@ class Store:
         with self.engine.connect() as conn:
             return [bytes(data) for (data,) in conn.execute(stmt)]
 
-    def cosignatures(self) -> list[tuple[int, str]]:
-        """Return ``(tree_size, line)`` for every stored cosignature, by tree size.
+    def cosignatures(self, size: int | None = None) -> list[tuple[int, str]]:
+        """Return ``(tree_size, line)`` for the stored cosignatures (of one ``size``), by tree size.
 
         A store written before cosignatures existed has no such table: it has none.
         """
         stmt = sa.select(cosignatures_table.c.tree_size, cosignatures_table.c.line).order_by(
             cosignatures_table.c.tree_size, cosignatures_table.c.cosigner, cosignatures_table.c.key_id
         )
+        if size is not None:
+            stmt = stmt.where(cosignatures_table.c.tree_size == size)
         with self.engine.connect() as conn:
             if not sa.inspect(conn).has_table("audit_cosignatures"):
                 return []
-            return [(int(size), str(line)) for size, line in conn.execute(stmt)]
+            return [(int(tree_size), str(line)) for tree_size, line in conn.execute(stmt)]
 
     @staticmethod
     def insert_cosignature(

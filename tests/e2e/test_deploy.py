@@ -170,9 +170,18 @@ def test_full_stack_run_survives_a_coordinator_kill_and_resumes(federation: Fede
     assert Path(result["model"]).name == "model.enc"  # HE: the coordinator never holds the model
     for fmt in ("html", "pdf", "json"):
         assert (run_dir / f"report-{run_id}.{fmt}").stat().st_size > 0
-    store = run_dir / "audit.sqlite"
-    assert federation.fedinfra("audit", "verify", str(store)).returncode == 0
-    shown = federation.fedinfra("audit", "show", str(store), "--type", "aggregation.completed", "--format", "json")
+    store = federation.root / "state" / "audit.sqlite"  # the consortium's one log
+    witnesses = federation.root / "witnesses.txt"  # each site's own cosigner key
+    witnesses.write_text("".join((federation.root / "site-state" / s / "cosigner.vkey").read_text() for s in SITES))
+    verified = federation.fedinfra(
+        "audit", "verify", str(store), "--public-key", str(federation.kits / "coordinator" / "kit.toml"),
+        "--witnesses", str(witnesses),
+    )
+    assert verified.returncode == 0, verified.stderr + verified.stdout  # the sites cosigned the end
+    assert json.loads((run_dir / "metrics.json").read_text())["final"] is True
+    shown = federation.fedinfra(
+        "audit", "show", str(store), "--run", run_id, "--type", "aggregation.completed", "--format", "json"
+    )
     assert [e["round"] for e in json.loads(shown.stdout)] == [1, 2]  # no round counted twice
     from fedinfra.privacy import PrivacyLedger
 

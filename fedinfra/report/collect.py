@@ -559,12 +559,21 @@ def build_report(log: VerifiedLog, run_id: str, config: RunConfig) -> ReportData
         c for c in sorted(log.checkpoints, key=lambda c: c.tree_size) if records[0].index < c.tree_size <= cp.tree_size
     ]
     packs = [p.name for p in header.policy_packs]
+    cosigners = sorted(
+        {
+            f"{r.details['cosigner']}+{r.details.get('cosigner_key_id', '?')}"
+            for r in records
+            if r.type == "site.admitted" and isinstance(r.details.get("cosigner"), str)
+        }
+    )
     verify = VerifyInfo(
         public_key=log.public_key,
         key_name=cp.key_name,
         key_id=cp.key_id,
-        command=f"fedinfra audit verify {log.store_name} --public-key log.vkey",
+        command=f"fedinfra audit verify {log.store_name} --public-key log.vkey"
+        + (" --witnesses witnesses.txt" if cosigners else ""),
         checkpoints=[_ref(c) for c in chain],
+        cosigners=cosigners,
     )
     findings_grid = verdict.finding_grid(findings, [v.name for v in sites])
     hipaa = (

@@ -322,6 +322,10 @@ class VerifyInfo(_Model):
     key_id: str
     command: str
     checkpoints: list[CheckpointRef]
+    cosigners: list[str] = Field(
+        default_factory=list,
+        description="the sites' cosigner keys (name+key id) announced at admission; they cosign the final checkpoint",
+    )
 
 
 class MetricPoint(_Model):

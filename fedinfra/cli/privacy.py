@@ -104,7 +104,9 @@ def budget_show_cmd(
     def load() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
         if not ledger.is_file():
             raise StoreError(f"{ledger}: no such ledger file; check the path")
-        book = PrivacyLedger(ledger)
+        if ledger.stat().st_size == 0:
+            raise StoreError(f"{ledger}: empty file, not a privacy ledger; check the path")
+        book = PrivacyLedger(ledger, readonly=True)  # a reader never creates or changes the file
         try:
             entries = [vars(e) for e in book.entries()]
             totals = [vars(t) for t in book.totals()]

@@ -136,15 +136,30 @@ class PrivacyLedger:
         Returns the current time; injected so tests are deterministic.
     """
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], datetime] = _utc_now) -> None:
-        from sqlalchemy import create_engine, event
+    def __init__(
+        self, path: str | Path, *, clock: Callable[[], datetime] = _utc_now, readonly: bool = False
+    ) -> None:
+        from urllib.parse import quote
+
+        from sqlalchemy import create_engine, event, inspect
         from sqlalchemy.exc import SQLAlchemyError
 
         url = str(path) if "://" in str(path) else f"sqlite:///{Path(path)}"
+        if readonly and "://" not in str(path):
+            # ``budget show``: SQLite's mode=ro URI never creates, converts or writes the file.
+            url = f"sqlite:///file:{quote(str(Path(path).resolve()))}?mode=ro&uri=true"
         self._sqlite = url.startswith("sqlite")
         self._clock = clock
+        self._readonly = readonly
         try:
             self._engine: Engine = create_engine(url, future=True)
+            if readonly:
+                self._md = _metadata()
+                if not inspect(self._engine).has_table("privacy_spend"):
+                    raise StoreError(f"{path}: not a privacy ledger (no privacy_spend table)")
+                self._table = self._md.tables["privacy_spend"]
+                self._check_schema()
+                return
             if self._sqlite:
                 # SQLAlchemy's pysqlite recipe: hand transaction control to us, then open
                 # every transaction with BEGIN IMMEDIATE so the write lock is taken before
@@ -172,6 +187,8 @@ class PrivacyLedger:
         meta = self._md.tables["ledger_meta"]
         with self._tx() as conn:
             row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
+            if row is None and self._readonly:
+                raise StoreError("privacy ledger has no schema version; not a ledger fedinfra wrote")
             if row is None:
                 conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
             elif row[0] != str(SCHEMA_VERSION):

@@ -134,3 +134,24 @@ def test_a_store_on_a_read_only_mount_verifies(store: Path, tmp_path: Path) -> N
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert json.loads(result.stdout)["ok"] is True
+
+
+def test_budget_show_leaves_the_ledger_unchanged(tmp_path: Path) -> None:
+    from fedinfra.privacy import PrivacyLedger
+
+    ledger = tmp_path / "ledger" / "ledger.sqlite"
+    ledger.parent.mkdir()
+    PrivacyLedger(ledger).close()
+    before = _files(ledger.parent)
+    code, out = _run("budget", "show", "--ledger", str(ledger), "--format", "json")
+    assert code == 0, out
+    assert _files(ledger.parent) == before
+
+
+def test_budget_show_of_an_empty_file_is_one_line_exit_2_and_stays_empty(tmp_path: Path) -> None:
+    empty = tmp_path / "ledger.sqlite"
+    empty.touch()
+    code, out = _run("budget", "show", "--ledger", str(empty))
+    assert code == 2
+    assert "empty file" in out
+    assert empty.stat().st_size == 0

@@ -54,6 +54,7 @@ def init_cmd(
         "site_kits": site_kits,
         "he": he,
         "files": [str(p) for p in written],
+        "simulation_only": True,
     }
     if fmt is OutputFormat.json:
         print_json(payload)
@@ -66,6 +67,8 @@ def init_cmd(
     for site, path in site_kits.items():
         table.add_row(site, path, "HE secret key, update signing key (0600)")
     console.print(table)
+    console.print("simulation and demo only: this host made every site's secrets; deploy with "
+                  "'fedinfra keys request' at each site and 'fedinfra keys issue' here", highlight=False)
     if he["param_id"]:
         console.print(f"parameter id {he['param_id']}", highlight=False)
 

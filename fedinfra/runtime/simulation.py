@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from fedinfra._optional import require_extra
 from fedinfra.config import JobSpec
@@ -74,15 +75,21 @@ def run_simulated(
     reporter: Reporter | None = None,
     verbose: bool = False,
     report_formats: tuple[str, ...] = ("html", "pdf", "json"),
+    client_app: Any = None,
 ) -> RunState:
-    """Run ``job`` with ``job.sites.count`` simulated sites; return the coordinator's state."""
+    """Run ``job`` with ``job.sites.count`` simulated sites; return the coordinator's state.
+
+    ``client_app`` replaces fedinfra's ClientApp (the malicious-site tests, ``tests/adversarial``).
+    """
     require_extra("Flower's simulation engine (Ray)", modules=("ray",))
     harden(flwr_home=run_dir / ".flwr")
     from flwr.simulation import run_simulation
 
     from fedinfra.coordinator.app import make_server_app
     from fedinfra.runtime.coordinator_kit import settings_from_kit, write_report
-    from fedinfra.site.app import app as client_app
+    from fedinfra.site.app import app as fedinfra_client
+
+    client_app = client_app or fedinfra_client
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)

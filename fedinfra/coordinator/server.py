@@ -866,6 +866,7 @@ class Coordinator:
                 trust_sampling=self.job.privacy.trust_sampling,
                 epsilon_per_site={k: b.epsilon_total for k, b in sorted(state.books.items())},
                 spends=[dict(e.details) for e in trail.log.entries(run_id=self.run_id, type="budget.spent")],
+                rounds=state.round,
             ),
             "secure_aggregation": self.job.secure_aggregation.mode,
             "audit_store": str(self.settings.store),

@@ -86,6 +86,25 @@ def user_level_statement(spends: Sequence[Mapping[str, object]]) -> str:
     return f"{text}; caps were enforced on (a)"
 
 
+def amplified_at_close(spend: Mapping[str, object], *, rounds: int, delta: float, accountant: str) -> float | None:
+    """Figure (b) over *all* ``rounds`` of the run, from a site's last ``budget.spent`` details.
+
+    Under Poisson sampling a round a site sat out still composes (its absence is an outcome
+    of the sampled mechanism), so (b) must be taken at the run's end, not at the site's last
+    participation. Never above (a), which non-participation does not change.
+    """
+    from fedinfra.privacy.accounting import epsilon_of_history
+
+    keys = ("noise_multiplier", "sample_rate", "releases", "rounds_released", "epsilon_against_coordinator")
+    nums = [float(v) for k in keys if isinstance(v := spend.get(k), int | float) and not isinstance(v, bool)]
+    if len(nums) != len(keys):
+        return None
+    z, q, releases, released, a = nums
+    extra = max(0, int(releases) - int(released))
+    history = [(z, q, max(int(rounds), int(released))), (z, 1.0, extra)]
+    return min(a, epsilon_of_history(history, delta=delta, accountant=accountant))
+
+
 def privacy_summary(
     *,
     mechanism: str,
@@ -94,6 +113,7 @@ def privacy_summary(
     trust_sampling: bool,
     epsilon_per_site: Mapping[str, float],
     spends: Sequence[Mapping[str, object]],
+    rounds: int = 0,
 ) -> dict[str, object]:
     """The ``privacy`` block of ``metrics.json``: figures, delta, guarantee, releases."""
     if mechanism == "none":
@@ -115,6 +135,7 @@ def privacy_summary(
                 per_site[site] = {
                     "against_coordinator": d.get("epsilon_against_coordinator"),
                     "amplified": d.get("epsilon_amplified"),
+                    "amplified_over_run": amplified_at_close(d, rounds=rounds, delta=delta, accountant=accountant),
                     "releases": d.get("releases"),
                 }
         out["figures_per_site"] = per_site

@@ -111,6 +111,7 @@ def protect_update(
         "enforced": figures.enforced,
         "trust_sampling": p.trust_sampling,
         "releases": figures.releases,
+        "rounds_released": rounds_released,
         "delta": p.delta,
         "accountant": p.accountant,
         "noise_multiplier": z,

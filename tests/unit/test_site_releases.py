@@ -124,8 +124,25 @@ def test_metrics_carry_delta_both_figures_and_the_sampling_assumption() -> None:
                               epsilon_per_site={"a": 2.83}, spends=spends)
 
     assert summary["delta"] == 1e-5
-    assert summary["figures_per_site"] == {"a": {"against_coordinator": 4.38, "amplified": 2.83, "releases": 1}}
+    assert summary["figures_per_site"] == {
+        "a": {"against_coordinator": 4.38, "amplified": 2.83, "amplified_over_run": None, "releases": 1}
+    }
     assert "ASSUMPTION" in str(summary["guarantee"])
     assert "4.38" in str(summary["guarantee"])
     assert "2.83" in str(summary["guarantee"])
     assert len(summary["releases"]) == len(RELEASES)  # type: ignore[arg-type]
+
+
+def test_the_amplified_figure_is_taken_over_the_whole_run_not_the_last_participation() -> None:
+    from fedinfra.privacy.claims import user_level_figures
+    from fedinfra.privacy.release import amplified_at_close
+
+    at_round_2 = user_level_figures(noise_multiplier=1.0, releases=1, rounds_released=1, current_round=2,
+                                    sample_rate=0.2, delta=1e-5, accountant="rdp", trust_sampling=True)
+    spend = {"noise_multiplier": 1.0, "sample_rate": 0.2, "releases": 1, "rounds_released": 1,
+             "epsilon_against_coordinator": at_round_2.against_coordinator}
+
+    over_run = amplified_at_close(spend, rounds=30, delta=1e-5, accountant="rdp")
+
+    assert over_run is not None
+    assert at_round_2.amplified < over_run <= at_round_2.against_coordinator

@@ -57,6 +57,10 @@ class LogSource(Protocol):
         """Yield entries with their stored side columns (``None`` where nothing is stored)."""
         ...
 
+    def tail(self, lo: int) -> Iterator[bytes]:
+        """Yield the data of the entries with ``seq >= lo``, in order."""
+        ...
+
     def close(self) -> None:
         """Release resources."""
         ...
@@ -88,6 +92,10 @@ class StoreSource:
 
     def rows(self) -> Iterator[tuple[int, bytes, bytes | None, SideColumns | None]]:  # noqa: D102
         yield from self._store.iter_rows()
+
+    def tail(self, lo: int) -> Iterator[bytes]:  # noqa: D102
+        for _, data, _ in self._store.iter_entries(lo=lo):
+            yield data
 
     def close(self) -> None:  # noqa: D102
         self._store.close()
@@ -161,6 +169,11 @@ class ExportSource:
     def rows(self) -> Iterator[tuple[int, bytes, bytes | None, SideColumns | None]]:  # noqa: D102
         for seq, data, leaf in self.entries():
             yield seq, data, leaf, None
+
+    def tail(self, lo: int) -> Iterator[bytes]:  # noqa: D102
+        for seq, data, _ in self.entries():
+            if seq >= lo:
+                yield data
 
     def close(self) -> None:  # noqa: D102
         return None

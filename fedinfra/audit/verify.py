@@ -28,6 +28,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import orjson
+
 from fedinfra.audit.checkpoint import Checkpoint
 from fedinfra.audit.cosign import Witness, parse_line
 from fedinfra.audit.merkle import HASH_SIZE
@@ -60,6 +62,7 @@ class VerifyResult:
     problem: str | None = None
     quorum: int | None = None
     head_cosigners: tuple[str, ...] = ()
+    unwitnessed_reports: int = 0
 
     def to_dict(self) -> dict[str, object]:
         """Return the result as a JSON-ready dict."""
@@ -219,7 +222,8 @@ def _verify(
         if checkpoints:
             progress["head_cosigners"] = tuple(sorted(cosigned.get(checkpoints[-1].size, set())))
         if quorum is not None:
-            _witnessed(checkpoints, cosigned, quorum, int(str(progress["unsigned_tail"])))
+            _witnessed(checkpoints, cosigned, quorum)
+            progress["unwitnessed_reports"] = _reader_tail(source, int(str(progress["head_size"])))
     except Failure as failure:
         return VerifyResult(ok=False, **partial, **progress, position=failure.position, problem=failure.problem)  # type: ignore[arg-type]
     return VerifyResult(ok=True, **partial, **progress)  # type: ignore[arg-type]
@@ -298,8 +302,8 @@ def _cosignatures(
     return cosigned
 
 
-def _witnessed(checkpoints: list[Checkpoint], cosigned: dict[int, set[str]], quorum: int, tail: int) -> None:
-    """The newest checkpoint needs ``quorum`` cosigners and nothing may follow it."""
+def _witnessed(checkpoints: list[Checkpoint], cosigned: dict[int, set[str]], quorum: int) -> None:
+    """The newest checkpoint needs ``quorum`` cosigners."""
     if not checkpoints:
         raise Failure("checkpoints", "the log has no checkpoint for witnesses to cosign")
     head = checkpoints[-1]
@@ -311,8 +315,30 @@ def _witnessed(checkpoints: list[Checkpoint], cosigned: dict[int, set[str]], quo
             f"newest checkpoint is cosigned by {have} of the {quorum} witnesses required "
             "(rewritten, truncated to an uncosigned checkpoint, or not yet cosigned)",
         )
-    if tail:
-        raise Failure(f"entry {head.size}", f"{tail} entries after the newest cosigned checkpoint are not witnessed")
+
+
+_READER_TYPES = frozenset({"report.generated", "log.read"})
+
+
+def _reader_tail(source: LogSource, head_size: int) -> int:
+    """Entries after the newest cosigned checkpoint: only readers' records may be there.
+
+    An auditor who regenerates the report appends ``report.generated`` (older CLIs also
+    appended ``log.read``); those are counted and reported as unwitnessed. Anything else
+    after the witnessed head - a coordinator's entry - fails: nobody witnessed it.
+    """
+    count = 0
+    for offset, data in enumerate(source.tail(head_size)):
+        obj = orjson.loads(data)
+        actor = obj.get("actor") if isinstance(obj, dict) else None
+        kind = actor.get("kind") if isinstance(actor, dict) else None
+        if obj.get("type") not in _READER_TYPES or kind in ("coordinator", "system", "site"):
+            raise Failure(
+                f"entry {head_size + offset}",
+                "an entry after the newest cosigned checkpoint is not witnessed by the sites",
+            )
+        count += 1
+    return count
 
 
 def _held(notes: Sequence[str], verifier: Verifier) -> dict[int, bytes]:

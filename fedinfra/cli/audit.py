@@ -138,7 +138,13 @@ def verify_cmd(
             highlight=False,
             soft_wrap=True,
         )
-    if result.unsigned_tail:
+    if result.unwitnessed_reports:
+        err_console.print(
+            f"[yellow]note:[/] {result.unwitnessed_reports} report regenerations after the cosigned checkpoint "
+            "are not witnessed (readers' records, not the run's)",
+            highlight=False,
+        )
+    elif result.unsigned_tail:
         err_console.print(
             f"[yellow]note:[/] {result.unsigned_tail} entries after the last checkpoint are not signed yet",
             highlight=False,

@@ -315,3 +315,24 @@ def test_an_exported_bundle_keeps_the_cosignatures(fed: Federation, tmp_path: Pa
     export = tmp_path / "export"
     assert CliRunner().invoke(build_app(), ["audit", "export", str(fed.store), "--out", str(export)]).exit_code == 0
     assert verify_store(export, public_key=fed.signer.vkey, witnesses=_witnesses(fed)).ok
+
+
+def _append_after_head(fed: Federation, kind: str) -> None:
+    with AuditLog.open(fed.store) as log:
+        log.append(
+            run_id="run-1", round=None, type="report.generated", actor=Actor(kind=kind, id="x"), outcome="success"  # type: ignore[arg-type]
+        )
+
+
+def test_an_auditors_report_regeneration_after_the_cosigned_head_is_reported_not_failed(fed: Federation) -> None:
+    _append_after_head(fed, "operator")
+    result = verify_store(fed.store, public_key=fed.signer.vkey, witnesses=_witnesses(fed), workers=1)
+    assert result.ok, result.problem
+    assert result.unwitnessed_reports == 1
+
+
+def test_a_coordinator_entry_after_the_cosigned_head_fails_the_witness_check(fed: Federation) -> None:
+    _append_after_head(fed, "coordinator")
+    result = verify_store(fed.store, public_key=fed.signer.vkey, witnesses=_witnesses(fed), workers=1)
+    assert not result.ok
+    assert "not witnessed" in (result.problem or "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,8 @@ DISTRIBUTED_NOISE_RULE = (
 
 Scenario = Literal["hospital", "bank", "edge"]
 Dataset = Literal["breast_cancer", "digits", "wine", "caravan"]
+#: Feature count of each bundled data set (checked again against the loaded arrays).
+BUNDLED_FEATURES: dict[str, int] = {"breast_cancer": 30, "digits": 64, "wine": 13, "caravan": 85}
 
 
 class ModelSpec(StrictModel):
@@ -40,6 +43,15 @@ class DataSpec(StrictModel):
     ``test_fraction`` is held out and the rest is split among the simulated sites,
     ``partition = "iid"`` (uniformly at random) or ``"dirichlet"`` (label skew ``alpha``,
     Hsu et al. 2019). Without it, ``dataset`` names a bundled set.
+
+    Standardisation of a bundled set (issue 14, item 6: never statistics pooled over
+    sites' raw data) uses constants every site applies unchanged: ``standardize =
+    "holdout"`` (default) takes the feature means and standard deviations of the
+    held-out test split, which the job draws (seeded) before any site's share exists
+    and which belongs to the coordinator's evaluation, never to a site's training data;
+    ``standardize = "job"`` takes ``feature_mean`` / ``feature_std`` from the job
+    (one value per feature, finite, std > 0). Either way a site's transform does not
+    depend on any site's training rows, so it releases nothing about them.
     """
 
     dataset: Dataset = "breast_cancer"
@@ -47,6 +59,32 @@ class DataSpec(StrictModel):
     partition: Literal["dirichlet", "iid"] = "dirichlet"
     alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration of label skew")
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    standardize: Literal["holdout", "job"] = "holdout"
+    feature_mean: list[float] | None = None
+    feature_std: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _constants(self) -> DataSpec:
+        given = self.feature_mean is not None or self.feature_std is not None
+        if self.standardize != "job":
+            if given:
+                raise ValueError("data.feature_mean/feature_std are used only with data.standardize = 'job'; set it")
+            return self
+        if self.source is not None:
+            raise ValueError(
+                "data.standardize = 'job' applies to bundled data sets; with data.source standardise in your task"
+            )
+        want = BUNDLED_FEATURES[self.dataset]
+        for field, values in (("feature_mean", self.feature_mean), ("feature_std", self.feature_std)):
+            if values is None:
+                raise ValueError(f"data.{field} is required with data.standardize = 'job' ({want} values)")
+            if len(values) != want:
+                raise ValueError(f"data.{field} has {len(values)} values; {self.dataset} has {want} features")
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"data.{field} must be finite numbers (no nan/inf)")
+        if not all(v > 0 for v in self.feature_std or ()):
+            raise ValueError("data.feature_std values must all be > 0 (a constant feature: use 1.0)")
+        return self
 
 
 class TaskSpec(StrictModel):

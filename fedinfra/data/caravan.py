@@ -4,14 +4,15 @@
 features and the label ``Purchase`` (bought a caravan policy: about 6% ``Yes``). It is
 the bank scenario's real tabular financial data; the copy comes from the ISLP package
 (see ``files/SOURCE.txt`` and ``files/LICENSE-ISLP.txt``), so nothing is downloaded at run
-time. Features are standardised with training-split statistics only, as in
-:mod:`fedinfra.data.bundled`.
+time. Features are standardised with the job's constants or the held-out split's, never
+with statistics pooled over sites' training rows, as in :mod:`fedinfra.data.bundled`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from importlib import resources
 
 import numpy as np
@@ -44,7 +45,9 @@ def read_caravan() -> tuple[tuple[str, ...], npt.NDArray[np.float64], npt.NDArra
     return tuple(header[:-1]), x, y
 
 
-def load_caravan(*, test_fraction: float, seed: int) -> SplitData:
+def load_caravan(
+    *, test_fraction: float, seed: int, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> SplitData:
     """Load Caravan, split it stratified (the classes are imbalanced) and standardise it."""
     if not 0 < test_fraction < 1:
         raise DataError(f"test_fraction must be in (0, 1) (got {test_fraction})")
@@ -55,4 +58,6 @@ def load_caravan(*, test_fraction: float, seed: int) -> SplitData:
         tuple(names),
         test_fraction=test_fraction,
         seed=seed,
+        mean=mean,
+        std=std,
     )

@@ -40,19 +40,32 @@ class SiteData:
 
 
 def load_split(job: JobSpec) -> SplitData:
-    """The job's bundled split (features standardised on the training part)."""
-    return _load_split(job.data.dataset, job.data.test_fraction, job.seed)
+    """The job's bundled split, standardised with constants no site's training rows enter.
+
+    ``data.standardize = "job"``: the job's ``feature_mean``/``feature_std``; otherwise the
+    held-out test split's moments (see :mod:`fedinfra.data.bundled`).
+    """
+    d = job.data
+    mean = tuple(d.feature_mean) if d.standardize == "job" and d.feature_mean is not None else None
+    std = tuple(d.feature_std) if d.standardize == "job" and d.feature_std is not None else None
+    return _load_split(d.dataset, d.test_fraction, job.seed, mean, std)
 
 
 @lru_cache(maxsize=4)
-def _load_split(dataset: str, test_fraction: float, seed: int) -> SplitData:
+def _load_split(
+    dataset: str,
+    test_fraction: float,
+    seed: int,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> SplitData:
     if dataset == "caravan":
         import importlib
 
         caravan = importlib.import_module("fedinfra.data.caravan")
-        split: SplitData = caravan.load_caravan(test_fraction=test_fraction, seed=seed)
+        split: SplitData = caravan.load_caravan(test_fraction=test_fraction, seed=seed, mean=mean, std=std)
         return split
-    return load_bundled(dataset, test_fraction=test_fraction, seed=seed)
+    return load_bundled(dataset, test_fraction=test_fraction, seed=seed, mean=mean, std=std)
 
 
 def _from_task(

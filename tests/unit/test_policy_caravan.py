@@ -16,12 +16,15 @@ def test_caravan_has_the_published_shape_and_label_rate() -> None:
     assert int(y.sum()) == 348  # 348 of 5,822 customers bought a caravan policy
 
 
-def test_split_is_stratified_and_standardised_on_train_only() -> None:
+def test_split_is_stratified_and_standardised_on_the_holdout_not_pooled_site_rows() -> None:
     d = load_caravan(test_fraction=0.2, seed=0)
     assert d.x_train.dtype == np.float32
     assert d.num_classes == 2
     assert abs(float(d.y_train.mean()) - float(d.y_test.mean())) < 0.01
-    assert np.allclose(d.x_train.mean(axis=0), 0, atol=1e-4)
+    # Issue 14 item 6: the constants come from the held-out split, never the sites' pooled rows.
+    assert np.allclose(d.x_test.mean(axis=0), 0, atol=1e-4)
+    assert not np.allclose(d.x_train.mean(axis=0), 0, atol=1e-4)
+    assert np.abs(d.x_train.mean(axis=0)).max() < 0.2  # same population: still roughly centred
 
 
 def test_licence_and_source_note_ship_with_the_data() -> None:

@@ -259,8 +259,24 @@ def cosigned_note(checkpoint: Checkpoint, lines: Iterable[str]) -> str:
     return checkpoint.note + "".join(line.rstrip("\n") + "\n" for line in lines)
 
 
+def _kit_cosigners(kit: Path) -> list[str]:
+    """The cosigner keys a coordinator kit pins (``[audit.cosigners]``, from the key ceremony)."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads((kit / "kit.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{kit}: not a coordinator kit (no readable kit.toml); pass the kit or a key file") from exc
+    pinned = doc.get("audit", {}).get("cosigners", {})
+    if not isinstance(pinned, dict) or not pinned:
+        raise ConfigError(f"{kit}: kit pins no cosigner keys ([audit.cosigners]); re-issue it or pass a key file")
+    return [str(v) for v in pinned.values()]
+
+
 def load_witnesses(paths: Sequence[Path]) -> list[Witness]:
-    """Read cosigner keys: files with one key text per line (``#`` comments allowed).
+    """Read cosigner keys: files of one key text a line, or a coordinator kit directory.
+
+    Key files allow ``#`` comments; a kit gives its ``[audit.cosigners]`` (pinned by the key ceremony).
 
     Raises
     ------
@@ -270,7 +286,7 @@ def load_witnesses(paths: Sequence[Path]) -> list[Witness]:
     witnesses: list[Witness] = []
     for path in paths:
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = _kit_cosigners(path) if path.is_dir() else path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read witness keys") from exc
         for number, raw in enumerate(lines, start=1):

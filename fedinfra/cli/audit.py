@@ -87,7 +87,9 @@ def verify_cmd(
         help="Checkpoints held outside the store: a note, receipt, metrics.json, receipts dir or export.",
     ),
     witnesses: list[Path] = typer.Option(
-        [], "--witnesses", help="File of the sites' cosigner keys, one a line; the newest checkpoint needs a quorum."
+        [],
+        "--witnesses",
+        help="Sites' cosigner keys (a file, one a line, or the coordinator kit); the newest checkpoint needs a quorum.",
     ),
     quorum: int | None = typer.Option(None, "--quorum", min=1, help="Cosigners required (default: every witness)."),
     fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),

@@ -19,6 +19,17 @@ from fedinfra.coordinator.events import RoundResult
 from fedinfra.errors import ConfigError, FedinfraError, RuntimeLaunchError
 
 
+def verify_command(run_dir: Path) -> str:
+    """The command that verifies a demo run's log with its sites' cosignatures.
+
+    The witnesses are the cosigner keys the run's coordinator kit pins (key ceremony), so
+    the command checks the cosigned close checkpoint, not just the coordinator's own signature.
+    """
+    from fedinfra.runtime.simulation import AUDIT_STORE
+
+    return f"fedinfra audit verify {run_dir / AUDIT_STORE} --witnesses {run_dir / 'kits' / 'coordinator'}"
+
+
 class RichReporter:
     """Shows rounds with a rich progress bar and one line per round."""
 
@@ -345,7 +356,7 @@ def register(app: typer.Typer) -> None:
             # services (HIPAA 45 CFR 164.312(a)(1), least privilege).
             private_umask()
             from fedinfra.coordinator.app import new_run_id
-            from fedinfra.runtime.simulation import AUDIT_STORE, run_simulated
+            from fedinfra.runtime.simulation import run_simulated
 
             if out.exists() and not out.is_dir():
                 raise ConfigError(f"--out {out}: is a file; give a directory for the run directories")
@@ -397,6 +408,6 @@ def register(app: typer.Typer) -> None:
             for path in reports:
                 console.print(f"report: {path}", soft_wrap=True)
             err_console.print(f"[yellow]note:[/] {escape(keys_note)}", highlight=False, soft_wrap=True)
-            console.print(f"verify the audit trail: fedinfra audit verify {run_dir / AUDIT_STORE}", soft_wrap=True)
+            console.print(f"verify the audit trail: {verify_command(run_dir)}", soft_wrap=True)
 
         guarded(_run)

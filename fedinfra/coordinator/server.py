@@ -90,6 +90,8 @@ class CoordinatorSettings:
     node_wait_s: float = 120.0
     #: Site name -> DER public key the coordinator kit pins (deployed); None in simulation.
     site_node_keys: Mapping[str, bytes] | None = None
+    #: Site name -> cosigner key text pinned by the key ceremony (``[audit.cosigners]``); None: not pinned.
+    site_cosigner_keys: Mapping[str, str] | None = None
 
 
 @dataclass
@@ -272,6 +274,8 @@ class Coordinator:
                 reason = evaluation.reason()
             elif self.num_features is not None and hello.num_features != self.num_features:
                 reason = f"site has {hello.num_features} features, the model {self.num_features}"
+            else:
+                reason = self.witnessing.refusal(hello.site, hello.cosigner)
             if reason:
                 trail.event("site.rejected", outcome="denied", site=hello.site, details={**details, "reason": reason})
                 continue
@@ -702,7 +706,7 @@ class Coordinator:
         from fedinfra.audit import AuditLog
 
         log = AuditLog.open(self.settings.store, origin=self.settings.signer.name, signer=self.settings.signer)
-        self.witnessing = Witnessing(log)
+        self.witnessing = Witnessing(log, self.settings.site_cosigner_keys)
         return AuditTrail(log, run_id=self.run_id, key_id=self.settings.signer.key_id)
 
     def _start(self, trail: AuditTrail) -> RunState:

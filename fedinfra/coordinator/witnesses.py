@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +29,28 @@ _log = logging.getLogger("fedinfra.coordinator")
 class Witnessing:
     """Cosigner keys of the admitted sites, requests to cosign, and the cosignatures received."""
 
-    def __init__(self, log: AuditLog) -> None:
+    def __init__(self, log: AuditLog, pinned: Mapping[str, str] | None = None) -> None:
         self.log = log
+        #: Site -> cosigner key text the coordinator kit pins (key ceremony); None: none pinned.
+        self.pinned = pinned
         self.keys: dict[str, Witness] = {}
         self.last_round: list[str] = []
+
+    def refusal(self, site: str, vkey: str) -> str:
+        """Why ``site`` must be refused for the cosigner key it announced ("" if it may pass).
+
+        A witness key is configured out of band, never learned from the witness (C2SP
+        tlog-witness): with a key pinned by the ceremony (``keys request|issue|init``), a
+        site announcing another key is refused - otherwise whoever answers as the site
+        could cosign in its name. Sites the kit pins no key for (kits issued from older
+        requests) keep the announced key. The reason names no announced value.
+        """
+        expected = (self.pinned or {}).get(site)
+        if not expected:
+            return ""
+        if vkey.strip() != expected.strip():
+            return "announced cosigner key is not the key the coordinator kit pins for this site"
+        return ""
 
     def enrol(self, site: str, vkey: str) -> dict[str, str]:
         """Remember ``site``'s cosigner key; return the facts to log with its admission.

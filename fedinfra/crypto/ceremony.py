@@ -43,12 +43,25 @@ _REQUEST_FIELDS = ("format", "site", "consortium", "node_public_key", "signing_p
 SEAL_REFUSED = "sealed HE key rejected: not from the named site, not for this site, or altered"
 
 
+#: Request fields signed and fingerprinted when present (older requests lack them).
+_OPTIONAL_FIELDS = ("cosigner_public_key",)
+
+
 def _canonical(doc: Mapping[str, Any], fields: tuple[str, ...]) -> bytes:
-    return json.dumps({k: doc[k] for k in fields}, sort_keys=True, separators=(",", ":")).encode()
+    signed = {k: doc[k] for k in fields}
+    if fields == _REQUEST_FIELDS:
+        signed.update({k: doc[k] for k in _OPTIONAL_FIELDS if k in doc})
+    return json.dumps(signed, sort_keys=True, separators=(",", ":")).encode()
 
 
-def make_request(site: str, consortium: str) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """A site's key request (public keys only) and its secrets ``{file name: bytes}``."""
+def make_request(
+    site: str, consortium: str, *, cosigner_public_key: str = ""
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A site's key request (public keys only) and its secrets ``{file name: bytes}``.
+
+    ``cosigner_public_key`` (the site's C2SP tlog-cosignature key text, made by the caller)
+    is signed with the rest, so ``keys issue`` can pin it in the coordinator kit.
+    """
     node = generate_node_auth_key()
     signing, signing_public = _sign.new_signing_key()
     kex = X25519PrivateKey.generate()
@@ -60,6 +73,8 @@ def make_request(site: str, consortium: str) -> tuple[dict[str, Any], dict[str, 
         "signing_public_key": signing_public.hex(),
         "kex_public_key": kex.public_key().public_bytes_raw().hex(),
     }
+    if cosigner_public_key:
+        doc["cosigner_public_key"] = cosigner_public_key
     digest = hashlib.sha256(_REQUEST_LABEL + _canonical(doc, _REQUEST_FIELDS)).digest()
     doc["signature"] = _sign.sign(signing, digest).hex()
     secrets = {

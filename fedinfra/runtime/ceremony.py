@@ -29,11 +29,12 @@ from fedinfra.config.names import check_slug
 from fedinfra.crypto.ceremony import fingerprint, make_request, open_he_key, seal_he_key, verify_request
 from fedinfra.crypto.kits import HE_SECRET_FILE, KIT_FILE, SIGNING_FILE, empty_kits, he_public_part, write_kits
 from fedinfra.errors import ConfigError, CryptoError
+from fedinfra.runtime.provision import COSIGNER_FILE, COSIGNER_VKEY_FILE
 from fedinfra.runtime.release import RELEASE_PUB_FILE, write_private
 
 CONSORTIUM_KEYS_FILE = "consortium-keys.json"
 KEX_FILE = "kex.key"
-_SECRET_NAMES = ("supernode_auth.key", SIGNING_FILE, KEX_FILE, HE_SECRET_FILE)
+_SECRET_NAMES = ("supernode_auth.key", SIGNING_FILE, KEX_FILE, HE_SECRET_FILE, COSIGNER_FILE)
 
 
 def request_keys(site: str, consortium: str, kit: Path) -> tuple[Path, str]:
@@ -41,9 +42,15 @@ def request_keys(site: str, consortium: str, kit: Path) -> tuple[Path, str]:
     check_slug(site, "--site")
     if any((kit / name).exists() for name in _SECRET_NAMES):
         raise ConfigError(f"{kit}: already holds site keys; use a new directory (keys are never overwritten)")
-    doc, secrets = make_request(site, consortium)
+    from fedinfra.audit.cosign import Cosigner
+    from fedinfra.site.receipts import cosigner_name
+
+    cosigner = Cosigner.generate(cosigner_name(site))  # pinned by 'keys issue' in the coordinator kit
+    doc, secrets = make_request(site, consortium, cosigner_public_key=cosigner.vkey)
+    secrets[COSIGNER_FILE] = (cosigner.skey + "\n").encode()
     for name, data in secrets.items():
         write_private(kit / name, data)
+    (kit / COSIGNER_VKEY_FILE).write_text(cosigner.vkey + "\n")
     (kit / "supernode_auth.pub").chmod(0o644)
     request = kit / f"request-{site}.json"
     request.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")

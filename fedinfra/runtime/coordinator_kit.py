@@ -47,6 +47,7 @@ def settings_from_kit(
         he_public = load_coordinator_kit(kit)
     return CoordinatorSettings(
         site_node_keys=pinned_node_keys(kit) if tls and not in_process else None,
+        site_cosigner_keys={str(k): str(v) for k, v in audit.get("cosigners", {}).items()} or None,
         store=store,
         signer=signer,
         tls=tls,

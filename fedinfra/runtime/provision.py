@@ -32,7 +32,7 @@ from typing import Any
 
 from fedinfra.config.consortium import ConsortiumConfig
 from fedinfra.crypto import KitSet, _sign, build_kits, write_kits
-from fedinfra.crypto.kits import SIGNING_FILE
+from fedinfra.crypto.kits import SIGNING_FILE, Kit
 from fedinfra.crypto.tls import PemPair, generate_ca, generate_node_auth_key, issue_server_certificate
 from fedinfra.errors import ConfigError
 
@@ -47,6 +47,9 @@ AUDIT_KEY_FILE = "audit_signing.key"
 #: verify step needs a key file).
 AUDIT_VKEY_FILE = "audit.vkey"
 README_FILE = "README.md"
+#: The site's C2SP tlog-cosignature key (0600) and its public key text, made in the key ceremony.
+COSIGNER_FILE = "cosigner.key"
+COSIGNER_VKEY_FILE = "cosigner.vkey"
 
 
 def node_pub_file(site: str) -> str:
@@ -65,6 +68,25 @@ class Provisioned:
 
     kits: KitSet
     written: list[Path]
+
+
+def _cosigner_part(site: str, kit: Kit, request: Mapping[str, Any] | None) -> str:
+    """The site's cosigner key text, pinned in the coordinator kit ("" if an old request lacks it).
+
+    ``keys init`` makes the key into the site kit; ``keys issue`` takes it from the site's
+    signed request. Pinning it is what lets the coordinator (and any auditor holding the
+    coordinator kit) refuse a cosigner key announced at admission that the ceremony did not
+    register (C2SP tlog-witness: witness keys are configured out of band, never learned).
+    """
+    if request is not None:
+        return str(request.get("cosigner_public_key", "")).strip()
+    from fedinfra.audit.cosign import Cosigner
+    from fedinfra.site.receipts import cosigner_name
+
+    cosigner = Cosigner.generate(cosigner_name(site))
+    kit.files[COSIGNER_FILE] = ((cosigner.skey + "\n").encode(), True)
+    kit.files[COSIGNER_VKEY_FILE] = ((cosigner.vkey + "\n").encode(), False)
+    return cosigner.vkey
 
 
 def add_transport_part(
@@ -101,7 +123,11 @@ def add_transport_part(
     c.tables["audit"] = {"key_file": AUDIT_KEY_FILE, "vkey": audit.vkey, "vkey_file": AUDIT_VKEY_FILE}
     auth_files: dict[str, str] = {}
     verify: dict[str, str] = dict(c.tables.get("he.site_keys", {}))
+    cosigners: dict[str, str] = {}
     for site, kit in kits.sites.items():
+        cosigner = _cosigner_part(site, kit, None if requests is None else requests[site])
+        if cosigner:
+            cosigners[site] = cosigner
         if requests is None:
             node = generate_node_auth_key()
             kit.files[NODE_KEY_FILE] = (node.private, True)
@@ -124,6 +150,7 @@ def add_transport_part(
         c.files[node_pub_file(site)] = (node_public, False)
         auth_files[site] = node_pub_file(site)
     c.tables["supernode.sites"] = auth_files
+    c.tables["audit.cosigners"] = cosigners
     c.tables["signing.site_keys"] = verify
     for kit in (c, *kits.sites.values()):
         kit.files[README_FILE] = (_readme(kit.role, kit.name, consortium).encode(), False)

@@ -83,10 +83,16 @@ def cosigner_name(site: str) -> str:
     return f"fedinfra-site.{site}"
 
 
-def cosigner(home: Path, site: str) -> Cosigner:
-    """The site's own cosigning key, created on first use (keys are born where they are used)."""
+def cosigner(home: Path, site: str, kit: Path | None = None) -> Cosigner:
+    """The site's own cosigning key: the kit's if it holds one, else one made in ``home``.
+
+    The kit's key comes from the key ceremony and is pinned by the coordinator kit; without
+    one, a key is created on first use (keys are born where they are used).
+    """
     from fedinfra.audit.cosign import Cosigner
 
+    if kit is not None and (kit / COSIGNER_KEY).is_file():
+        return Cosigner.load_or_create(kit / COSIGNER_KEY, cosigner_name(site))
     home.mkdir(parents=True, exist_ok=True)
     return Cosigner.load_or_create(home / COSIGNER_KEY, cosigner_name(site))
 
@@ -109,6 +115,7 @@ def cosign_checkpoint(
     verifier_key: str | None,
     home: Path,
     site: str,
+    kit: Path | None = None,
     clock: Callable[[], float] = time.time,
 ) -> str:
     """Check the coordinator's newest checkpoint and return this site's cosignature (JSON).
@@ -158,17 +165,18 @@ def cosign_checkpoint(
             except VerificationError as exc:
                 raise _alert(directory, "the new checkpoint does not extend the held one", held.size, new.size) from exc
     save_held_checkpoint(directory, new)
-    line = cosigner(home, site).cosign(new, timestamp=int(clock()))
+    line = cosigner(home, site, kit).cosign(new, timestamp=int(clock()))
     return CosignReply(tree_size=new.size, line=line).model_dump_json()
 
 
 def witness(ctx: SiteContext, request: str, run_id: str) -> str:
     """:func:`cosign_checkpoint` for one site context (its receipts dir, log key and home)."""
     return cosign_checkpoint(
-        request, directory=ctx.receipts_dir(run_id), verifier_key=ctx.audit_key(), home=ctx.home.root, site=ctx.name
+        request, directory=ctx.receipts_dir(run_id), verifier_key=ctx.audit_key(), home=ctx.home.root, site=ctx.name,
+        kit=ctx.home.kit,
     )
 
 
 def cosigner_vkey(ctx: SiteContext) -> str:
     """The site's public cosigner key, sent at admission (the coordinator logs it)."""
-    return cosigner(ctx.home.root, ctx.name).vkey
+    return cosigner(ctx.home.root, ctx.name, ctx.home.kit).vkey

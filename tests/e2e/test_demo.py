@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import threading
@@ -92,10 +93,15 @@ def test_demo_runs_two_rounds_on_loopback_and_writes_artifacts(fedinfra_bin: str
     assert all(0 < eps <= 3.0 for eps in saved["privacy"]["epsilon_per_site"].values())
     for fmt in ("html", "pdf", "json"):
         assert (run_dir / f"report-{metrics['run_id']}.{fmt}").stat().st_size > 0
-    verify = subprocess.run(
-        [fedinfra_bin, "audit", "verify", str(run_dir / "audit.sqlite")], capture_output=True, text=True, check=False
-    )
+    # the command the demo prints last verifies with the witnesses the coordinator kit pins (issue 15)
+    from fedinfra.cli.demo import verify_command
+
+    printed = shlex.split(verify_command(run_dir))
+    assert printed[:3] == ["fedinfra", "audit", "verify"]
+    assert "--witnesses" in printed
+    verify = subprocess.run([fedinfra_bin, *printed[1:]], capture_output=True, text=True, check=False)
     assert verify.returncode == 0, verify.stderr
+    assert "witnessed: newest checkpoint cosigned by" in verify.stdout, verify.stdout
     # Every artifact with data or keys is private (issue 18): files 0600, directories 0700.
     loose = [
         f"{p.relative_to(run_dir)} {p.stat().st_mode & 0o777:o}"

@@ -224,3 +224,32 @@ def test_sampling_is_poisson_at_the_job_rate_with_at_least_min_sites(setup) -> N
     # Binomial(20, 0.3): mean 6, sd 2.05; the mean of 300 draws is within 0.6 of 6 w.p. > 0.9999.
     assert abs(sum(sizes) / len(sizes) - 6.0) < 0.6
     assert len(set(sizes)) > 3  # the size varies: not a fixed-k sample
+
+
+def test_a_site_announcing_another_cosigner_key_than_the_pinned_one_is_refused(tmp_path: Path) -> None:
+    """Issue 15: cosigner keys come from the key ceremony, not from the site's hello."""
+    from fedinfra.audit.cosign import Cosigner
+
+    job = _job()
+    pinned = {f"hospital-{n}": Cosigner.generate(f"fedinfra-site.hospital-{n}") for n in (1, 2, 3)}
+    settings = CoordinatorSettings(
+        store=str(tmp_path / "audit.db"),
+        signer=Signer.generate("fedinfra.test/coordinator"),
+        in_process=True,
+        node_wait_s=1,
+        site_cosigner_keys={s: c.vkey for s, c in pinned.items()},
+    )
+    coordinator = Coordinator(job, run_id="run-1", run_dir=tmp_path / "run", settings=settings)
+    trail = coordinator._open()
+    impostor = Cosigner.generate("fedinfra-site.hospital-2")  # same name, a key the ceremony never saw
+    announced = {1: pinned["hospital-1"].vkey, 2: impostor.vkey, 3: pinned["hospital-3"].vkey}
+    grid = FakeGrid({n: _answers(_hello(job, f"hospital-{n}", cosigner=announced[n])) for n in (1, 2, 3)})
+
+    admitted = coordinator.admit(grid, trail, list(load_packs(["gdpr", "hipaa"])))  # type: ignore[arg-type]
+
+    assert [s.hello.site for s in admitted] == ["hospital-1", "hospital-3"]
+    reason = _rejections(trail)["hospital-2"]
+    assert "cosigner key is not the key the coordinator kit pins" in reason
+    assert impostor.vkey not in reason
+    assert impostor.witness.key_id not in reason
+    assert set(coordinator.witnessing.keys) == {"hospital-1", "hospital-3"}

@@ -121,3 +121,30 @@ def test_issue_refuses_a_missing_or_foreign_request(tmp_path: Path) -> None:
 def test_a_bundle_for_another_node_key_is_refused(ceremony: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         accept(ceremony["operator"] / "sites" / "hospital-b", ceremony["hospital-a"])
+
+
+def test_the_cosigner_key_is_made_at_the_site_signed_in_its_request_and_pinned_by_the_operator(
+    ceremony: dict[str, Path],
+) -> None:
+    """Issue 15: the coordinator kit pins each site's cosigner key; a changed one breaks the request."""
+    from fedinfra.audit.cosign import load_witnesses
+    from fedinfra.audit.note import Signer
+    from fedinfra.runtime.coordinator_kit import settings_from_kit
+    from fedinfra.site.receipts import cosigner
+
+    coordinator = ceremony["operator"] / "coordinator"
+    settings = settings_from_kit(coordinator, store="sqlite:///:memory:", tls=False, in_process=True, he=False)
+    assert settings.site_cosigner_keys is not None
+    for s in SITES:
+        kit = ceremony[s]
+        assert (kit / "cosigner.key").stat().st_mode & 0o777 == 0o600
+        assert not (ceremony["operator"] / "sites" / s / "cosigner.key").exists()
+        own = cosigner(kit.parent / "home", s, kit)  # the site cosigns with the ceremony's key
+        assert settings.site_cosigner_keys[s] == own.vkey == (kit / "cosigner.vkey").read_text().strip()
+        assert not (kit.parent / "home" / "cosigner.key").exists()
+        doc = json.loads((kit / f"request-{s}.json").read_text())
+        verify_request(doc)
+        doc["cosigner_public_key"] = Signer.generate("x").vkey  # swapped in transit
+        with pytest.raises(CryptoError):
+            verify_request(doc)
+    assert sorted(w.vkey for w in load_witnesses([coordinator])) == sorted(settings.site_cosigner_keys.values())

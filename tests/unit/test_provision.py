@@ -101,3 +101,20 @@ def test_a_malformed_coordinator_address_names_the_field(tmp_path: Path) -> None
     path.write_text('name = "x"\nsites = ["a"]\n[coordinator]\naddress = "nohost"\n')
     with pytest.raises(ConfigError, match=r"coordinator\.address"):
         load_consortium(path)
+
+
+def test_keys_init_makes_each_sites_cosigner_key_and_the_coordinator_kit_pins_it(kits: Path) -> None:
+    """Issue 15: simulation/demo kits pin the cosigner keys too (the demo's verify command uses them)."""
+    from fedinfra.audit.cosign import Cosigner, load_witnesses
+    from fedinfra.runtime.coordinator_kit import settings_from_kit
+
+    settings = settings_from_kit(kits / "coordinator", store="x", tls=False, in_process=True, he=False)
+    assert settings.site_cosigner_keys is not None
+    for site in ("alpha", "beta"):
+        key = kits / "sites" / site / "cosigner.key"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        assert Cosigner.from_skey(key.read_text()).vkey == settings.site_cosigner_keys[site]
+        assert not (kits / "coordinator" / "cosigner.key").exists()
+    assert len(load_witnesses([kits / "coordinator"])) == 2
+    with pytest.raises(ConfigError, match=r"pins no cosigner keys|not a coordinator kit"):
+        load_witnesses([kits / "sites" / "alpha"])

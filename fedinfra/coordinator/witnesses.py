@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("fedinfra.coordinator")
 
+#: Waves of cosign requests at close: a site that missed the first (late reply) is asked again.
+CLOSE_WAVES = 2
+
 
 class Witnessing:
     """Cosigner keys of the admitted sites, requests to cosign, and the cosignatures received."""
@@ -124,18 +127,28 @@ class Witnessing:
         send: Callable[[list[Any]], Iterable[Any]],
         message_for: Callable[[Any], Any],
         reply_doc: Callable[[Any], str | None],
+        *,
+        waves: int = CLOSE_WAVES,
     ) -> list[str]:
         """Ask ``sites`` to cosign the close ``checkpoint``; return who did.
 
         ``message_for(site)`` builds the QUERY carrying the request, ``reply_doc(reply)``
         extracts the site's cosignature JSON from a reply (``None`` for an error reply).
+        A site whose cosignature is missing after a wave (its reply came after the timeout,
+        or was an error) is asked again, up to ``waves`` waves in all: a late site is
+        collected instead of leaving the run not final.
         """
         by_node = {s.node_id: s for s in sites}
-        for reply in send([message_for(s) for s in sites]):
-            site = by_node.get(reply.metadata.src_node_id)
-            doc = reply_doc(reply)
-            if site is not None and doc:
-                self.accept(site.hello.site, doc)
+        for _ in range(waves):
+            done = set(self.cosigners(checkpoint))
+            missing = [s for s in sites if s.hello.site not in done]
+            if not missing:
+                break
+            for reply in send([message_for(s) for s in missing]):
+                site = by_node.get(reply.metadata.src_node_id)
+                doc = reply_doc(reply)
+                if site is not None and doc:
+                    self.accept(site.hello.site, doc)
         return self.cosigners(checkpoint)
 
 
@@ -173,7 +186,6 @@ def cosign_close(
     def message_for(site: Any) -> Message:
         book = state.books.setdefault(site.hello.site, SiteBook())
         doc = coordinator._doc(state.round, "cosign", cosign=witnessing.request(book.seen_size))
-        book.seen_size = final.size
         content = RecordDict({CONFIG: ConfigRecord({DOC: doc.model_dump_json()})})
         return Message(content, dst_node_id=site.node_id, message_type=MessageType.QUERY)
 
@@ -186,6 +198,9 @@ def cosign_close(
             return None
 
     names = witnessing.close(final, last, lambda batch: coordinator._send(grid, batch), message_for, reply_doc)
+    for site in last:  # only a site that cosigned is known to hold the close checkpoint
+        if site.hello.site in names:
+            state.books.setdefault(site.hello.site, SiteBook()).seen_size = final.size
     quorum = witnessing.quorum(coordinator.job.sites.cosign_quorum, [s.hello.site for s in last])
     if len(names) < quorum:
         _log.warning(

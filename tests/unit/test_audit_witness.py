@@ -336,3 +336,38 @@ def test_a_coordinator_entry_after_the_cosigned_head_fails_the_witness_check(fed
     result = verify_store(fed.store, public_key=fed.signer.vkey, witnesses=_witnesses(fed), workers=1)
     assert not result.ok
     assert "not witnessed" in (result.problem or "")
+
+
+def test_a_site_whose_close_cosignature_came_late_is_asked_again_and_counted(fed: Federation) -> None:
+    """Issue 15: a site that missed the close wave (reply after the timeout) is collected by the next wave."""
+    from types import SimpleNamespace
+
+    with AuditLog.open(fed.store, origin=ORIGIN, signer=fed.signer) as log:
+        log.append(run_id="run-1", round=3, type="report.generated", actor=COORD, outcome="success")
+        final = log.publish_checkpoint(run_id="run-1", round=3)
+        witnessing = Witnessing(log)
+        witnessing.keys = dict(fed.witnessing.keys)
+        sites = [SimpleNamespace(node_id=n, hello=SimpleNamespace(site=s)) for n, s in enumerate(SITES, start=1)]
+        waves: list[list[str]] = []
+
+        def send(batch: list[tuple[SimpleNamespace, str]]) -> list[SimpleNamespace]:
+            waves.append([site.hello.site for site, _ in batch])
+            replies = []
+            for site, request in batch:
+                name = site.hello.site
+                doc = cosign_checkpoint(  # the site checks, keeps the checkpoint and cosigns either way
+                    request, directory=fed.receipts(name), verifier_key=fed.signer.vkey, home=fed.home(name), site=name
+                )
+                if name == "hospital-b" and len(waves) == 1:
+                    continue  # its reply arrives after the wave's timeout: lost
+                replies.append(SimpleNamespace(metadata=SimpleNamespace(src_node_id=site.node_id), doc=doc))
+            return replies
+
+        def message_for(site: SimpleNamespace) -> tuple[SimpleNamespace, str]:
+            return site, witnessing.request(fed.held[site.hello.site])
+
+        names = witnessing.close(final, sites, send, message_for, lambda reply: reply.doc)
+
+    assert waves == [list(SITES), ["hospital-b"]]
+    assert names == sorted(SITES)
+    assert verify_store(fed.store, witnesses=_witnesses(fed)).ok

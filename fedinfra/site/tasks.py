@@ -23,12 +23,14 @@ def _task(job_json: str) -> Task:
     job = JobSpec.model_validate_json(job_json)
     if job.task is not None:
         return load_task(job.task.ref, job.task.config)
-    from fedinfra.site.data import load_split
+    # The shape, not the data: a deployed site (fedinfra[edge], no scikit-learn) holds its
+    # own copy of the table and must build the same model as the coordinator.
+    from fedinfra.data.shapes import bundled_shape
 
-    split = load_split(job)
+    shape = bundled_shape(job.data.dataset)
     config = {
-        "features": split.num_features,
-        "classes": split.num_classes,
+        "features": shape.features,
+        "classes": shape.classes,
         "model": job.model.kind,
         "hidden": list(job.model.hidden),
     }

@@ -303,7 +303,8 @@ def decode(data: bytes, *, max_dim: int = MAX_DIM) -> CompressedUpdate:
     if len(data) < HEADER_BYTES:
         raise ConfigError(bad)
     magic, version, bits, flags, step, dim, nnz, digest = _HEADER.unpack_from(data)
-    if magic != MAGIC or version != VERSION or not 2 <= bits <= 16 or flags & ~3:
+    # The pad byte must be zero: one update, one encoding (found by tests/fuzz, issue 16).
+    if magic != MAGIC or version != VERSION or not 2 <= bits <= 16 or flags & ~3 or data[5] != 0:
         raise ConfigError(bad)
     if not (math.isfinite(step) and step > 0) or dim > max_dim or nnz > dim:
         raise ConfigError(bad)

@@ -66,7 +66,7 @@ def _parse_npy_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any]
     ``ast.literal_eval``, which never executes code. Returns shape, Fortran order, dtype
     and data offset.
     """
-    if data[:6] != _MAGIC or len(data) < 10:
+    if data[:6] != _MAGIC or len(data) < 10 or data[7] != 0:  # minor version 0, as numpy (tests/fuzz)
         raise ValueError("not a .npy payload")
     major = data[6]
     if major == 1:

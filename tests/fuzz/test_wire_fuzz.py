@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -142,3 +143,26 @@ def test_decoder_survives_ten_thousand_cases(name: str) -> None:
     count = _run(DECODERS[name], FULL)
     print(f"fuzz {name}: {count} cases")
     assert count >= FULL
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        # Found by the 10,000-case run: a non-zero pad byte decoded to the same update
+        # (two blobs, one update: the audited hash would not identify the update).
+        (
+            "compressed update",
+            b"FQ\x01\x08\x00\x01\x08\x04\x02\x81@ \x80?\x17\x00\x00\x00\x17\x00\x00\x00?K\x92\x07\xe4A5+"
+            b"\x04\xfc\x14\x03\xf0\x0b'\x1d\xeb\xda\xed\x01\xba\xf9\xda\xea\xf0\xf6\r \xfc*\xec",
+        ),
+        # Found by the 10,000-case run: .npy format version 1.1, which numpy itself refuses.
+        (
+            "record (.npy tensor)",
+            b"\x93NUMPY\x01\x01v\x00{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }"
+            + b" " * 58 + b"\n" + np.arange(12, dtype=np.float32).tobytes(),
+        ),
+    ],
+)
+def test_inputs_the_long_fuzz_run_found_are_rejected(name: str, data: bytes) -> None:
+    with pytest.raises(REJECTIONS):
+        DECODERS[name].decode(data)

@@ -120,6 +120,7 @@ def _kit(profile: Any, kit_dir: Path) -> Any:
 def _run(profile: Any, kit: Any, manifest: Path) -> None:
     from fedinfra.edge import EdgeRunner, EdgeState, RunnerHooks, check_server, make_probe
     from fedinfra.edge.runner import holds_connection, supernode_argv
+    from fedinfra.runtime.edge_launch import check_release_pin, edge_supernode_argv
     from fedinfra.runtime.procs import flower_env, free_port
 
     # The SuperNode starts Flower helpers (flower-superexec, flwr-clientapp) by name: they
@@ -131,6 +132,7 @@ def _run(profile: Any, kit: Any, manifest: Path) -> None:
             raise RuntimeLaunchError("flower-supernode not found; reinstall with 'pip install fedinfra[edge]'")
         executable = found
     supernode_argv(profile, kit, executable=executable, manifest=manifest)  # refuses a profile without server
+    check_release_pin(kit)  # a kit pinning no release key would refuse every app: say so now
     if profile.server is None:  # pragma: no cover - supernode_argv already refused
         raise RuntimeLaunchError("no server")
     server: str = profile.server
@@ -142,7 +144,8 @@ def _run(profile: Any, kit: Any, manifest: Path) -> None:
     def launch() -> subprocess.Popen[bytes]:
         # A fresh loopback port per start: a fixed one collides with another SuperNode
         # (a site, a second device) on the same host.
-        argv = supernode_argv(profile, kit, executable=executable, manifest=manifest, port=free_port())
+        # Under the warm launcher: every FAB is checked against the kit's approved releases.
+        argv = edge_supernode_argv(profile, kit, executable=executable, manifest=manifest, port=free_port())
         env = flower_env(profile.state_dir / ".flwr")  # hardened: nothing phones home
         env["PATH"] = str(Path(executable).parent) + os.pathsep + env.get("PATH", "")
         # The manifest's relative paths mean "next to site.toml"; ClientApps inherit the cwd.
@@ -158,6 +161,7 @@ def _run(profile: Any, kit: Any, manifest: Path) -> None:
             probe=make_probe(profile.probe),
             log=log,
             connected=lambda pid: holds_connection(pid, server),
+            forked_rounds=True,  # rounds are the launcher's forks; its SuperNode child is not one
         )
 
         def _stop(signum: int, frame: FrameType | None) -> None:

@@ -126,6 +126,13 @@ def run_limited(fn: Callable[..., T], *args: Any, limits: LimitsSpec, poll_s: fl
     return value  # type: ignore[no-any-return]
 
 
+def _same_argv(proc: psutil.Process, argv: list[str]) -> bool:
+    try:
+        return bool(proc.cmdline() == argv)
+    except psutil.Error:
+        return False
+
+
 @dataclass
 class Violation:
     """A process the watchdog stopped."""
@@ -142,6 +149,9 @@ class ProcessWatchdog:
     limits: LimitsSpec
     poll_s: float = 0.25
     on_violation: Callable[[Violation], None] | None = None
+    #: Watch only children forked from ``root_pid`` (same command line: a fork keeps its
+    #: parent's argv) - the warm launcher's round processes, not its SuperNode child.
+    forks_only: bool = False
     violations: list[Violation] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -150,10 +160,14 @@ class ProcessWatchdog:
         """Inspect every direct child once; kill and return the offenders."""
         found: list[Violation] = []
         try:
-            children = psutil.Process(self.root_pid).children()
+            root = psutil.Process(self.root_pid)
+            children = root.children()
+            argv = root.cmdline() if self.forks_only else None
         except psutil.Error:
             return found
         for child in children:
+            if argv is not None and not _same_argv(child, argv):
+                continue
             cpu, rss = tree_usage(child)
             reason = None
             if rss > self.limits.max_memory_mb * MB:

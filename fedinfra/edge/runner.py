@@ -116,6 +116,8 @@ def holds_connection(pid: int, address: str) -> bool:
     a server named by DNS only the port is compared (the SuperNode's one outgoing
     connection; its runtime API listens on its own loopback port). If the table cannot be
     read (no permission), the answer is ``True`` so that only the process's exit counts.
+    The process's descendants count too: ``fedinfra edge start`` supervises the warm
+    launcher, whose child is the SuperNode that holds the connection.
     """
     host, port = split_address(address)
     try:
@@ -123,7 +125,11 @@ def holds_connection(pid: int, address: str) -> bool:
     except ValueError:
         ips = None
     try:
-        conns = psutil.Process(pid).net_connections(kind="tcp")
+        root = psutil.Process(pid)
+        conns = list(root.net_connections(kind="tcp"))
+        for child in root.children(recursive=True):  # under the warm launcher: its SuperNode child
+            with contextlib.suppress(psutil.NoSuchProcess):
+                conns += child.net_connections(kind="tcp")
     except psutil.AccessDenied:
         return True
     except psutil.Error:
@@ -183,6 +189,9 @@ class RunnerHooks:
     #: Whether the SuperNode with this pid is connected to the server (see
     #: :func:`holds_connection`); the default trusts the process's exit alone.
     connected: Callable[[int], bool] = lambda pid: True
+    #: The launched process forks one child per round (fedinfra's warm launcher): only
+    #: those forks are held to the round limits, not its long-lived SuperNode child.
+    forked_rounds: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
 
 
@@ -238,7 +247,8 @@ class EdgeRunner:
         self._started_at = self.hooks.clock()
         self._connected_at = None
         self._disconnected_since = self._started_at
-        self.watchdog = ProcessWatchdog(self.node.pid, self.profile.limits, on_violation=self._violation)
+        self.watchdog = ProcessWatchdog(self.node.pid, self.profile.limits, on_violation=self._violation,
+                                        forks_only=self.hooks.forked_rounds)
         self.watchdog.start()
         self.hooks.log(f"SuperNode started (pid {self.node.pid})")
         now = self.hooks.now().isoformat(timespec="seconds")

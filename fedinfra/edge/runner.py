@@ -163,7 +163,9 @@ def check_server(address: str, *, ca_file: Path | None, timeout: float = 10.0) -
         if ca_file is None:
             return
         ctx = ssl.create_default_context(cafile=str(ca_file))
-        ctx.set_alpn_protocols(["h2"])
+        # Flower 1.41's Fleet API is HTTP/1.1 (FastAPI), behind fedinfra's nginx proxy too,
+        # which answers an h2-only offer with a no_application_protocol alert (RFC 7301 §3.2).
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
         try:
             with ctx.wrap_socket(sock, server_hostname=host):
                 return
@@ -393,7 +395,7 @@ def supernode_argv(
     if profile.insecure:
         argv.append("--insecure")
     elif kit.ca_file is not None:
-        argv += ["--root-certificates", str(kit.ca_file)]
+        argv += ["--root-certificates", str(kit.ca_file.resolve())]  # the node runs in site.toml's dir
     if kit.auth_key_file is not None:
-        argv += ["--auth-supernode-private-key", str(kit.auth_key_file)]
+        argv += ["--auth-supernode-private-key", str(kit.auth_key_file.resolve())]
     return argv

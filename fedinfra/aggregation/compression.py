@@ -320,7 +320,10 @@ def decode(data: bytes, *, max_dim: int = MAX_DIM) -> CompressedUpdate:
             if len(data) < at + nbytes:
                 raise ConfigError(bad)
             bitmap = np.frombuffer(data, dtype=np.uint8, count=nbytes, offset=at)
-            mask = np.unpackbits(bitmap, count=dim, bitorder="little").astype(bool)
+            bits_all = np.unpackbits(bitmap, bitorder="little")
+            if np.any(bits_all[dim:]):  # padding bits past dim must be zero (one encoding; tests/fuzz)
+                raise ConfigError(bad)
+            mask = bits_all[:dim].astype(bool)
             indices = np.flatnonzero(mask).astype(np.uint32)
             if indices.size != nnz:
                 raise ConfigError(bad)

@@ -155,6 +155,12 @@ def test_decoder_survives_ten_thousand_cases(name: str) -> None:
             b"FQ\x01\x08\x00\x01\x08\x04\x02\x81@ \x80?\x17\x00\x00\x00\x17\x00\x00\x00?K\x92\x07\xe4A5+"
             b"\x04\xfc\x14\x03\xf0\x0b'\x1d\xeb\xda\xed\x01\xba\xf9\xda\xea\xf0\xf6\r \xfc*\xec",
         ),
+        # Found by the 10,000-case run: a sparse bitmap with a padding bit set past ``dim``.
+        (
+            "compressed update",
+            b"FQ\x01\x04\x03\x00\x92$I\x92$I\xc2?\x17\x00\x00\x00\x07\x00\x00\x00?K\x92\x07\xe4A5+"
+            b"\xc0R\xa8\x02\x02\xfe\xfd\xfe\x02\x03",
+        ),
         # Found by the 10,000-case run: .npy format version 1.1, which numpy itself refuses.
         (
             "record (.npy tensor)",

@@ -3,7 +3,8 @@
 Runs mutmut (configured in ``pyproject.toml`` ``[tool.mutmut]``: which modules, which unit
 and property tests) on the modules named on the command line, or on all of them, in
 parallel (``--jobs``), and merges per-module counts into ``bench/results/mutation.json``:
-mutants, killed, survived, timeouts, score = killed / (mutants - skipped). mutmut keeps its
+mutants, killed, survived, timeouts, score = killed / (mutants - skipped - not checked); a
+mutant no selected test reaches ("no tests") counts as not killed. mutmut keeps its
 results in ``mutants/`` and re-tests only mutants whose function changed, so a second run
 is a cache hit. Survivors are listed by name; a survivor that is equivalent to the original
 gets its reason in ``bench/mutation_equivalent.toml``.
@@ -77,8 +78,9 @@ def summarise(statuses: dict[str, str], modules: list[str], seconds: float, jobs
         counts = Counter(mine.values())
         killed = counts["killed"]
         survived = [k for k, v in mine.items() if v == "survived"]
-        skipped = counts["skipped"] + counts["not checked"]
-        tested = len(mine) - skipped
+        pending = counts["not checked"]  # not run yet (an interrupted run): outside the score
+        skipped = counts["skipped"]
+        tested = len(mine) - skipped - pending
         equivalent = [k for k in survived if k in reasons]
         per[module] = {
             "mutants": len(mine),
@@ -88,6 +90,7 @@ def summarise(statuses: dict[str, str], modules: list[str], seconds: float, jobs
             "suspicious": counts["suspicious"],
             "no_tests": counts["no tests"],
             "skipped": skipped,
+            "not_checked": pending,
             "score": round(killed / tested, 4) if tested else None,
             "score_counting_equivalent_as_killed": round((killed + len(equivalent)) / tested, 4) if tested else None,
             "survivors": {k: reasons.get(k, "not yet analysed") for k in sorted(survived)},

@@ -76,7 +76,7 @@ def federation(tmp_path: Path) -> Iterator[Federation]:
         name="e2e", sites=SITES, coordinator={"address": f"127.0.0.1:{port}"}, secure_aggregation={"mode": "secagg"}
     )
     kits = root / "kits"
-    provision(consortium, kits)
+    provision(consortium, kits, app_dir=REPO / "server")  # the sites approve this release (issue 12)
     manifests = write_demo_sites(JobSpec(), SITES, root / "sites")
     server_toml = root / "server.toml"
     server_toml.write_text(

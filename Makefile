@@ -6,9 +6,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedinfra-installed
-PYTEST_ARGS ?=
+# The default run skips the long fuzz/property runs (10,000 cases per decoder, marked slow and
+# not e2e); `make slow` runs them. End-to-end tests run always, slow or not.
+PYTEST_ARGS ?= -m "not slow or e2e"
 
-.PHONY: demo test lint typecheck unit bench mutate clean
+.PHONY: demo test lint typecheck unit slow bench mutate clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +32,9 @@ unit: $(STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
+
+slow: $(STAMP)
+	$(VENV)/bin/pytest -m slow
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py $(if $(QUICK),--quick,)

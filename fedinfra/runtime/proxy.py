@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedinfra.errors import RuntimeLaunchError
-from fedinfra.runtime.env import private_dir
+from fedinfra.runtime.env import HARDENED_ENV, private_dir
 from fedinfra.runtime.procs import FlowerProcess, can_connect, flower_env
 
 #: The only path prefix reachable from the network: Flower's Fleet API.
@@ -42,7 +42,7 @@ NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/ngin
 _CONF = """# Written by fedinfra server start (fedinfra/runtime/proxy.py); regenerated at every start.
 daemon off;
 worker_processes 1;
-pid {prefix}/nginx.pid;
+{keep_env}pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
@@ -117,7 +117,11 @@ def _listen(host: str, port: int) -> str:
 
 def render_config(spec: ProxySpec, prefix: Path) -> str:
     """The nginx configuration for ``spec`` with its files under ``prefix``."""
+    # nginx clears its workers' environment (all but TZ); `env NAME;` keeps the hardened
+    # settings in every process of the coordinator's tree (nothing phones home).
+    keep_env = "".join(f"env {name};\n" for name in sorted(HARDENED_ENV))
     return _CONF.format(
+        keep_env=keep_env,
         prefix=prefix,
         listen=_listen(spec.listen_host, spec.listen_port),
         upstream_port=spec.upstream_port,

@@ -171,8 +171,7 @@ def test_full_stack_run_survives_a_coordinator_kill_and_resumes(federation: Fede
     for fmt in ("html", "pdf", "json"):
         assert (run_dir / f"report-{run_id}.{fmt}").stat().st_size > 0
     store = federation.root / "state" / "audit.sqlite"  # the consortium's one log
-    witnesses = federation.root / "witnesses.txt"  # each site's own cosigner key
-    witnesses.write_text("".join((federation.root / "site-state" / s / "cosigner.vkey").read_text() for s in SITES))
+    witnesses = federation.kits / "coordinator"  # each site's cosigner key, pinned by the key ceremony
     verified = federation.fedinfra(
         "audit", "verify", str(store), "--public-key", str(federation.kits / "coordinator" / "kit.toml"),
         "--witnesses", str(witnesses),

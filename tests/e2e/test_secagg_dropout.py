@@ -164,10 +164,18 @@ def _run_and_kill(fed: Federation, victims: list[str]) -> tuple[subprocess.Compl
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), run_dir
 
 
+def _store(run_dir: Path) -> str:
+    """The audit store the run wrote to: the consortium's one log (issue 15), named in metrics.json."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # A run abandoned before its first aggregate wrote no store path: the server's default log.
+    return str(metrics.get("audit_store") or run_dir.parent.parent / "state" / "audit.sqlite")
+
+
 def _entries(fed: Federation, run_dir: Path, kind: str) -> list[dict[str, object]]:
     env = {**os.environ, "FLWR_HOME": str(fed.root / "flwr-home")}
     shown = subprocess.run(
-        [str(BIN / "fedinfra"), "audit", "show", str(run_dir / "audit.sqlite"), "--type", kind, "--format", "json"],
+        [str(BIN / "fedinfra"), "audit", "show", _store(run_dir), "--run", run_dir.name, "--type", kind,
+         "--format", "json"],
         capture_output=True,
         text=True,
         env=env,

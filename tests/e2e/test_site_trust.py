@@ -279,15 +279,16 @@ def test_the_signed_app_completes_a_dp_he_job_and_a_spoofing_node_is_refused(fed
     assert result["status"] == "finished:completed"
     assert result["rounds"] == [1, 2]
     run_dir = Path(result["run_dir"]) if "run_dir" in result else next((federation.root / "runs").iterdir())
-    store = run_dir / "audit.sqlite"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    store, run_id = str(metrics["audit_store"]), str(metrics["run_id"])  # the consortium's one log (issue 15)
     shown = subprocess.run(
-        [str(BIN / "fedinfra"), "audit", "show", str(store), "--type", "site.rejected", "--format", "json"],
+        [str(BIN / "fedinfra"), "audit", "show", store, "--run", run_id, "--type", "site.rejected", "--format", "json"],
         capture_output=True, text=True, env=federation.env(), timeout=120, check=False,
     )
     rejected = json.loads(shown.stdout)
     assert [e["details"].get("code") for e in rejected] == ["identity"]
     admitted = subprocess.run(
-        [str(BIN / "fedinfra"), "audit", "show", str(store), "--type", "site.admitted", "--format", "json"],
+        [str(BIN / "fedinfra"), "audit", "show", store, "--run", run_id, "--type", "site.admitted", "--format", "json"],
         capture_output=True, text=True, env=federation.env(), timeout=120, check=False,
     )
     assert sorted(e["actor"]["id"] for e in json.loads(admitted.stdout)) == SITES

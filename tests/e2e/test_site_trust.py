@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -168,7 +169,12 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
                 state_dir=root / "site-state" / name, port=free_port(),
             ))
         # The spoofer: site3's registered key, declaring site0's manifest (and data).
-        spoof_kit = dataclasses.replace(load_site_transport(kits / "sites" / SPOOFER), site_id="site0")
+        # Its cosigning key is its own, made under site0's name (issue 15 pins cosigner keys too).
+        spoof_dir = root / "spoof-kit"
+        shutil.copytree(kits / "sites" / SPOOFER, spoof_dir)
+        for own in ("cosigner.key", "cosigner.vkey"):
+            (spoof_dir / own).unlink(missing_ok=True)
+        spoof_kit = dataclasses.replace(load_site_transport(spoof_dir), site_id="site0")
         nodes.append(start_supernode(
             manifests["site0"], preflight(manifests["site0"]), spoof_kit,
             state_dir=root / "site-state" / SPOOFER, port=free_port(),

@@ -1,6 +1,13 @@
 """PHI/PII scanner: finds HIPAA Safe Harbor identifiers in tabular data, at the site.
 
 Only the :class:`ScanSummary` (column names, types, counts, shares) leaves the site.
+
+Columns are judged by their values (45 CFR 164.514(b)(2) Safe Harbor identifiers, GDPR
+Art. 4(1) identifiers); a column's name only adjusts confidence. Not compared with
+Microsoft Presidio: ``presidio-analyzer`` needs a spaCy language model, and spaCy's models
+are GitHub release downloads, not PyPI packages, so it cannot run offline where fedinfra
+runs (sites, CI). The scanner's own figures on an independent evaluation set are in
+``bench/phi.py`` and ``bench/results/phi.json``.
 """
 
 from fedinfra.policy.scan._scanner import read_table, scan_file, scan_site_data, scan_table, training_columns_of

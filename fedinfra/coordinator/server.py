@@ -240,8 +240,12 @@ class Coordinator:
         for reply in self._send(grid, messages):
             node = reply.metadata.src_node_id
             if reply.has_error():
-                reason = (reply.error.reason or "no answer") if reply.error else "no answer"
-                trail.event("site.rejected", outcome="denied", details={"node": str(node), "reason": reason})
+                # Flower's error reason is the site's exception text, which may carry paths or
+                # values: the log keeps a check code and Flower's numeric error code only.
+                details = {"node": str(node), "reason": "site error", "check": "site-error"}
+                if reply.error:
+                    details["error_code"] = str(int(reply.error.code))
+                trail.event("site.rejected", outcome="denied", details=details)
                 continue
             try:
                 hello = intake.parse_doc(SiteHello, reply)

@@ -24,7 +24,7 @@ from fedinfra.site import replay
 from fedinfra.site.context import SiteContext
 from fedinfra.site.receipts import verify_and_store, witness
 from fedinfra.site.tasks import job_model, job_task, withhold_buffers
-from fedinfra.site.user_dp import protect_update
+from fedinfra.site.user_dp import protect_update, reserve_spend
 from fedinfra.task.training import train_plain
 from fedinfra.types import NDArrays
 
@@ -114,23 +114,9 @@ def _reserve(
     """
     from fedinfra.privacy import PrivacyLedger
 
-    p, caps = ctx.job.privacy, ctx.manifest.budget
     ledger = PrivacyLedger(ctx.home.ledger)
     try:
-        ledger.reserve(
-            run_id=instruction.run_id,
-            round=instruction.round,
-            mechanism=mechanism,
-            accountant=p.accountant,
-            params=params,
-            epsilon=epsilon,
-            delta=p.delta,
-            dataset_fingerprint=ctx.fingerprint,
-            run_cap=caps.epsilon_per_run,
-            lifetime_cap=caps.epsilon_lifetime,
-            delta_cap=caps.delta,
-            delta_lifetime_cap=caps.delta_lifetime,
-        )
+        reserve_spend(ledger, ctx, instruction, mechanism, params, epsilon)
     finally:
         ledger.close()
 

@@ -8,15 +8,48 @@ ledger -> clip -> add this site's share. Nothing leaves before its charge is on 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from fedinfra.config.wire import TrainInstruction
 from fedinfra.types import NDArrays
 
 if TYPE_CHECKING:
+    from fedinfra.privacy import PrivacyLedger
     from fedinfra.site.context import SiteContext
 
 MECHANISM = "user-dp"
+
+
+def reserve_spend(
+    ledger: PrivacyLedger,
+    ctx: SiteContext,
+    instruction: TrainInstruction,
+    mechanism: str,
+    params: Mapping[str, object],
+    epsilon: float,
+) -> None:
+    """Charge one release in the site's open ledger against every cap of its manifest.
+
+    Write-ahead (the order of :mod:`fedinfra.site.round`): the spend is durable before any
+    result leaves the site, so a crash can over-count but never under-count; a spend over
+    the run, lifetime or delta caps raises :class:`~fedinfra.errors.PrivacyBudgetExceeded`.
+    """
+    p, caps = ctx.job.privacy, ctx.manifest.budget
+    ledger.reserve(
+        run_id=instruction.run_id,
+        round=instruction.round,
+        mechanism=mechanism,
+        accountant=p.accountant,
+        params=params,
+        epsilon=epsilon,
+        delta=p.delta,
+        dataset_fingerprint=ctx.fingerprint,
+        run_cap=caps.epsilon_per_run,
+        lifetime_cap=caps.epsilon_lifetime,
+        delta_cap=caps.delta,
+        delta_lifetime_cap=caps.delta_lifetime,
+    )
 
 
 def job_noise_multiplier(ctx: SiteContext) -> float:
@@ -84,20 +117,7 @@ def protect_update(
             "sample_rate": figures.sample_rate,
             "enforced": figures.enforced,
         }
-        ledger.reserve(
-            run_id=instruction.run_id,
-            round=instruction.round,
-            mechanism=MECHANISM,
-            accountant=p.accountant,
-            params=params,
-            epsilon=figures.epsilon,
-            delta=p.delta,
-            dataset_fingerprint=ctx.fingerprint,
-            run_cap=caps.epsilon_per_run,
-            lifetime_cap=caps.epsilon_lifetime,
-            delta_cap=caps.delta,
-            delta_lifetime_cap=caps.delta_lifetime,
-        )
+        reserve_spend(ledger, ctx, instruction, MECHANISM, params, figures.epsilon)
     finally:
         ledger.close()
     clipped, _norm = clip_update(update, p.max_grad_norm)  # the norm stays at the site

@@ -253,3 +253,28 @@ def test_a_site_announcing_another_cosigner_key_than_the_pinned_one_is_refused(t
     assert impostor.vkey not in reason
     assert impostor.witness.key_id not in reason
     assert set(coordinator.witnessing.keys) == {"hospital-1", "hospital-3"}
+
+
+def test_a_site_error_reply_is_audited_as_a_code_without_the_sites_exception_text(setup) -> None:  # type: ignore[no-untyped-def]
+    """A failing ClientApp's reason is its exception text: it may carry a kit path or a value."""
+    from flwr.app import Error
+
+    coordinator, trail, packs = setup
+    job = coordinator.job
+    leak = "ConfigError: /srv/kits/sites/hospital-2/cosigner.key: patient 4711 John Doe"
+
+    def failing(msg: Message) -> Message:
+        return Message(Error(code=3, reason=leak), reply_to=msg)
+
+    grid = FakeGrid({1: _answers(_hello(job, "hospital-1")), 2: failing, 3: _answers(_hello(job, "hospital-3"))})
+
+    admitted = coordinator.admit(grid, trail, packs)  # type: ignore[arg-type]
+
+    assert [s.hello.site for s in admitted] == ["hospital-1", "hospital-3"]
+    [entry] = [e for e in trail.log.entries(run_id="run-1", type="site.rejected") if e.details.get("node") == "2"]
+    assert entry.details["check"] == "site-error"
+    assert entry.details["error_code"] == "3"
+    stored = b"".join(e.canonical() for e in trail.log.entries())
+    stored += Path(coordinator.settings.store).read_bytes()  # the database file itself, every page
+    for fragment in (b"cosigner.key", b"/srv/kits", b"4711", b"John Doe"):
+        assert fragment not in stored

@@ -83,9 +83,11 @@ class SecAggArm:
     def setup_round(self) -> None:
         """Stages 1-2 for every site (timed per site in :meth:`site`)."""
         from fedinfra.crypto.secagg import Roster, SiteSession
+        from fedinfra.crypto.secagg.local import identities
 
+        self.ids = identities(self.names)
         self.sessions = {n: SiteSession.start(n, run_id="bench", round_id=1) for n in self.names}
-        self.roster = Roster(tuple(self.sessions[n].advertise() for n in self.names))
+        self.roster = Roster(tuple(self.sessions[n].advertise(self.ids.private[n]) for n in self.names))
         self.boxes: dict[str, dict[str, bytes]] = {}
         self.commits: dict[str, bytes] = {}
         self.wire: dict[str, bytes] = {}
@@ -96,7 +98,7 @@ class SecAggArm:
         name = self.names[i]
         s = self.sessions[name]
         t0 = time.process_time()
-        self.boxes[name], self.commits[name] = s.share(self.plan, self.roster)
+        self.boxes[name], self.commits[name] = s.share(self.plan, self.roster, self.ids.public)
         return time.process_time() - t0
 
     def mask(self, i: int) -> float:
@@ -134,8 +136,9 @@ class SecAggArm:
 
         sessions = {n: self.sessions[n] for n in u.u3}
         for s in sessions.values():
-            s.unmasked = False  # the benchmark repeats the same request; real sites answer once
-        responses = {n: s.unmask(self.plan, u.u3) for n, s in sessions.items()}
+            s.unmasked, s.u3_signed = False, ()  # the benchmark repeats the request; real sites answer once
+        sigs = {n: s.consistency(self.plan, u.u3, self.ids.private[n]) for n, s in sessions.items()}
+        responses = {n: s.unmask(self.plan, u.u3, sigs, self.ids.public) for n, s in sessions.items()}
         total = u.finish(responses)
         mean, _, _ = codec.decode(total, self.spec)
         return mean

@@ -2,13 +2,17 @@
 
 Four waves per round (Bonawitz et al., CCS 2017, figure 4; Bell et al., CCS 2020):
 
-1. ``advertise`` (before training): each sampled site answers with two fresh X25519 keys;
+1. ``advertise`` (before training): each sampled site answers with two fresh X25519 keys,
+   signed with its Ed25519 identity key (sites check the signatures against the keys their
+   own kits pin, so the coordinator can neither swap keys nor add sybil sites);
 2. ``share``: the roster of keys goes out; each site answers with Shamir shares of its
    secrets sealed to each neighbour, and a commitment to its self-mask seed;
 3. the train wave: each site gets the list ``U2`` of sites that shared and the sealed
    shares addressed to it, trains, and replies with its masked quantized update;
-4. ``unmask`` (after training): the survivors ``U3`` get the list; each answers with the
-   shares that remove the masks (``b`` of survivors, ``s^SK`` of sites that dropped).
+4. ``consistency`` (after training): the survivors ``U3`` get the list and each signs it;
+5. ``unmask``: the signers get ``U3`` with the signatures; each checks at least ``t`` of them
+   and answers with the shares that remove the masks (``b`` of survivors, ``s^SK`` of sites
+   that dropped). Bonawitz et al., CCS 2017, figure 4 (the actively secure variant).
 
 The coordinator learns only the sum of the survivors' updates. Sites derive the plan
 (t, k) themselves from the job's bounds and the roster size, and refuse to unmask fewer
@@ -78,6 +82,7 @@ class SecAggAggregator(_Base):
         self._commitments: dict[str, bytes] = {}
         self._unmasker: Unmasker | None = None
         self._responses: dict[str, dict[str, tuple[str, bytes]]] = {}
+        self._signatures: dict[str, str] = {}
         self.survivors: tuple[str, ...] = ()
         self.dropped: tuple[str, ...] = ()
         # The bounds must hold for the round's sample before anything is sent.
@@ -97,9 +102,11 @@ class SecAggAggregator(_Base):
 
     def _collect_keys(self, site: str, document: str) -> None:
         reply = _reply(document, site, "advertise")
-        if not reply.c_pk or not reply.s_pk:
-            raise UpdateRejected("protocol", "key advertisement without both public keys")
-        self._entries[site] = RosterEntry(site, bytes.fromhex(reply.c_pk), bytes.fromhex(reply.s_pk))
+        if not reply.c_pk or not reply.s_pk or not reply.signature:
+            raise UpdateRejected("protocol", "key advertisement without both public keys and the identity signature")
+        self._entries[site] = RosterEntry(
+            site, bytes.fromhex(reply.c_pk), bytes.fromhex(reply.s_pk), bytes.fromhex(reply.signature)
+        )
 
     def _close_keys(self) -> None:
         names = sorted(self._entries)
@@ -175,12 +182,33 @@ class SecAggAggregator(_Base):
     # -- stage 4 -----------------------------------------------------------------------------------
 
     def stages_after(self) -> Iterator[Stage]:
-        """Ask the survivors for the shares that remove the masks."""
-        if self._unmasker is None:
+        """Have the survivors sign the survivor list, then ask the signers for the unmasking shares."""
+        u3 = self._survivor_list()
+        if not u3:
             return
-        u3 = sorted(self._unmasker.u3)
-        doc = StageRequest(stage="unmask", u3=u3).model_dump_json()
-        yield Stage("unmask", {s: doc for s in u3}, self._collect_unmask)
+        doc = StageRequest(stage="consistency", u3=u3).model_dump_json()
+        yield Stage("consistency", {s: doc for s in u3}, self._collect_signature, self._close_signatures)
+        doc = StageRequest(stage="unmask", u3=u3, signatures=dict(self._signatures)).model_dump_json()
+        yield Stage("unmask", {s: doc for s in sorted(self._signatures)}, self._collect_unmask)
+
+    def _survivor_list(self) -> list[str]:
+        return [] if self._unmasker is None else sorted(self._unmasker.u3)
+
+    def _collect_signature(self, site: str, document: str) -> None:
+        reply = _reply(document, site, "consistency")
+        if reply.refused:
+            raise UpdateRejected("protocol", f"site refused to sign the survivor list: {reply.refused}")
+        if not reply.signature:
+            raise UpdateRejected("protocol", "consistency reply without a signature")
+        self._signatures[site] = reply.signature
+
+    def _close_signatures(self) -> None:
+        assert self.plan is not None
+        if len(self._signatures) < self.plan.t:
+            raise SecAggAbandoned(
+                f"secure aggregation: {len(self._signatures)} survivors signed the survivor list, fewer than "
+                f"t={self.plan.t}; round abandoned"
+            )
 
     def _collect_unmask(self, site: str, document: str) -> None:
         reply = _reply(document, site, "unmask")

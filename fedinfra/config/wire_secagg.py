@@ -15,7 +15,8 @@ from fedinfra.config._load import StrictModel
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_SITES = 10_000
 
-Stage = Literal["advertise", "share", "mask", "unmask"]
+Stage = Literal["advertise", "share", "mask", "consistency", "unmask"]
+_SIG = r"^([0-9a-f]{128})?$"
 
 
 class StageRequest(StrictModel):
@@ -23,10 +24,13 @@ class StageRequest(StrictModel):
 
     stage: Stage
     n: int = Field(default=0, ge=0, le=MAX_SITES)
-    roster: list[tuple[str, str, str]] = Field(default_factory=list, max_length=MAX_SITES)
+    #: ``(name, c_pk, s_pk, identity signature)``, hex.
+    roster: list[tuple[str, str, str, str]] = Field(default_factory=list, max_length=MAX_SITES)
     u2: list[str] = Field(default_factory=list, max_length=MAX_SITES)
     shares: dict[str, str] = Field(default_factory=dict, max_length=MAX_SITES)
     u3: list[str] = Field(default_factory=list, max_length=MAX_SITES)
+    #: Survivors' signatures over ``u3`` (the consistency check), hex.
+    signatures: dict[str, str] = Field(default_factory=dict, max_length=MAX_SITES)
 
 
 class StageReply(StrictModel):
@@ -36,6 +40,8 @@ class StageReply(StrictModel):
     site: str = Field(pattern=_NAME)
     c_pk: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
     s_pk: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
+    #: advertise: Ed25519 signature of the site's identity key over its keys; consistency: over U3.
+    signature: str = Field(default="", pattern=_SIG)
     boxes: dict[str, str] = Field(default_factory=dict, max_length=MAX_SITES)
     commitment: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
     shares: dict[str, tuple[Literal["b", "s"], str]] = Field(default_factory=dict, max_length=MAX_SITES)

@@ -13,7 +13,9 @@ without ``force``). What each kit gets, and why:
   that signs audit checkpoints (C2SP signed-note key text, RFC 8032).
 * site: ``supernode_auth.key`` (EC P-384, OpenSSH, the format Flower 1.41 loads), the
   coordinator's audit verifier key (in ``kit.toml``) and, if the HE part did not make one,
-  ``update_signing.key`` (raw Ed25519) whose public half the coordinator kit lists.
+  ``update_signing.key`` (raw Ed25519) whose public half the coordinator kit lists, and
+  every site's such public key (``[signing.site_keys]``: secure aggregation checks peers'
+  signed keys against it).
 * ``ca/ca.key`` stays with the provisioning host, offline: it is needed only to renew
   the coordinator certificate; a stolen CA key lets an attacker impersonate the coordinator.
 * ``release/release_signing.key`` (Ed25519) signs app releases; every site kit pins its
@@ -152,6 +154,10 @@ def add_transport_part(
     c.tables["supernode.sites"] = auth_files
     c.tables["audit.cosigners"] = cosigners
     c.tables["signing.site_keys"] = verify
+    for kit in kits.sites.values():
+        # Every site pins every site's identity key: SecAgg sites refuse a key advertised in a
+        # site's name unless this key signed it (fedinfra.site.secagg.identity).
+        kit.tables["signing.site_keys"] = dict(verify)
     for kit in (c, *kits.sites.values()):
         kit.files[README_FILE] = (_readme(kit.role, kit.name, consortium).encode(), False)
 

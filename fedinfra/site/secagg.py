@@ -7,10 +7,20 @@ from the job's declared bounds and the size of the roster it is shown, masks onl
 neighbours that shared, answers one unmask request per round, and refuses to unmask fewer
 than ``max(t, min_contributors)`` survivors (Bonawitz et al., CCS 2017, section 4; the
 floor is issue 13's "nothing released below min_contributors", checked by the site).
+
+Keys are authenticated with the site's long-term Ed25519 identity key (``update_signing.key``,
+made at the site by the key ceremony): the site signs its advertised keys and, once per
+round, the survivor list; it accepts a roster only if every entry is signed by the key its
+*own kit* pins for that site name (``[signing.site_keys]``, or ``consortium-keys.json`` from
+``keys issue``), and reveals unmasking shares only for the survivor list it signed, shown with
+at least ``t`` survivors' signatures (Bonawitz et al., CCS 2017, section 6.2 and figure 4).
 """
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,11 +32,57 @@ from fedinfra.config.wire_secagg import StageReply, StageRequest
 from fedinfra.crypto.quantize import flatten, secure_generator
 from fedinfra.crypto.secagg import Roster, SecAggAbandoned, SiteSession
 from fedinfra.crypto.secagg import codec as sa_codec
-from fedinfra.errors import CryptoError
+from fedinfra.errors import ConfigError, CryptoError
 from fedinfra.site.context import SiteContext
 from fedinfra.types import NDArrays
 
 _STATE_KEY = "fedinfra.secagg"
+#: The consortium's public-key directory ``keys issue`` puts in every site bundle
+#: (:data:`fedinfra.runtime.ceremony.CONSORTIUM_KEYS_FILE`).
+_DIRECTORY_FILE = "consortium-keys.json"
+
+
+def identity(ctx: SiteContext) -> tuple[bytes, dict[str, bytes]]:
+    """The site's Ed25519 identity key and the consortium's pinned public identity keys.
+
+    Both come from the site's own kit, never from the coordinator; a kit without the
+    directory, or whose key is not the one pinned for this site, is refused in one line.
+    """
+    if ctx.home.kit is None:
+        raise ConfigError(f"site {ctx.name}: secure aggregation needs the site kit (node config 'kit')")
+    private, directory = _identity(str(ctx.home.kit), ctx.name)
+    return private, dict(directory)
+
+
+@lru_cache(maxsize=8)
+def _identity(kit: str, site: str) -> tuple[bytes, tuple[tuple[str, bytes], ...]]:
+    from fedinfra.config import read_toml
+    from fedinfra.crypto import _sign
+    from fedinfra.crypto.kits import KIT_FILE, SIGNING_FILE, _read_secret
+
+    path = Path(kit)
+    doc = read_toml(path / KIT_FILE)
+    signing = doc.get("signing", {})
+    key_file = str(signing.get("key_file") or doc.get("he", {}).get("signing_key_file") or SIGNING_FILE)
+    private = _read_secret(path / key_file)
+    table = signing.get("site_keys")
+    if not table and (path / _DIRECTORY_FILE).is_file():
+        entries = json.loads((path / _DIRECTORY_FILE).read_text())
+        table = {str(k): str(v.get("signing_public_key", "")) for k, v in entries.items()}
+    if not table:
+        raise ConfigError(
+            f"{path / KIT_FILE}: no [signing.site_keys] (the consortium's identity keys) for secure aggregation; "
+            "re-issue the kits with 'fedinfra keys init' or 'keys issue'"
+        )
+    try:
+        directory = tuple((str(k), bytes.fromhex(str(v))) for k, v in sorted(table.items()))
+    except ValueError as exc:
+        raise ConfigError(f"{path / KIT_FILE}: [signing.site_keys] holds a key that is not hex") from exc
+    if dict(directory).get(site) != _sign.public_of(private):
+        raise ConfigError(
+            f"{path / KIT_FILE}: {key_file} is not the identity key the kit pins for site {site!r}; re-issue the kit"
+        )
+    return private, directory
 
 
 def _plan(ctx: SiteContext, sampled: int, roster: int) -> SecAggPlan:
@@ -66,11 +122,15 @@ def handle_stage(context: Context, ctx: SiteContext, instruction: TrainInstructi
             old = SiteSession.from_bytes(raw)
             if old.run_id == instruction.run_id and old.round_id == instruction.round and old.u2:
                 raise CryptoError("secure aggregation: this site already masked its input for this round")
+        signing_key, _ = identity(ctx)
         session = SiteSession.start(name, run_id=instruction.run_id, round_id=instruction.round)
         _save(context, session)
-        entry = session.advertise()
-        return StageReply(stage="advertise", site=name, c_pk=entry.c_pk.hex(), s_pk=entry.s_pk.hex()).model_dump_json()
+        entry = session.advertise(signing_key)
+        return StageReply(
+            stage="advertise", site=name, c_pk=entry.c_pk.hex(), s_pk=entry.s_pk.hex(), signature=entry.sig.hex()
+        ).model_dump_json()
     session = _load(context, instruction)
+    signing_key, directory = identity(ctx)
     if request.stage == "share":
         roster = Roster.from_json([list(r) for r in request.roster])
         # The site derives (t, k) itself; a coordinator overstating n only raises t.
@@ -78,17 +138,31 @@ def handle_stage(context: Context, ctx: SiteContext, instruction: TrainInstructi
         session.sampled = request.n
         if session.roster is not None:
             raise CryptoError("secure aggregation: this site already shared its secrets for this round")
-        boxes, commitment = session.share(p, roster)
+        boxes, commitment = session.share(p, roster, directory)
         _save(context, session)
         return StageReply(
             stage="share", site=name, boxes={k: v.hex() for k, v in boxes.items()}, commitment=commitment.hex()
         ).model_dump_json()
+    if request.stage == "consistency":
+        if session.roster is None:
+            raise CryptoError("secure aggregation: consistency before share")
+        p = _plan(ctx, session.sampled, len(session.roster.entries))
+        try:
+            signature = session.consistency(p, request.u3, signing_key)
+        except SecAggAbandoned as exc:
+            return StageReply(stage="consistency", site=name, refused=str(exc)[:240]).model_dump_json()
+        _save(context, session)
+        return StageReply(stage="consistency", site=name, signature=signature.hex()).model_dump_json()
     if request.stage == "unmask":
         if session.roster is None:
             raise CryptoError("secure aggregation: unmask before share")
         p = _plan(ctx, session.sampled, len(session.roster.entries))
         try:
-            shares = session.unmask(p, request.u3)
+            signatures = {k: bytes.fromhex(v) for k, v in request.signatures.items()}
+        except ValueError as exc:
+            raise CryptoError("secure aggregation: a survivor signature is not hex") from exc
+        try:
+            shares = session.unmask(p, request.u3, signatures, directory)
         except SecAggAbandoned as exc:
             _save(context, session)
             return StageReply(stage="unmask", site=name, refused=str(exc)[:240]).model_dump_json()

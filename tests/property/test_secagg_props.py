@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedinfra.crypto.secagg import plan, prg
-from fedinfra.crypto.secagg.local import run_round
+from fedinfra.crypto.secagg.local import identities, run_round
 from fedinfra.crypto.secagg.protocol import Roster, SiteSession, pair_seed
 
 
@@ -61,10 +61,11 @@ def test_a_masked_update_with_one_colluders_keys_is_uniform():
     p = plan(4, max_dropouts=1, max_colluders=1, min_contributors=3)
     bits, size, rounds = 12, 2048, 40
     counts = np.zeros(16, dtype=np.int64)
+    ids = identities(list("abcd"))
     for rnd in range(rounds):
         sessions = {n: SiteSession.start(n, run_id="chi", round_id=rnd + 1) for n in "abcd"}
-        roster = Roster(tuple(s.advertise() for s in sessions.values()))
-        boxes = {n: s.share(p, roster)[0] for n, s in sessions.items()}
+        roster = Roster(tuple(s.advertise(ids.private[n]) for n, s in sessions.items()))
+        boxes = {n: s.share(p, roster, ids.public)[0] for n, s in sessions.items()}
         a, d = sessions["a"], sessions["d"]
         y = a.mask(
             p, [np.zeros(size, np.uint64)], [bits], u2="abcd", shares_for_me={m: b["a"] for m, b in boxes.items()}

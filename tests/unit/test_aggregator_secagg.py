@@ -13,6 +13,7 @@ from fedinfra.config.wire_secagg import StageReply, StageRequest
 from fedinfra.crypto.quantize import flatten
 from fedinfra.crypto.secagg import Roster, SecAggAbandoned, SiteSession
 from fedinfra.crypto.secagg import codec as sa_codec
+from fedinfra.crypto.secagg.local import identities
 
 LAYOUT = (("w", (3, 50)), ("b", (3,)))
 SITES = ("a", "b", "c", "d")
@@ -31,12 +32,16 @@ def _update(value: float) -> dict[str, np.ndarray]:
     return {n: np.full(s, value, dtype=np.float32) for n, s in LAYOUT}
 
 
+IDS = identities(list(SITES))
+
+
 class _Site:
     """A site answering the stage documents the way fedinfra.site.secagg does."""
 
     def __init__(self, name: str, job: JobSpec) -> None:
         self.name, self.job = name, job
         self.session = SiteSession.start(name, run_id="run", round_id=1)
+        self.key, self.directory = IDS.private[name], IDS.public
 
     def _plan(self):
         sa = self.job.secure_aggregation
@@ -51,20 +56,29 @@ class _Site:
     def answer(self, document: str) -> str:
         req = StageRequest.model_validate_json(document)
         if req.stage == "advertise":
-            e = self.session.advertise()
-            return StageReply(stage="advertise", site=self.name, c_pk=e.c_pk.hex(), s_pk=e.s_pk.hex()).model_dump_json()
+            e = self.session.advertise(self.key)
+            return StageReply(
+                stage="advertise", site=self.name, c_pk=e.c_pk.hex(), s_pk=e.s_pk.hex(), signature=e.sig.hex()
+            ).model_dump_json()
         if req.stage == "share":
             roster = Roster.from_json([list(r) for r in req.roster])
             self.session.sampled = req.n
             self.session.roster = roster
             p = self._plan()
             self.session.roster = None
-            boxes, commit = self.session.share(p, roster)
+            boxes, commit = self.session.share(p, roster, self.directory)
             return StageReply(
                 stage="share", site=self.name, boxes={k: v.hex() for k, v in boxes.items()}, commitment=commit.hex()
             ).model_dump_json()
+        if req.stage == "consistency":
+            try:
+                sig = self.session.consistency(self._plan(), req.u3, self.key)
+            except SecAggAbandoned as exc:
+                return StageReply(stage="consistency", site=self.name, refused=str(exc)[:240]).model_dump_json()
+            return StageReply(stage="consistency", site=self.name, signature=sig.hex()).model_dump_json()
         try:
-            shares = self.session.unmask(self._plan(), req.u3)
+            sigs = {k: bytes.fromhex(v) for k, v in req.signatures.items()}
+            shares = self.session.unmask(self._plan(), req.u3, sigs, self.directory)
         except SecAggAbandoned as exc:
             return StageReply(stage="unmask", site=self.name, refused=str(exc)[:240]).model_dump_json()
         return StageReply(
@@ -172,11 +186,10 @@ def test_a_masked_input_for_another_model_is_rejected_and_leaves_no_trace():
 
 
 def test_too_few_survivors_abandon_the_round_and_release_nothing():
-    agg, _ = _round(drop_after_share=("c", "d"))
-
-    with pytest.raises(SecAggAbandoned, match="fewer than"):
-        agg.finish()
-    assert agg.survivors == ("a", "b")
+    # The two survivors refuse to sign a survivor list below the floor: the round is
+    # abandoned at the consistency wave, before any unmasking share is asked for.
+    with pytest.raises(SecAggAbandoned, match="0 survivors signed the survivor list, fewer than t=3"):
+        _round(drop_after_share=("c", "d"))
 
 
 def test_bounds_the_sample_cannot_meet_are_refused_at_job_validation():

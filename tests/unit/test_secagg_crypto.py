@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedinfra.crypto.secagg import SecAggAbandoned, plan, prg, shamir
-from fedinfra.crypto.secagg.local import run_round
+from fedinfra.crypto.secagg.local import identities, run_round
 from fedinfra.crypto.secagg.plan import neighbours
 from fedinfra.crypto.secagg.protocol import Roster, SiteSession, Unmasker
 from fedinfra.errors import ConfigError, CryptoError
@@ -112,6 +112,15 @@ def _inputs(n: int, size: int, bits: int, seed: int = 0) -> dict[str, list[np.nd
     }
 
 
+def _signed(p, names, run_id="r", round_id=1):
+    """Sessions, their signed roster, the pinned identities and the sealed share boxes."""
+    ids = identities(list(names))
+    sessions = {n: SiteSession.start(n, run_id=run_id, round_id=round_id) for n in names}
+    roster = Roster(tuple(sessions[n].advertise(ids.private[n]) for n in names))
+    shared = {n: s.share(p, roster, ids.public) for n, s in sessions.items()}
+    return ids, sessions, roster, {n: b for n, (b, _) in shared.items()}, {n: c for n, (_, c) in shared.items()}
+
+
 def _plain_sum(inputs, names, bits):
     return [sum(inputs[n][i].astype(object) for n in names) % (2**b) for i, b in enumerate(bits)]
 
@@ -128,9 +137,7 @@ def test_pairwise_masks_cancel_without_dropouts():
 
 def test_masked_inputs_look_nothing_like_the_inputs():
     p = plan(4, max_dropouts=1, max_colluders=1, min_contributors=3)
-    sessions = {n: SiteSession.start(n, run_id="r", round_id=1) for n in ("a", "b", "c", "d")}
-    roster = Roster(tuple(s.advertise() for s in sessions.values()))
-    boxes = {n: s.share(p, roster)[0] for n, s in sessions.items()}
+    _, sessions, _, boxes, _ = _signed(p, "abcd")
     zeros = [np.zeros(4096, np.uint64)]
 
     masked = sessions["a"].mask(p, zeros, [24], u2=list(sessions), shares_for_me={m: b["a"] for m, b in boxes.items()})
@@ -166,49 +173,46 @@ def test_too_many_dropouts_abandon_the_round_and_release_nothing():
 
 def test_a_site_refuses_to_unmask_below_min_contributors():
     p = plan(6, max_dropouts=2, max_colluders=0, min_contributors=3)
-    sessions = {n: SiteSession.start(n, run_id="r", round_id=1) for n in "abcdef"}
-    roster = Roster(tuple(s.advertise() for s in sessions.values()))
-    boxes = {n: s.share(p, roster)[0] for n, s in sessions.items()}
+    ids, sessions, _, boxes, _ = _signed(p, "abcdef")
     site = sessions["a"]
     site.mask(p, [np.zeros(8, np.uint64)], [24], u2=list(sessions), shares_for_me={m: b["a"] for m, b in boxes.items()})
 
     with pytest.raises(SecAggAbandoned, match="refuses to unmask"):
-        site.unmask(p, ["a", "b"])
+        site.consistency(p, ["a", "b"], ids.private["a"])
+    with pytest.raises(SecAggAbandoned, match="refuses to unmask"):
+        site.unmask(p, ["a", "b"], {}, ids.public)
 
 
 def test_a_site_answers_one_unmask_request_only():
     # A coordinator asking twice (first "b survived", then "b dropped") would get both of
     # b's secrets from one holder; the second request is refused.
     p = plan(4, max_dropouts=1, max_colluders=0, min_contributors=3)
-    sessions = {n: SiteSession.start(n, run_id="r", round_id=1) for n in "abcd"}
-    roster = Roster(tuple(s.advertise() for s in sessions.values()))
-    boxes = {n: s.share(p, roster)[0] for n, s in sessions.items()}
+    ids, sessions, _, boxes, _ = _signed(p, "abcd")
+    for n, s in sessions.items():
+        s.mask(p, [np.zeros(8, np.uint64)], [24], u2=list(sessions), shares_for_me={m: b[n] for m, b in boxes.items()})
+    sigs = {n: s.consistency(p, list("abcd"), ids.private[n]) for n, s in sessions.items()}
     site = sessions["a"]
-    site.mask(p, [np.zeros(8, np.uint64)], [24], u2=list(sessions), shares_for_me={m: b["a"] for m, b in boxes.items()})
-    site.unmask(p, ["a", "b", "c", "d"])
+    site.unmask(p, list("abcd"), sigs, ids.public)
 
     with pytest.raises(CryptoError, match="already answered"):
-        site.unmask(p, ["a", "c", "d"])
+        site.unmask(p, ["a", "c", "d"], sigs, ids.public)
 
 
 def test_a_share_sealed_for_another_site_is_refused():
     p = plan(4, max_dropouts=1, max_colluders=0, min_contributors=3)
-    sessions = {n: SiteSession.start(n, run_id="r", round_id=1) for n in "abcd"}
-    roster = Roster(tuple(s.advertise() for s in sessions.values()))
-    boxes = {n: s.share(p, roster)[0] for n, s in sessions.items()}
-    site = sessions["a"]
-    wrong = {m: b["b"] for m, b in boxes.items()}  # b's shares handed to a
-    site.mask(p, [np.zeros(8, np.uint64)], [24], u2=list(sessions), shares_for_me=wrong)
+    ids, sessions, _, boxes, _ = _signed(p, "abcd")
+    for n, s in sessions.items():
+        mine = {m: b["b" if n == "a" else n] for m, b in boxes.items()}  # b's shares handed to a
+        s.mask(p, [np.zeros(8, np.uint64)], [24], u2=list(sessions), shares_for_me=mine)
+    sigs = {n: s.consistency(p, list(sessions), ids.private[n]) for n, s in sessions.items()}
 
     with pytest.raises(CryptoError, match="share rejected"):
-        site.unmask(p, list(sessions))
+        sessions["a"].unmask(p, list(sessions), sigs, ids.public)
 
 
 def test_a_rejected_masked_input_leaves_no_trace():
     p = plan(4, max_dropouts=1, max_colluders=0, min_contributors=3)
-    sessions = {n: SiteSession.start(n, run_id="r", round_id=1) for n in "abcd"}
-    roster = Roster(tuple(s.advertise() for s in sessions.values()))
-    commits = {n: s.share(p, roster)[1] for n, s in sessions.items()}
+    _, _, roster, _, commits = _signed(p, "abcd")
     unmasker = Unmasker(p, roster, run_id="r", round_id=1, u2="abcd", commitments=commits, sizes=[4], bits=[8])
     before = unmasker.sum[0].copy()
 

@@ -77,3 +77,39 @@ def expand_into(acc: U64, seed: bytes, label: str, bits: int, *, subtract: bool 
         np.add(acc, mask, out=acc)
     if bits < 64:
         np.bitwise_and(acc, np.uint64((1 << bits) - 1), out=acc)
+
+
+def expand_mod(seed: bytes, label: str, count: int, modulus: int) -> U64:
+    """``count`` values uniform in ``[0, modulus)`` (any modulus below 2^63, e.g. a BFV plain prime).
+
+    Rejection sampling over 64-bit keystream words: a word is kept only below the largest
+    multiple of ``modulus`` that fits in 64 bits, so the reduction is exactly uniform (no
+    modulo bias; NIST SP 800-90A rev. 1, appendix A.5.1, "simple discard method"). At most
+    ``modulus / 2^64`` of the words are discarded (below 2^-4 for t < 2^60); the keystream
+    is read further until ``count`` words are kept, so the result depends only on
+    ``(seed, label, count, modulus)``.
+    """
+    if not 2 <= modulus < 2**63:
+        raise ValueError(f"modulus {modulus} must be in [2, 2^63)")
+    if count < 0:
+        raise ValueError("negative mask length")
+    limit = np.uint64(((1 << 64) // modulus) * modulus)
+    key = derive_key(seed, label)
+    want = count + count // 8 + 64
+    while True:
+        words = np.frombuffer(_primitives.keystream(key, want * 8), dtype="<u8")
+        kept = words[words < limit]
+        if kept.shape[0] >= count:
+            return kept[:count] % np.uint64(modulus)
+        want *= 2
+
+
+def apply_masks_mod(acc: U64, modulus: int, masks: list[tuple[bytes, str, bool]]) -> None:
+    """``acc += sum(+/- expand_mod(seed, label))  (mod modulus)`` in place; ``acc`` already below it."""
+    m = np.uint64(modulus)
+    for seed, label, subtract in masks:
+        mask = expand_mod(seed, label, acc.shape[0], modulus)
+        if subtract:
+            np.subtract(m, mask, out=mask)  # -mask mod m (mask = 0 gives m, reduced below)
+        np.add(acc, mask, out=acc)  # both below 2^63: no uint64 overflow
+        np.remainder(acc, m, out=acc)

@@ -92,9 +92,9 @@ class _EncryptedAggregator(Aggregator):
 
         if spec.he_public is None:
             raise ConfigError("secure_aggregation is on but the coordinator kit has no HE parameters")
-        if spec.he_public.params.scheme != self.name:
+        if spec.he_public.params.spec.mode != self.name:
             raise ConfigError(
-                f"the coordinator kit is for {spec.he_public.params.scheme!r}, the job asks for {self.name!r}; "
+                f"the coordinator kit is for {spec.he_public.params.spec.mode!r}, the job asks for {self.name!r}; "
                 "use the kit made for this job's secure_aggregation.mode"
             )
         self._sum = EncryptedSum(spec.he_public, run_id=spec.run_id, round_id=spec.round, layout=list(spec.layout))

@@ -1,4 +1,4 @@
-"""``secure_aggregation.mode = "secagg"``: SecAgg+ as an aggregator (coordinator side).
+"""``mode = "secagg"`` and ``"secagg+he"``: SecAgg+ as aggregators (coordinator side).
 
 Four waves per round (Bonawitz et al., CCS 2017, figure 4; Bell et al., CCS 2020):
 
@@ -36,12 +36,12 @@ from fedinfra.aggregation.rounds import (
     register,
 )
 from fedinfra.config.secagg_plan import SecAggPlan, plan, plan_for_roster
-from fedinfra.config.wire import SECAGG, SECAGG_UPDATE
+from fedinfra.config.wire import HE_UPDATE, SECAGG, SECAGG_UPDATE
 from fedinfra.config.wire_secagg import StageReply, StageRequest
 from fedinfra.crypto.quantize import unflatten
 from fedinfra.crypto.secagg import Roster, RosterEntry, SecAggAbandoned, Unmasker
 from fedinfra.crypto.secagg import codec as sa_codec
-from fedinfra.errors import CryptoError
+from fedinfra.errors import ConfigError, CryptoError
 
 
 def plan_for(spec: Any, n: int, roster: int | None = None) -> SecAggPlan:
@@ -243,6 +243,84 @@ class SecAggAggregator(_Base):
         return out
 
 
+@register
+class SecAggHEAggregator(SecAggAggregator):
+    """``secagg+he``: the same stages; masked slots under BFV, summed as ciphertexts.
+
+    The coordinator adds the signed BFV ciphertexts (validated completely before they touch
+    the sum, like ``bfv``) and checks that the survivors' shares rebuild every secret it needs
+    (:class:`Unmasker` over no values: commitments and public keys only), so a round the sites
+    could not unmask is abandoned here. It forwards the encrypted sum with the unmasking
+    material (:func:`fedinfra.crypto.secagg.he.bundle`); the sites decrypt, check and unmask.
+    It learns neither an update nor the sum.
+    """
+
+    name = "secagg+he"
+    hides_aggregate: ClassVar[bool] = True
+
+    def __init__(self, spec: RoundSpec) -> None:
+        super().__init__(spec)
+        from fedinfra.crypto import EncryptedSum
+
+        if spec.he_public is None:
+            raise ConfigError("secure_aggregation.mode = 'secagg+he' but the coordinator kit has no HE parameters")
+        if spec.he_public.params.spec.mode != self.name:
+            raise ConfigError(
+                f"the coordinator kit is for {spec.he_public.params.spec.mode!r}, the job asks for 'secagg+he'; "
+                "use the kit made for this job's secure_aggregation.mode"
+            )
+        self._sum = EncryptedSum(spec.he_public, run_id=spec.run_id, round_id=spec.round, layout=list(spec.layout))
+        # The Unmasker only tracks U2/U3 and checks the shares: the values are ciphertexts.
+        self.sizes, self.bits = [], []
+
+    def _accept(self, reply: Reply) -> Folded:
+        from fedinfra.crypto import envelope
+
+        if self._unmasker is None:
+            raise UpdateRejected("protocol", "encrypted input before the key stages completed")
+        raw = reply.config.get(HE_UPDATE)
+        if not isinstance(raw, bytes | bytearray):
+            raise UpdateRejected("missing", "reply carries no encrypted masked update")
+        blob = bytes(raw)
+        u = self._unmasker
+        if reply.site not in u.u2 or reply.site in u.u3:
+            raise UpdateRejected("protocol", f"site {reply.site!r} did not share keys or already sent its input")
+        try:
+            header = envelope.decode(blob, kind=envelope.KIND_UPDATE)[0]
+        except CryptoError as exc:
+            raise UpdateRejected("ciphertext", str(exc)) from exc
+        if header.sites != (reply.site,):
+            raise UpdateRejected("protocol", "the encrypted update names another site than the sender")
+        try:
+            self._sum.add(blob)  # header, signature and every ciphertext checked before adding
+        except CryptoError as exc:
+            raise UpdateRejected("ciphertext", str(exc)) from exc
+        u.add(reply.site, [])
+        return Folded("update.ciphertext", blob)
+
+    def finish(self) -> RoundAggregate:
+        """The encrypted sum with its unmasking material; :class:`SecAggAbandoned` if it cannot be unmasked."""
+        from fedinfra.crypto.secagg.he import UnmaskMaterial, bundle
+
+        if self._unmasker is None or self.plan is None or self.roster is None:
+            raise SecAggAbandoned("secure aggregation: the key stages did not complete; round abandoned")
+        u = self._unmasker
+        self.survivors = tuple(sorted(u.u3))
+        self.dropped = tuple(sorted(set(self.spec.sites) - set(u.u3)))
+        u.finish(self._responses)  # rebuilds and checks every secret the sites will need
+        material = UnmaskMaterial(
+            sampled=len(self.spec.sites),
+            roster=self.roster,
+            u2=u.u2,
+            u3=self.survivors,
+            commitments={k: v for k, v in self._commitments.items() if k in u.u2},
+            signatures={k: bytes.fromhex(v) for k, v in self._signatures.items()},
+            responses=self._responses,
+        )
+        aggregate = bundle(self._sum.to_bytes(), material)
+        return RoundAggregate(sites=self.survivors, ciphertext=aggregate, details=self.audit_details())
+
+
 def _reply(document: str, site: str, stage: str) -> StageReply:
     try:
         reply = StageReply.model_validate_json(document)
@@ -260,4 +338,4 @@ def _prod(shape: tuple[int, ...]) -> int:
     return out
 
 
-__all__ = ["SecAggAggregator", "plan_for"]
+__all__ = ["SecAggAggregator", "SecAggHEAggregator", "plan_for"]

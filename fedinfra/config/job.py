@@ -211,7 +211,7 @@ class JobSpec(StrictModel):
                 f"secure_aggregation.example_cap = {sec.example_cap} must be 1 with user-level DP: its noise is "
                 "calibrated to one clipped update per site (McMahan et al. 2018), so sites are not weighted by examples"
             )
-        if sec.mode == "secagg":
+        if sec.masked:
             from fedinfra.config.secagg_plan import plan
 
             sampled = max(self.sites.min_sites, round(self.sites.fraction * self.sites.count))

@@ -78,7 +78,11 @@ class SecureAggSpec(StrictModel):
     ``mode``: ``none`` (plaintext aggregation), ``bfv`` (packed BFV, exact integer sums of
     quantized updates; the default for HE), ``ckks`` (approximate float sums, no clip) or
     ``secagg`` (SecAgg+ pairwise masks over the same quantized integers: the coordinator
-    learns only the sum, with no shared secret; see :mod:`fedinfra.crypto.secagg`).
+    learns only the sum, with no shared secret; see :mod:`fedinfra.crypto.secagg`) or
+    ``secagg+he`` (the same masks drawn per BFV slot modulo the plain modulus t, then packed
+    BFV encryption: the coordinator sees neither an update nor the sum, and a coordinator
+    colluding with a site that holds the HE key sees only masked slots; the sites remove the
+    masks after decrypting, :mod:`fedinfra.crypto.secagg.he`).
 
     secagg fields: ``max_dropouts`` and ``max_colluders`` are the declared bounds that fix
     the threshold t and degree k (:func:`fedinfra.config.secagg_plan.plan`);
@@ -99,7 +103,7 @@ class SecureAggSpec(StrictModel):
       a larger value is refused (it would wrap modulo q).
     """
 
-    mode: Literal["none", "bfv", "ckks", "secagg"] = "none"
+    mode: Literal["none", "bfv", "ckks", "secagg", "secagg+he"] = "none"
     quant_bits: Literal[8, 12, 16, 20] = 20
     clip: float = Field(default=1.0, gt=0, le=1e6, description="bound on |update value| before quantization")
     max_sites: int = Field(default=16, ge=1, le=100_000, description="most replies one encrypted sum holds")
@@ -115,12 +119,17 @@ class SecureAggSpec(StrictModel):
     @property
     def encrypted(self) -> bool:
         """The coordinator holds only a ciphertext of the aggregate (sites decrypt it)."""
-        return self.mode in ("bfv", "ckks")
+        return self.mode in ("bfv", "ckks", "secagg+he")
 
     @property
     def masked(self) -> bool:
-        """Updates are pairwise-masked (SecAgg / SecAgg+)."""
-        return self.mode == "secagg"
+        """Updates are pairwise-masked (SecAgg / SecAgg+), alone or under BFV."""
+        return self.mode in ("secagg", "secagg+he")
+
+    @property
+    def he_scheme(self) -> str:
+        """The HE scheme of an encrypted mode (``secagg+he`` encrypts with packed BFV)."""
+        return "bfv" if self.mode == "secagg+he" else self.mode
 
     @property
     def plain_bits(self) -> int:
@@ -143,11 +152,11 @@ class SecureAggSpec(StrictModel):
     def _no_overflow(self) -> SecureAggSpec:
         if COEFF_MODULUS_BITS > MAX_COEFF_BITS_128:  # pragma: no cover - constants guard
             raise ValueError("coefficient modulus exceeds the 128-bit security limit")
-        if self.mode == "bfv":
+        if self.he_scheme == "bfv":
             self._check_bfv()
         elif self.mode == "ckks":
             self._check_ckks()
-        elif self.mode == "secagg":
+        if self.masked:
             self._check_secagg()
         return self
 

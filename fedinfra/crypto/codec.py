@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, Literal, Protocol
 
@@ -171,13 +172,15 @@ def seal_update(
     round_id: int,
     rng: np.random.Generator | None = None,
     over_clip: OverClip = "clip",
+    mask: Callable[[npt.NDArray[np.uint64], int], None] | None = None,
 ) -> bytes:
     """Encrypt one site's update for ``run_id``/``round_id`` and sign it.
 
     ``update`` is a flat float vector or a dict of named arrays (flattened in insertion
     order); values above the agreed ``clip`` are clipped (``over_clip="clip"``) or refused
     (``"reject"``). ``rng`` drives stochastic rounding; by default a generator seeded from the
-    OS CSPRNG (inject one only in tests).
+    OS CSPRNG (inject one only in tests). ``mask(rows, t)`` (``secagg+he``) masks the BFV slot
+    rows in place modulo the plain modulus t before they are encrypted.
     """
     params = keys.params
     s = params.spec
@@ -191,6 +194,10 @@ def seal_update(
     values = _check_values(values, params, over_clip)
     rows = CODECS[params.scheme].encode(params, values, float(int(num_examples)), rng or secure_generator())
     ctx = context_for(params)
+    if mask is not None:
+        if params.scheme != "bfv":
+            raise ConfigError("masking under encryption needs BFV slots (secure_aggregation.mode = 'secagg+he')")
+        mask(rows, ctx.plain_modulus)
     blobs = ctx.encrypt(_secret_key(keys), rows)
     header = envelope.Header(
         kind=envelope.KIND_UPDATE,
@@ -322,11 +329,20 @@ class EncryptedSum:
 # -- site: decrypt the aggregate ----------------------------------------------------------------------------
 
 
-def open_sum(agg: bytes, keys: SiteKeys, *, run_id: str, round_id: int) -> tuple[FloatVector, int]:
+def open_sum(
+    agg: bytes,
+    keys: SiteKeys,
+    *,
+    run_id: str,
+    round_id: int,
+    unmask: Callable[[npt.NDArray[np.uint64], int, tuple[str, ...]], None] | None = None,
+) -> tuple[FloatVector, int]:
     """Decrypt an aggregate: return ``(weighted mean as float32, total examples)``.
 
     Refuses an aggregate of another kit, run or round, a corrupted one, or one whose
     encrypted contribution count disagrees with its header (:class:`CryptoError`).
+    ``unmask(rows, t, contributors)`` (``secagg+he``) removes the sites' masks from the
+    decrypted slot rows in place, modulo the plain modulus t, before they are decoded.
     """
     if not isinstance(keys, SiteKeys):
         raise CryptoError("cannot decrypt: this kit holds no HE secret key (only site kits do)")
@@ -345,6 +361,10 @@ def open_sum(agg: bytes, keys: SiteKeys, *, run_id: str, round_id: int) -> tuple
         raise CryptoError(REJECTED)
     ctx = context_for(params)
     rows = ctx.decrypt(_secret_key(keys), ctx.load_ciphertexts(blobs))
+    if unmask is not None:
+        if params.scheme != "bfv":
+            raise CryptoError("aggregate rejected: masked aggregates need BFV slots")
+        unmask(rows, ctx.plain_modulus, header.sites)
     weighted, total, sites = CODECS[params.scheme].decode(params, rows, header.n_values)
     if sites != len(header.sites):
         raise CryptoError(REJECTED)

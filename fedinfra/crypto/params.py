@@ -34,15 +34,15 @@ class HEParams:
     kit_id: str
 
     def __post_init__(self) -> None:
-        if self.spec.mode not in ("bfv", "ckks"):
-            raise ConfigError("secure_aggregation.mode must be 'bfv' or 'ckks' for an HE kit")
+        if self.spec.mode not in ("bfv", "ckks", "secagg+he"):
+            raise ConfigError("secure_aggregation.mode must be 'bfv', 'ckks' or 'secagg+he' for an HE kit")
         if len(self.kit_id) != 32 or any(c not in "0123456789abcdef" for c in self.kit_id):
             raise ConfigError("kit id must be 32 lower-case hex characters; re-run 'fedinfra keys init'")
 
     @property
     def scheme(self) -> str:
-        """``"bfv"`` or ``"ckks"``."""
-        return self.spec.mode
+        """``"bfv"`` or ``"ckks"`` (``secagg+he`` encrypts with BFV)."""
+        return self.spec.he_scheme
 
     @property
     def slots(self) -> int:
@@ -71,11 +71,11 @@ class HEParams:
             "scheme": s.mode,
             "poly_modulus_degree": POLY_MODULUS_DEGREE,
             "coeff_modulus_bits": [COEFF_MODULUS_BITS],
-            "plain_modulus_bits": s.plain_bits if s.mode == "bfv" else None,
-            "ckks_scale_bits": CKKS_SCALE_BITS if s.mode == "ckks" else None,
-            "quant_bits": s.quant_bits if s.mode == "bfv" else None,
-            "clip": s.clip if s.mode == "bfv" else None,
-            "ckks_max_abs": s.ckks_max_abs if s.mode == "ckks" else None,
+            "plain_modulus_bits": s.plain_bits if self.scheme == "bfv" else None,
+            "ckks_scale_bits": CKKS_SCALE_BITS if self.scheme == "ckks" else None,
+            "quant_bits": s.quant_bits if self.scheme == "bfv" else None,
+            "clip": s.clip if self.scheme == "bfv" else None,
+            "ckks_max_abs": s.ckks_max_abs if self.scheme == "ckks" else None,
             "max_sites": s.max_sites,
             "example_cap": s.example_cap,
             "kit_id": self.kit_id,

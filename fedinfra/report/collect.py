@@ -368,7 +368,7 @@ def _secagg_rounds(records: list[AuditRecord]) -> list[SecureAggRound]:
     out: list[SecureAggRound] = []
     for r in records:
         d = r.details
-        if r.type != "aggregation.completed" or d.get("mode") != "secagg" or r.round is None:
+        if r.type != "aggregation.completed" or d.get("mode") not in ("secagg", "secagg+he") or r.round is None:
             continue
         try:
             out.append(

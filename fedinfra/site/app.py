@@ -34,7 +34,6 @@ from fedinfra.config.wire import (
     HE_AGGREGATES,
     HE_UPDATE,
     SECAGG,
-    SECAGG_UPDATE,
     EvalCounts,
     EvalReport,
     SiteHello,
@@ -224,8 +223,8 @@ def train(msg: Message, context: Context) -> Message:
 
             assert out.update is not None
             stage = msg.content.config_records[CONFIG].get(SECAGG)
-            masked = mask_update(context, ctx, instruction, out.update, stage)
-            return _reply(msg, out.report.model_dump_json(), masked, key=SECAGG_UPDATE)
+            masked, key = mask_update(context, ctx, instruction, out.update, stage)
+            return _reply(msg, out.report.model_dump_json(), masked, key=key)
     except (FedinfraError, ValueError) as exc:
         refused = TrainReport(
             site=ctx.name,

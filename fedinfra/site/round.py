@@ -295,7 +295,8 @@ def _train_round(
         update, dp = protect_update(ctx, update, instruction)
         details.update(dp)
     blob = None
-    he = job.secure_aggregation.encrypted
+    # secagg+he masks before encrypting, with the train message's mask stage (site.secagg).
+    he = job.secure_aggregation.encrypted and not job.secure_aggregation.masked
     if job.compression is not None and he:
         update = _clip_for_codec(ctx, update, details)
     elif job.compression is not None:

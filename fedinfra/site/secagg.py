@@ -27,7 +27,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context
 
 from fedinfra.config.secagg_plan import SecAggPlan, plan_for_roster
-from fedinfra.config.wire import TrainInstruction
+from fedinfra.config.wire import HE_UPDATE, SECAGG_UPDATE, TrainInstruction
 from fedinfra.config.wire_secagg import StageReply, StageRequest
 from fedinfra.crypto.quantize import flatten, secure_generator
 from fedinfra.crypto.secagg import Roster, SecAggAbandoned, SiteSession
@@ -175,8 +175,12 @@ def handle_stage(context: Context, ctx: SiteContext, instruction: TrainInstructi
 
 def mask_update(
     context: Context, ctx: SiteContext, instruction: TrainInstruction, update: NDArrays, document: Any
-) -> bytes:
-    """Quantize ``update`` like the BFV codec, mask it against the sharing neighbours; the wire bytes."""
+) -> tuple[bytes, str]:
+    """Quantize ``update`` like the BFV codec and mask it against the sharing neighbours.
+
+    Returns the reply bytes and the record key they travel under: the masked integers
+    (``secagg``), or the masked BFV slots encrypted and signed (``secagg+he``).
+    """
     if not isinstance(document, str):
         raise CryptoError("secure aggregation: the train message carries no mask stage")
     request = StageRequest.model_validate_json(document)
@@ -189,11 +193,46 @@ def mask_update(
         raise CryptoError("secure aggregation: this site already masked its input for this round")
     p = _plan(ctx, session.sampled, len(session.roster.entries))
     sa = ctx.job.secure_aggregation
-    values, _ = flatten(update)
     weight = 1 if ctx.job.privacy.mechanism == "user-dp" else len(ctx.data.y)
+    shares = {k: bytes.fromhex(v) for k, v in request.shares.items()}
+    if sa.encrypted:
+        from fedinfra.crypto.secagg.he import seal_masked
+
+        blob = seal_masked(
+            update,
+            weight,
+            ctx.he_keys(),
+            session,
+            p,
+            u2=request.u2,
+            shares_for_me=shares,
+            run_id=instruction.run_id,
+            round_id=instruction.round,
+        )
+        _save(context, session)
+        return blob, HE_UPDATE
+    values, _ = flatten(update)
     segments = sa_codec.encode(np.asarray(values, dtype=np.float64), weight, sa, secure_generator())
     bits = sa_codec.widths(sa)
-    shares = {k: bytes.fromhex(v) for k, v in request.shares.items()}
     session.mask(p, segments, bits, u2=request.u2, shares_for_me=shares)
     _save(context, session)
-    return sa_codec.to_wire(segments, bits)
+    return sa_codec.to_wire(segments, bits), SECAGG_UPDATE
+
+
+def open_masked_aggregate(ctx: SiteContext, data: bytes, *, run_id: str, round_id: int) -> tuple[Any, int]:
+    """Decrypt a ``secagg+he`` aggregate and remove the masks (:func:`fedinfra.crypto.secagg.he.open_masked`).
+
+    The checks use this site's own kit (pinned identities) and the job's bounds; the
+    coordinator supplies only the material.
+    """
+    from fedinfra.crypto.secagg.he import open_masked
+
+    _, directory = identity(ctx)
+    return open_masked(
+        data,
+        ctx.he_keys(),
+        directory,
+        lambda sampled, roster: _plan(ctx, sampled, roster),
+        run_id=run_id,
+        round_id=round_id,
+    )

@@ -3,6 +3,9 @@
 Under HE secure aggregation the coordinator never sees the aggregate, so the global model
 exists only at the sites: each decrypts every round's encrypted weighted sum, divides
 (after decryption, as the HE notes require) and applies the same deterministic server step.
+Under ``secagg+he`` the decrypted slots are still masked: the site checks the unmasking
+material that came with the aggregate and removes the masks before decoding
+(:func:`fedinfra.site.secagg.open_masked_aggregate`).
 The copy lives in the site's private home with the round it reflects.
 """
 
@@ -53,7 +56,12 @@ def current_model(
     layout = [(k, v.shape) for k, v in weights.items()]
     for i, agg in enumerate(aggregates):
         rnd = at + 1 + i
-        mean, total = open_sum(agg, ctx.he_keys(), run_id=run_id, round_id=rnd)
+        if ctx.job.secure_aggregation.masked:  # secagg+he: decrypt, check, unmask, decode
+            from fedinfra.site.secagg import open_masked_aggregate
+
+            mean, total = open_masked_aggregate(ctx, agg, run_id=run_id, round_id=rnd)
+        else:
+            mean, total = open_sum(agg, ctx.he_keys(), run_id=run_id, round_id=rnd)
         check_mean_bound(mean, ctx.job.secure_aggregation)  # sites clipped before encrypting
         if ctx.job.privacy.mechanism == "user-dp":  # one weight per site: total = contributions
             from fedinfra.privacy.claims import check_survivors

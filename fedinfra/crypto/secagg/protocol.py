@@ -48,6 +48,8 @@ from fedinfra.crypto.secagg.plan import SecAggPlan, graph_seed, neighbours
 from fedinfra.errors import CryptoError
 
 U64 = npt.NDArray[np.uint64]
+#: Label suffix of masks drawn modulo a prime (``secagg+he``): never the stream of a 2^bits mask.
+MOD_LABEL = "\x00mod"
 #: A masked vector is split into segments, each with its own modulus 2^bits.
 Segments = list[U64]
 
@@ -331,7 +333,7 @@ class SiteSession:
         if values.dtype != np.uint64 or (values.size and int(values.max()) >= modulus):
             raise CryptoError("secure aggregation: a value exceeds the plain modulus")
         seeds = self._mask_seeds(p, u2, shares_for_me)
-        prg.apply_masks_mod(values, modulus, [(s, f"{label}\x00mod", sub) for s, label, sub in seeds])
+        prg.apply_masks_mod(values, modulus, [(s, label + MOD_LABEL, sub) for s, label, sub in seeds])
         return values
 
     def _mask_seeds(

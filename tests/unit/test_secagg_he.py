@@ -1,0 +1,305 @@
+"""``secagg+he``: masks modulo the BFV plain modulus, summed as ciphertexts, removed by the sites.
+
+The coordinator drives the real aggregator (``start_round``), the sites answer with the real
+protocol sessions and :func:`seal_masked`; the sum is opened with :func:`open_masked` and,
+for exactness, compared slot by slot with the plaintext integer sum of the same packed rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fedinfra.aggregation.rounds import Reply, RoundSpec, UpdateRejected, start_round
+from fedinfra.config import JobSpec
+from fedinfra.config.secagg import ConsortiumSpec
+from fedinfra.config.secagg_plan import plan_for_roster
+from fedinfra.config.wire import HE_UPDATE, SECAGG
+from fedinfra.config.wire_secagg import StageReply, StageRequest
+from fedinfra.crypto import envelope, generate_consortium
+from fedinfra.crypto.codec import CODECS, _secret_key, context_for, open_sum
+from fedinfra.crypto.secagg import Roster, SecAggAbandoned, SiteSession
+from fedinfra.crypto.secagg.he import bundle, open_masked, seal_masked, unbundle, unmask_rows
+from fedinfra.crypto.secagg.local import identities
+from fedinfra.errors import CryptoError
+
+LAYOUT = (("w", (5, 60)), ("b", (5,)))
+N_VALUES = 305
+
+
+def _job(sites: int, dropouts: int) -> JobSpec:
+    return JobSpec.model_validate(
+        {
+            "sites": {"count": sites},
+            "secure_aggregation": {
+                "mode": "secagg+he",
+                "max_dropouts": dropouts,
+                "max_colluders": 1,
+                "example_cap": 10,
+                "max_sites": 8,
+            },
+        }
+    )
+
+
+_KITS: dict[tuple[str, ...], tuple] = {}
+
+
+def _kits(names: tuple[str, ...], job: JobSpec):
+    if names not in _KITS:
+        _KITS[names] = generate_consortium(
+            ConsortiumSpec(name="sahe", sites=list(names), secure_aggregation=job.secure_aggregation)
+        )
+    return _KITS[names]
+
+
+def _plan_of(job: JobSpec):
+    sa = job.secure_aggregation
+
+    def plan_of(sampled: int, roster: int):
+        return plan_for_roster(
+            sampled,
+            roster,
+            max_dropouts=sa.max_dropouts,
+            max_colluders=sa.max_colluders,
+            min_contributors=sa.min_contributors,
+        )
+
+    return plan_of
+
+
+class _Site:
+    """A site answering the stage documents as fedinfra.site.secagg does."""
+
+    def __init__(self, name: str, job: JobSpec, keys, ids) -> None:
+        self.name, self.job, self.keys, self.ids = name, job, keys, ids
+        self.session = SiteSession.start(name, run_id="run", round_id=1)
+        self.plan_of = _plan_of(job)
+
+    def _plan(self):
+        return self.plan_of(self.session.sampled, len(self.session.roster.entries))
+
+    def answer(self, document: str) -> str:
+        req = StageRequest.model_validate_json(document)
+        if req.stage == "advertise":
+            e = self.session.advertise(self.ids.private[self.name])
+            return StageReply(
+                stage="advertise", site=self.name, c_pk=e.c_pk.hex(), s_pk=e.s_pk.hex(), signature=e.sig.hex()
+            ).model_dump_json()
+        if req.stage == "share":
+            roster = Roster.from_json([list(r) for r in req.roster])
+            self.session.sampled = req.n
+            p = self.plan_of(req.n, len(roster.entries))
+            boxes, commit = self.session.share(p, roster, self.ids.public)
+            return StageReply(
+                stage="share", site=self.name, boxes={k: v.hex() for k, v in boxes.items()}, commitment=commit.hex()
+            ).model_dump_json()
+        if req.stage == "consistency":
+            sig = self.session.consistency(self._plan(), req.u3, self.ids.private[self.name])
+            return StageReply(stage="consistency", site=self.name, signature=sig.hex()).model_dump_json()
+        sigs = {k: bytes.fromhex(v) for k, v in req.signatures.items()}
+        shares = self.session.unmask(self._plan(), req.u3, sigs, self.ids.public)
+        return StageReply(
+            stage="unmask", site=self.name, shares={k: (kind, v.hex()) for k, (kind, v) in shares.items()}
+        ).model_dump_json()
+
+    def sealed(self, document: str, values: np.ndarray, n_examples: int, seed: int) -> bytes:
+        req = StageRequest.model_validate_json(document)
+        return seal_masked(
+            _update(values),
+            n_examples,
+            self.keys,
+            self.session,
+            self._plan(),
+            u2=req.u2,
+            shares_for_me={k: bytes.fromhex(v) for k, v in req.shares.items()},
+            run_id="run",
+            round_id=1,
+            rng=np.random.default_rng(seed),
+        )
+
+
+def _values(i: int) -> np.ndarray:
+    return np.random.default_rng(100 + i).uniform(-1, 1, N_VALUES)
+
+
+def _update(flat: np.ndarray) -> dict[str, np.ndarray]:
+    """The flat values as the model's named tensors (the layout the aggregate is bound to)."""
+    return {"w": flat[:300].reshape(5, 60), "b": flat[300:]}
+
+
+def _round(names, dropouts=1, drop_after_share=(), drop_before_unmask=()):
+    job = _job(len(names), dropouts)
+    public, keys = _kits(tuple(names), job)
+    ids = identities(list(names))
+    agg = start_round(RoundSpec(run_id="run", round=1, layout=LAYOUT, job=job, sites=tuple(names), he_public=public))
+    sites = {n: _Site(n, job, keys[n], ids) for n in names}
+    for stage in agg.stages_before():
+        for name, doc in stage.payloads.items():
+            stage.collect(name, sites[name].answer(doc))
+        stage.close()
+    blobs = {}
+    for i, name in enumerate(names):
+        extra = agg.train_extra(name)
+        if name in drop_after_share or extra is None:
+            continue
+        blobs[name] = sites[name].sealed(extra[SECAGG], _values(i), 3 + i, seed=i)
+        agg.accept(Reply(site=name, weight=1.0, config={HE_UPDATE: blobs[name]}))
+    for stage in agg.stages_after():
+        for name, doc in stage.payloads.items():
+            if name not in drop_before_unmask:
+                stage.collect(name, sites[name].answer(doc))
+        stage.close()
+    return job, keys, ids, agg, blobs
+
+
+def _expected_rows(params, names, survivors):
+    total = None
+    for i, name in enumerate(names):
+        if name not in survivors:
+            continue
+        rows = CODECS["bfv"].encode(params, _values(i), float(3 + i), np.random.default_rng(i)).astype(object)
+        total = rows if total is None else total + rows
+    return total
+
+
+@pytest.mark.parametrize(
+    ("names", "dropouts", "after_share", "before_unmask"),
+    [
+        (("a", "b", "c", "d"), 1, (), ()),
+        (("a", "b", "c", "d"), 1, ("c",), ()),
+        (("a", "b", "c", "d"), 1, (), ("a",)),
+        (("s1", "s2", "s3", "s4", "s5", "s6"), 2, ("s2", "s5"), ()),
+        (("s1", "s2", "s3", "s4", "s5", "s6"), 2, ("s6",), ("s1",)),
+    ],
+)
+def test_the_unmasked_decrypted_sum_is_the_plaintext_integer_sum(names, dropouts, after_share, before_unmask):
+    job, keys, ids, agg, _ = _round(names, dropouts, after_share, before_unmask)
+    out = agg.finish()
+    assert out.mean is None and out.ciphertext is not None  # the coordinator holds no plaintext
+    survivors = [n for n in names if n not in after_share]
+    assert out.details["survivors"] == survivors
+    site = keys[names[-1]]
+    seen = {}
+
+    def capture(rows, t, contributors):
+        _, material = unbundle(out.ciphertext)
+        unmask_rows(rows, t, contributors, material, ids.public, _plan_of(job), run_id="run", round_id=1)
+        seen["rows"] = rows.copy()
+
+    aggregate, _ = unbundle(out.ciphertext)
+    open_sum(aggregate, site, run_id="run", round_id=1, unmask=capture)
+
+    expected = _expected_rows(site.params, names, survivors)
+    assert seen["rows"].astype(object).tolist() == expected.tolist()
+    mean, total = open_masked(out.ciphertext, site, ids.public, _plan_of(job), run_id="run", round_id=1)
+    assert total == sum(3 + i for i, n in enumerate(names) if n in survivors)
+    exact = sum(_values(i) * (3 + i) for i, n in enumerate(names) if n in survivors) / total
+    assert np.max(np.abs(mean - exact)) < 1e-4
+
+
+def test_a_colluding_he_key_holder_sees_only_uniform_slots():
+    # The coordinator colludes with site d, which holds the HE key: it decrypts a's
+    # ciphertext and strips the a-d pairwise mask (d's own). What is left of an all-zero
+    # update is PRG(b_a) + PRG(s_ab) + PRG(s_ac) mod t: chi-square over 16 buckets.
+    from scipy.stats import chisquare
+
+    from fedinfra.crypto.secagg import prg
+    from fedinfra.crypto.secagg.protocol import MOD_LABEL, pair_seed
+
+    names = ("a", "b", "c", "d")
+    job = _job(4, 1)
+    public, keys = _kits(names, job)
+    ids = identities(list(names))
+    ctx = context_for(keys["d"].params)
+    t = ctx.plain_modulus
+    counts = np.zeros(16, dtype=np.int64)
+    plain_counts = np.zeros(16, dtype=np.int64)
+    for rnd in range(1, 9):
+        sessions = {n: SiteSession.start(n, run_id="chi", round_id=rnd) for n in names}
+        roster = Roster(tuple(sessions[n].advertise(ids.private[n]) for n in names))
+        p = _plan_of(job)(4, 4)
+        boxes = {n: s.share(p, roster, ids.public)[0] for n, s in sessions.items()}
+        zero = np.zeros(N_VALUES)
+        blob = seal_masked(
+            _update(zero), 5, keys["a"], sessions["a"], p, u2=list(names),
+            shares_for_me={m: b["a"] for m, b in boxes.items()}, run_id="chi", round_id=rnd,
+        )
+        _, cts, _, _ = envelope.decode(blob, kind=envelope.KIND_UPDATE)
+        rows = ctx.decrypt(_secret_key(keys["d"]), ctx.load_ciphertexts(cts)).reshape(-1)
+        seed = pair_seed(sessions["d"].s_sk, roster.entries[0].s_pk)
+        label = f"pair\x00chi\x00{rnd}\x00a\x00d" + MOD_LABEL
+        prg.apply_masks_mod(rows, t, [(seed, label, True)])  # a added +mask (a < d)
+        counts += np.bincount((rows.astype(object) * 16 // t).astype(np.int64), minlength=16)
+        plain = CODECS["bfv"].encode(keys["a"].params, zero, 5.0, np.random.default_rng(rnd)).reshape(-1)
+        plain_counts += np.bincount((plain.astype(object) * 16 // t).astype(np.int64), minlength=16)
+
+    assert chisquare(counts).pvalue > 1e-3
+    assert chisquare(plain_counts).pvalue < 1e-6  # the same statistic sees an unmasked update
+
+
+def test_the_coordinator_cannot_open_or_read_the_aggregate():
+    _, _, _, agg, blobs = _round(("a", "b", "c", "d"))
+    out = agg.finish()
+
+    assert out.mean is None
+    assert agg.hides_aggregate
+    with pytest.raises(CryptoError, match="no HE secret key"):
+        open_sum(unbundle(out.ciphertext)[0], object(), run_id="run", round_id=1)  # type: ignore[arg-type]
+
+
+def test_an_update_sent_under_another_sites_name_is_rejected_and_leaves_no_trace():
+    names = ("a", "b", "c", "d")
+    job = _job(4, 1)
+    public, keys = _kits(names, job)
+    ids = identities(list(names))
+    agg = start_round(RoundSpec(run_id="run", round=1, layout=LAYOUT, job=job, sites=names, he_public=public))
+    sites = {n: _Site(n, job, keys[n], ids) for n in names}
+    for stage in agg.stages_before():
+        for name, doc in stage.payloads.items():
+            stage.collect(name, sites[name].answer(doc))
+        stage.close()
+    blob_b = sites["b"].sealed(agg.train_extra("b")[SECAGG], _values(1), 4, seed=1)
+
+    with pytest.raises(UpdateRejected, match="another site"):
+        agg.accept(Reply(site="a", weight=1.0, config={HE_UPDATE: blob_b}))
+    assert agg._unmasker.u3 == [] and len(agg._sum) == 0
+
+
+def _material_attack(mutate):
+    names = ("a", "b", "c", "d")
+    job, keys, ids, agg, _ = _round(names)
+    out = agg.finish()
+    aggregate, material = unbundle(out.ciphertext)
+    forged = bundle(aggregate, mutate(material, ids))
+    return lambda: open_masked(forged, keys["a"], ids.public, _plan_of(job), run_id="run", round_id=1)
+
+
+def test_sites_refuse_material_with_a_swapped_key():
+    def swap(m, ids):
+        other = SiteSession.start("b", run_id="run", round_id=1).advertise()
+        entries = list(m.roster.entries)
+        entries[1] = replace(entries[1], s_pk=other.s_pk)
+        return replace(m, roster=Roster(tuple(entries)))
+
+    with pytest.raises(CryptoError, match="not signed by its pinned identity key"):
+        _material_attack(swap)()
+
+
+def test_sites_refuse_a_survivor_list_without_t_signatures():
+    def strip(m, ids):
+        keep = dict(list(m.signatures.items())[:2])
+        return replace(m, signatures=keep)
+
+    with pytest.raises(SecAggAbandoned, match="2 valid survivor signatures"):
+        _material_attack(strip)()
+
+
+def test_sites_refuse_when_the_contributors_are_not_the_signed_survivors():
+    def shrink(m, ids):
+        return replace(m, u3=m.u3[:3])
+
+    with pytest.raises(CryptoError, match="not the survivor list"):
+        _material_attack(shrink)()

@@ -178,7 +178,8 @@ def _expected_rows(params, names, survivors):
 def test_the_unmasked_decrypted_sum_is_the_plaintext_integer_sum(names, dropouts, after_share, before_unmask):
     job, keys, ids, agg, _ = _round(names, dropouts, after_share, before_unmask)
     out = agg.finish()
-    assert out.mean is None and out.ciphertext is not None  # the coordinator holds no plaintext
+    assert out.mean is None  # the coordinator holds no plaintext
+    assert out.ciphertext is not None
     survivors = [n for n in names if n not in after_share]
     assert out.details["survivors"] == survivors
     site = keys[names[-1]]
@@ -211,7 +212,7 @@ def test_a_colluding_he_key_holder_sees_only_uniform_slots():
 
     names = ("a", "b", "c", "d")
     job = _job(4, 1)
-    public, keys = _kits(names, job)
+    _, keys = _kits(names, job)
     ids = identities(list(names))
     ctx = context_for(keys["d"].params)
     t = ctx.plain_modulus
@@ -241,7 +242,7 @@ def test_a_colluding_he_key_holder_sees_only_uniform_slots():
 
 
 def test_the_coordinator_cannot_open_or_read_the_aggregate():
-    _, _, _, agg, blobs = _round(("a", "b", "c", "d"))
+    _, _, _, agg, _ = _round(("a", "b", "c", "d"))
     out = agg.finish()
 
     assert out.mean is None
@@ -265,7 +266,8 @@ def test_an_update_sent_under_another_sites_name_is_rejected_and_leaves_no_trace
 
     with pytest.raises(UpdateRejected, match="another site"):
         agg.accept(Reply(site="a", weight=1.0, config={HE_UPDATE: blob_b}))
-    assert agg._unmasker.u3 == [] and len(agg._sum) == 0
+    assert agg._unmasker.u3 == []
+    assert len(agg._sum) == 0
 
 
 def _material_attack(mutate):

@@ -1,6 +1,8 @@
-"""``fedinfra app keygen|sign|verify|approve``: releasing the Flower App sites will run.
+"""``fedinfra app keygen|build|sign|verify|approve``: releasing the Flower App sites will run.
 
 * ``keygen`` (release manager, once): the Ed25519 release key, kept offline;
+* ``build`` (release manager, per task): the app carrying a job's task module
+  (:mod:`fedinfra.task.packaging`), so sites approve the task's code with the app;
 * ``sign`` (release manager, per version): the release record of ``--app-dir``'s FAB;
 * ``approve`` (each site): check a record against the key the site pinned, keep it in
   the site kit - from then on the site runs that FAB and no other;
@@ -40,6 +42,27 @@ def keygen_cmd(
     kid = key_id(bytes.fromhex(public))
     _show({"key": str(path), "public_key": public, "key_id": kid}, fmt,
           f"release key {kid} written to {path}; sites pin public key {public}")
+
+
+@app_app.command("build")
+def build_cmd(
+    job: Path = typer.Option(..., "--job", help="The job whose [task] module (next to it) the app must carry."),
+    out: Path = typer.Option(..., "--out", help="Directory for the app (new, or one this command built)."),
+    base: Path = typer.Option(Path("server"), "--base", help="The stock fedinfra Flower App (its pyproject.toml)."),
+    version: str | None = typer.Option(None, "--version", help="App version (default: the base app's)."),
+    fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
+) -> None:
+    """Write the Flower App that carries the job's task; then 'app sign --app-dir OUT'."""
+    from fedinfra.crypto.release import fab_digest
+    from fedinfra.runtime.release import build_app_fab
+    from fedinfra.task.packaging import build_task_app
+
+    built = guarded(lambda: build_task_app(job, out, base=base, version=version))
+    fab = guarded(lambda: build_app_fab(built.app_dir))
+    _show({"app_dir": str(built.app_dir), "task": built.ref, "files": list(built.files), "app": fab.app,
+           "version": fab.version, "fab_sha256": fab_digest(fab.content)}, fmt,
+          f"built {fab.app} {fab.version} carrying {built.ref} ({', '.join(built.files)}) in {built.app_dir}; "
+          f"FAB sha256 {fab_digest(fab.content)}; next: fedinfra app sign --app-dir {built.app_dir}")
 
 
 @app_app.command("sign")

@@ -44,6 +44,9 @@ def register(app: typer.Typer) -> None:
     def run_cmd(
         job: Path = typer.Option(..., "--job", help="The job (job.toml)."),
         config: Path | None = typer.Option(None, "--config", help="server.toml (default: next to the job)."),
+        app_dir: Path | None = typer.Option(
+            None, "--app-dir", help="The signed app to submit (default: server.toml's app_dir); see 'app build'."
+        ),
         resume: str | None = typer.Option(None, "--resume", help="Continue run RUN_ID after its last completed round."),
         timeout: float = typer.Option(
             3600.0, "--timeout", callback=positive, help="Give up following the run after this many seconds."
@@ -81,7 +84,7 @@ def register(app: typer.Typer) -> None:
                 spec,
                 run_id=run_id,
                 runs_dir=cfg.runs_dir,
-                app_dir=cfg.app_dir,
+                app_dir=app_dir or cfg.app_dir,
                 flwr_home=flwr_home,
                 kit=kit,
                 audit_store=cfg.audit_store,

@@ -76,6 +76,9 @@ def submit(
             "provision more sites or lower sites.count"
         )
     check_app_dir(app_dir)
+    from fedinfra.task.packaging import check_app_holds_task
+
+    check_app_holds_task(app_dir, job)
     run_dir = runs_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     config = run_config(

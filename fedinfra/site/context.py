@@ -163,6 +163,9 @@ def _deployed_preflight(manifest_path: str, job_json: str, tls: bool) -> None:
 def site_context(node_config: dict[str, object], job: JobSpec) -> SiteContext:
     """Build the context of the site this process serves."""
     if "site-manifest" in node_config:
+        from fedinfra.task.packaging import confine_task, installed_app_dir
+
+        confine_task(job, installed_app_dir())  # the task comes from the signed app, or not at all
         tls = str(node_config.get("tls", "")).lower() == "true"
         _deployed_preflight(str(node_config["site-manifest"]), job.model_dump_json(), tls)
     data = resolve_site_data(node_config, job)

@@ -18,6 +18,7 @@ from fedinfra.site.round import run_round
 from fedinfra.site.tasks import job_model, job_task
 from fedinfra.task import Table, Task, load_task, new_model
 from fedinfra.task.builtin import TabularTask
+from tests.unit.task_app_site import install_task
 
 USER_TASK = '''
 from torch import nn
@@ -186,7 +187,11 @@ def test_a_trainable_layer_dp_sgd_cannot_cover_is_refused_naming_it(user_module:
     assert "\n" not in str(info.value)
 
 
-def test_a_deployed_site_trains_a_user_task_with_dp_sgd_from_its_manifest(tmp_path: Path, user_module: str) -> None:
+def test_a_deployed_site_trains_a_user_task_with_dp_sgd_from_its_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user_module = f"deployed_task_{abs(hash(tmp_path)) % 10**8}"
+    install_task(user_module, USER_TASK, tmp_path, monkeypatch)  # the task arrives inside the app the site approved
     manifest = _site(tmp_path)
     job = JobSpec.model_validate(
         {
@@ -270,8 +275,7 @@ def test_under_dp_sgd_a_buffer_changed_by_training_never_leaves_the_site(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name = f"counting_task_{abs(hash(tmp_path)) % 10**8}"
-    (tmp_path / f"{name}.py").write_text(COUNTING_TASK)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_task(name, COUNTING_TASK, tmp_path, monkeypatch)
     manifest = _site(tmp_path)
     job = JobSpec.model_validate(
         {
@@ -290,4 +294,3 @@ def test_under_dp_sgd_a_buffer_changed_by_training_never_leaves_the_site(
     assert out.report.details["buffers_withheld"] == ["0.seen"]
     assert not out.update["0.seen"].any()
     assert out.update["1.weight"].any()
-    sys.modules.pop(name, None)

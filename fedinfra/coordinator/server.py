@@ -273,7 +273,9 @@ class Coordinator:
             details = site_details(hello, manifest)
             reason = ""
             if not hello.preflight_passed:
-                reason = f"site's own preflight refused: {hello.preflight_reason}"
+                # Its ``preflight_reason`` is the site's free text: never copied to the log.
+                reason = "site's own preflight refused"
+                details["check"] = "site.preflight"
             elif evaluation.blocking:
                 reason = evaluation.reason()
             elif self.num_features is not None and hello.num_features != self.num_features:
@@ -433,13 +435,17 @@ class Coordinator:
                 if evaluate_round is not None and ev is not None and ev.round == evaluate_round:
                     tally.add(name, ev.loss_sum, ev.correct, ev.count, ev.sums)
                 if report.status != "ok":
-                    refused[name] = report.code or "error"
+                    # The site's ``reason`` is its free text (paths, values): the log keeps the
+                    # bounded ``code`` only, as for any other rejection (GDPR Art. 5(1)(c)).
+                    code = report.code or "error"
+                    refused[name] = code
+                    check = f"site.refused:{code}"
                     trail.event(
                         "update.rejected",
                         round=rnd,
                         site=name,
                         outcome="denied",
-                        details={"site": name, "reason": report.reason, "code": report.code},
+                        details={"site": name, "reason": check, "code": code, "check": check},
                     )
                     continue
                 folded = agg.accept(

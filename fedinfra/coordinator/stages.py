@@ -2,8 +2,9 @@
 
 Each wave is a QUERY message per site carrying the stage's JSON document beside the usual
 instruction; a reply that fails the stage's checks is audited as ``update.rejected`` with
-the failing check, and the site simply drops out of the protocol (SecAgg tolerates that up
-to the declared bound). Sites that do not answer drop out the same way.
+the failing check (never the site's own text), and the site simply drops out of the
+protocol (SecAgg tolerates that up to the declared bound). Sites that do not answer drop
+out the same way.
 """
 
 from __future__ import annotations
@@ -45,21 +46,26 @@ def run_stage(
         site = names.get(reply.metadata.src_node_id)
         if site is None or site not in stage.payloads or site in answered:
             continue
+        details: dict[str, str] = {"site": site, "code": "invalid", "stage": stage.name}
         try:
             if reply.has_error():
-                raise UpdateRejected("missing", f"site error: {(reply.error.reason or '')[:200]}")
+                # Flower's error reason is the site's exception text: the log keeps its code.
+                if reply.error:
+                    details["error_code"] = str(int(reply.error.code))
+                raise UpdateRejected("missing", "site error")
             document = reply.content.config_records[CONFIG][SECAGG]
             if not isinstance(document, str):
                 raise UpdateRejected("missing", "stage reply carries no document")
             stage.collect(site, document)
         except (UpdateRejected, KeyError) as exc:
+            # The check only: a stage's message may quote the site (a refusal to unmask).
             check = exc.check if isinstance(exc, UpdateRejected) else "missing"
             trail.event(
                 "update.rejected",
                 round=rnd,
                 site=site,
                 outcome="denied",
-                details={"site": site, "reason": str(exc), "code": "invalid", "check": check, "stage": stage.name},
+                details={**details, "reason": check, "check": check},
             )
             continue
         answered.append(site)

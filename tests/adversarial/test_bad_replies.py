@@ -16,6 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedinfra.config import JobSpec
 from fedinfra.config.job import CompressionSpec
+from fedinfra.runtime.simulation import AUDIT_STORE
 from tests.adversarial.harness import Malicious, doc_of, honest, rejections, run_job, silent, with_doc
 
 
@@ -214,3 +215,42 @@ def test_a_slow_loris_site_is_named_and_not_waited_for(
     for k, v in baseline.state.weights.items():
         assert np.array_equal(out.state.weights[k], v), k
     assert [(s, d["check"]) for s, d in rejections(out)] == [("edge-3", "reply.timeout")] * 2
+
+
+#: What a site's refusal text may carry: a kit path, a record's value, a person's name.
+LEAK = "PolicyViolation: /srv/kits/sites/edge-3/data/patients.csv row 4711: John Doe, MRN 0042-4711"
+
+
+@pytest.mark.parametrize("code", ["budget", "policy", "error"])
+def test_a_sites_refusal_is_audited_as_its_code_and_its_free_text_never_reaches_the_store(
+    code: str, baseline: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal's ``reason`` is the site's free text (up to 1,000 characters on the wire):
+    the audit log keeps the bounded ``code`` only (GDPR Art. 5(1)(c), data minimisation)."""
+
+    def refuse(msg: Message, reply: Message) -> Message:
+        doc = doc_of(reply)
+        refused = {
+            "site": doc["site"],
+            "round": doc["round"],
+            "status": "refused",
+            "reason": LEAK,
+            "code": code,
+            "num_examples": 0,
+            "run_id": doc["run_id"],
+        }
+        return with_doc(reply, refused)
+
+    out = run_job(tmp_path, _job(), [honest, honest, honest, Malicious(refuse)], monkeypatch=monkeypatch)
+
+    assert out.error is None, repr(out.error)
+    assert out.state is not None
+    for k, v in baseline.state.weights.items():
+        assert np.array_equal(out.state.weights[k], v), k
+    stored = b"".join(e.canonical() for e in out.entries)
+    for f in out.run_dir.glob(f"{AUDIT_STORE}*"):  # the database file itself (and its WAL), every page
+        stored += f.read_bytes()
+    for fragment in (b"/srv/kits", b"patients.csv", b"4711", b"John Doe", b"PolicyViolation"):
+        assert fragment not in stored, fragment
+    rejected = [d for site, d in rejections(out) if site == "edge-3"]
+    assert [(d["check"], d["code"]) for d in rejected] == [(f"site.refused:{code}", code)] * 2

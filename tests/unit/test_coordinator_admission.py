@@ -146,6 +146,26 @@ def test_a_site_whose_own_preflight_refused_is_not_admitted(setup) -> None:  # t
     assert "own preflight refused" in _rejections(trail)["hospital-2"]
 
 
+def test_a_sites_own_preflight_reason_is_audited_as_a_check_without_its_text(setup) -> None:  # type: ignore[no-untyped-def]
+    """``preflight_reason`` is the site's free text (up to 1,000 characters): never stored."""
+    coordinator, trail, packs = setup
+    job = coordinator.job
+    leak = "PolicyViolation: /srv/kits/sites/hospital-2/data.csv column mrn holds 0042-4711 (John Doe)"
+    refuses = _hello(job, "hospital-2", preflight_passed=False, preflight_reason=leak)
+    grid = FakeGrid(
+        {1: _answers(_hello(job, "hospital-1")), 2: _answers(refuses), 3: _answers(_hello(job, "hospital-3"))}
+    )
+
+    coordinator.admit(grid, trail, packs)  # type: ignore[arg-type]
+
+    stored = b"".join(e.canonical() for e in trail.log.entries())
+    stored += Path(coordinator.settings.store).read_bytes()  # the database file itself, every page
+    for fragment in (b"/srv/kits", b"data.csv", b"4711", b"John Doe", b"PolicyViolation"):
+        assert fragment not in stored, fragment
+    [entry] = list(trail.log.entries(run_id="run-1", type="site.rejected"))
+    assert (entry.actor.id, entry.details["check"]) == ("hospital-2", "site.preflight")
+
+
 def test_a_site_with_the_wrong_number_of_features_is_not_admitted(setup) -> None:  # type: ignore[no-untyped-def]
     coordinator, trail, packs = setup
     job = coordinator.job

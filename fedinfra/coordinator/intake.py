@@ -18,13 +18,17 @@ exception into a check code so that the round continues with the other sites
 
 from __future__ import annotations
 
-from typing import TypeVar
+import math
+from typing import TYPE_CHECKING, TypeVar
 
 from flwr.app import Message
 from pydantic import BaseModel, ValidationError
 
 from fedinfra.config.wire import CONFIG, DOC, EvalReport, TrainReport
 from fedinfra.errors import FedinfraError
+
+if TYPE_CHECKING:
+    from fedinfra.crypto.params import HEParams
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -114,6 +118,41 @@ def train_report(
     return report
 
 
+def he_update_bound(params: HEParams, layout: tuple[tuple[str, tuple[int, ...]], ...]) -> int:
+    """The largest encrypted update (``HE_UPDATE``) an honest site of this kit can send.
+
+    Derived from the job's model and the kit's HE parameters, never from the reply: the
+    envelope's framing (:mod:`fedinfra.crypto.envelope`, one site id), one length prefix
+    and at most ``MAX_CT_BYTES`` (a full, unseeded SEAL ciphertext) for each of the
+    ``ciphertext_count(n_values)`` ciphertexts the model's values fill, and the Ed25519
+    signature. A larger reply is refused before it is copied, parsed or verified, so a
+    site cannot make the coordinator hold gigabytes (only gRPC's 2 GB limit applied).
+    """
+    from fedinfra.crypto import envelope
+    from fedinfra.crypto._seal import MAX_CT_BYTES
+
+    n_values = sum(math.prod(shape) for _, shape in layout)
+    framing = (
+        len(envelope.MAGIC)
+        + 3  # version, kind, scheme
+        + 32  # param_id
+        + 2 * (2 + envelope.MAX_ID_BYTES)  # run id and the one site id
+        + 2 * 8  # round, n_values
+        + 32  # layout digest
+        + envelope.NONCE_BYTES
+        + 2 * 4  # site count, ciphertext count
+    )
+    per_ciphertext = 4 + MAX_CT_BYTES
+    return framing + params.ciphertext_count(n_values) * per_ciphertext + envelope.TRAILER_BYTES[envelope.KIND_UPDATE]
+
+
+def bounded_blob(reply: Message, key: str, limit: int) -> None:
+    """Refuse a binary payload ``key`` longer than ``limit`` bytes before anything reads it."""
+    value = reply.content.config_records[CONFIG].get(key) if CONFIG in reply.content.config_records else None
+    if isinstance(value, bytes | bytearray) and len(value) > limit:
+        raise Rejected(f"reply.{key}:too_long")
+
+
 def eval_report(reply: Message, *, site: str, rnd: int, run_id: str, view: str) -> EvalReport:
     """The reply's :class:`EvalReport` for ``site`` and the model ``view`` after round ``rnd``."""
     if reply.has_error():
@@ -126,9 +165,11 @@ def eval_report(reply: Message, *, site: str, rnd: int, run_id: str, view: str) 
 __all__ = [
     "MAX_DOC_BYTES",
     "Rejected",
+    "bounded_blob",
     "check_of",
     "config_value",
     "eval_report",
+    "he_update_bound",
     "parse_doc",
     "schema_check",
     "train_report",

@@ -46,6 +46,7 @@ from fedinfra.config.wire import (
     CONFIG,
     DOC,
     HE_AGGREGATES,
+    HE_UPDATE,
     SiteHello,
     TrainInstruction,
     TrainReport,
@@ -448,6 +449,8 @@ class Coordinator:
                         details={"site": name, "reason": check, "code": code, "check": check},
                     )
                     continue
+                if self.settings.he_public is not None:  # bounded before it is copied or parsed
+                    intake.bounded_blob(reply, HE_UPDATE, self._he_update_bound())
                 folded = agg.accept(
                     Reply(
                         site=name,
@@ -518,6 +521,11 @@ class Coordinator:
                 run_stage(lambda m: self._send(grid, m), trail, rnd=rnd, doc=stage_doc, nodes=nodes, stage=stage)
         train_loss = loss_sum / loss_n if loss_n else float("nan")  # NaN: withheld under DP
         return self._finish_round(rnd, state, agg, received, refused, train_loss, max_eps, start)
+
+    def _he_update_bound(self) -> int:
+        """The largest ``HE_UPDATE`` a site may send for this job's model (intake.he_update_bound)."""
+        assert self.settings.he_public is not None
+        return intake.he_update_bound(self.settings.he_public.params, self.model_layout())
 
     def model_layout(self) -> Layout:
         """The update layout every reply must have: the job's model's, never a reply's."""

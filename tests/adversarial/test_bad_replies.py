@@ -16,6 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedinfra.config import JobSpec
 from fedinfra.config.job import CompressionSpec
+from fedinfra.config.secagg import SecureAggSpec
 from fedinfra.runtime.simulation import AUDIT_STORE
 from tests.adversarial.harness import Malicious, doc_of, honest, rejections, run_job, silent, with_doc
 
@@ -254,3 +255,39 @@ def test_a_sites_refusal_is_audited_as_its_code_and_its_free_text_never_reaches_
         assert fragment not in stored, fragment
     rejected = [d for site, d in rejections(out) if site == "edge-3"]
     assert [(d["check"], d["code"]) for d in rejected] == [(f"site.refused:{code}", code)] * 2
+
+
+def test_an_encrypted_update_larger_than_the_model_allows_is_rejected_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``HE_UPDATE`` is bounded by the job's model and the kit's HE parameters
+    (``intake.he_update_bound``), not by gRPC's 2 GB: one byte over is refused by name."""
+    from fedinfra.aggregation.rounds import model_layout
+    from fedinfra.config.wire import HE_UPDATE
+    from fedinfra.coordinator.intake import he_update_bound
+    from fedinfra.models import get_weights
+    from fedinfra.runtime.coordinator_kit import settings_from_kit
+    from fedinfra.runtime.simulation import provision_simulation
+    from fedinfra.site.tasks import job_model
+
+    job = _job().model_copy(
+        update={"secure_aggregation": SecureAggSpec.model_validate({"mode": "bfv", "quant_bits": 8, "clip": 1.0})}
+    )
+    provision_simulation(job, "run-1", tmp_path / "run-1")  # run_job reuses these kits
+    kit = settings_from_kit(tmp_path / "run-1" / "kits" / "coordinator", store=":memory:", tls=False, he=True)
+    assert kit.he_public is not None
+    limit = he_update_bound(kit.he_public.params, model_layout(get_weights(job_model(job)[0])))
+    honest_sizes: list[int] = []
+
+    def oversize(msg: Message, reply: Message) -> Message:
+        blob = bytes(reply.content.config_records["config"][HE_UPDATE])  # type: ignore[arg-type]
+        honest_sizes.append(len(blob))
+        return with_doc(reply, doc_of(reply), **{HE_UPDATE: blob + b"\0" * (limit + 1 - len(blob))})
+
+    out = run_job(tmp_path, job, [honest, honest, honest, Malicious(oversize)], monkeypatch=monkeypatch)
+
+    assert out.error is None, repr(out.error)
+    rejected = [d["check"] for site, d in rejections(out) if site == "edge-3"]
+    assert rejected == ["reply.he.update:too_long"] * 2
+    assert all(size <= limit <= 4 * size for size in honest_sizes)  # an honest site fits; the bound is tight
+    assert [e.type for e in out.entries][-2:] == ["run.completed", "checkpoint.published"]

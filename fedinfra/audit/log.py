@@ -18,6 +18,7 @@ from types import TracebackType
 import sqlalchemy as sa
 from pydantic import JsonValue
 
+from fedinfra.audit import access
 from fedinfra.audit.canonical import parse_canonical
 from fedinfra.audit.checkpoint import Checkpoint, check_origin
 from fedinfra.audit.cosign import Witness, parse_line
@@ -70,6 +71,8 @@ class AuditLog:
         self._clock = clock
         self._last_ts = ""
         self._head: Checkpoint | None = None
+        #: The access log this writer seals into each checkpoint (None: none).
+        self.access_log: Path | None = None
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -81,8 +84,13 @@ class AuditLog:
         signer: Signer | None = None,
         clock: Callable[[], datetime] | None = None,
         readonly: bool = False,
+        access_log: Path | None = None,
     ) -> AuditLog:
         """Open the log at ``target`` (SQLite path or ``postgresql+psycopg://`` URL).
+
+        A writer with a ``signer`` seals the readers' access log into every checkpoint it
+        signs (:mod:`fedinfra.audit.access`): ``access_log``, else the default one (beside
+        a SQLite store, or ``FEDINFRA_ACCESS_LOG``).
 
         With ``readonly`` (readers: ``audit show``, ``prove``, ``export``) the store is opened
         so that nothing can be written (SQLite ``mode=ro``, PostgreSQL READ ONLY).
@@ -109,10 +117,13 @@ class AuditLog:
             raise ConfigError("a log opened read-only cannot sign")
         store = Store.open(target, create=signer is not None, readonly=readonly)
         try:
-            return cls._load(store, origin=origin, signer=signer, clock=clock or (lambda: datetime.now(UTC)))
+            log = cls._load(store, origin=origin, signer=signer, clock=clock or (lambda: datetime.now(UTC)))
         except BaseException:
             store.close()
             raise
+        if signer is not None:
+            log.access_log = access_log or access.default_access_log(target)
+        return log
 
     @classmethod
     def init_store(
@@ -397,6 +408,14 @@ class AuditLog:
             last = parse_canonical(self._store.entry_data(self._tree.size - 1) or b"")
             self._last_ts = max(self._last_ts, str(last["ts"]))
 
+    def _seal_reads(self) -> list[Event]:
+        """``log.read`` entries sealing the access records made since the last seal (see :mod:`.access`)."""
+        path = self.access_log
+        if path is None or not path.exists():
+            return []
+        state = access.seal_state(self._store.latest_of_types(("log.read",)))
+        return access.fold_events(path, state)
+
     def _try_commit(
         self,
         events: list[Event],
@@ -408,6 +427,7 @@ class AuditLog:
     ) -> tuple[list[Entry], Checkpoint | None]:
         if publish:
             last = events[-1] if events else None
+            events = [*events, *self._seal_reads()]
             events = [
                 *events,
                 self._announcement(

@@ -61,6 +61,10 @@ class LogSource(Protocol):
         """Yield the data of the entries with ``seq >= lo``, in order."""
         ...
 
+    def of_types(self, types: tuple[str, ...], *, below: int) -> list[bytes]:
+        """The data of the entries of ``types`` with ``seq < below``, in order (after a replay checked them)."""
+        ...
+
     def close(self) -> None:
         """Release resources."""
         ...
@@ -96,6 +100,9 @@ class StoreSource:
     def tail(self, lo: int) -> Iterator[bytes]:  # noqa: D102
         for _, data, _ in self._store.iter_entries(lo=lo):
             yield data
+
+    def of_types(self, types: tuple[str, ...], *, below: int) -> list[bytes]:  # noqa: D102
+        return self._store.of_types(types, below=below)  # the type column was checked against the entry
 
     def close(self) -> None:  # noqa: D102
         self._store.close()
@@ -174,6 +181,18 @@ class ExportSource:
         for seq, data, _ in self.entries():
             if seq >= lo:
                 yield data
+
+    def of_types(self, types: tuple[str, ...], *, below: int) -> list[bytes]:  # noqa: D102
+        import orjson
+
+        wanted = frozenset(types)
+        found: list[bytes] = []
+        for seq, data, _ in self.entries():
+            if seq >= below:
+                break
+            if any(t.encode() in data for t in wanted) and orjson.loads(data).get("type") in wanted:
+                found.append(data)
+        return found
 
     def close(self) -> None:  # noqa: D102
         return None

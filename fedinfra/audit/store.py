@@ -453,6 +453,35 @@ class Store:
         with self.engine.connect() as conn:
             return [bytes(data) for (data,) in conn.execute(stmt)]
 
+    def latest_of_types(self, types: tuple[str, ...], *, batch: int = 256) -> Iterator[bytes]:
+        """Yield the canonical bytes of the entries of ``types``, newest first (indexed on type).
+
+        Reads ``batch`` rows per short transaction, so a caller that stops early holds no cursor.
+        """
+        below: int | None = None
+        while True:
+            stmt = sa.select(entries_table.c.seq, entries_table.c.data).where(entries_table.c.type.in_(types))
+            if below is not None:
+                stmt = stmt.where(entries_table.c.seq < below)
+            with self.engine.connect() as conn:
+                rows = [(int(seq), bytes(data)) for seq, data in conn.execute(
+                    stmt.order_by(entries_table.c.seq.desc()).limit(batch))]
+            for seq, data in rows:
+                below = seq
+                yield data
+            if len(rows) < batch:
+                return
+
+    def of_types(self, types: tuple[str, ...], *, below: int) -> list[bytes]:
+        """The canonical bytes of the entries of ``types`` with ``seq < below``, in seq order."""
+        stmt = (
+            sa.select(entries_table.c.data)
+            .where(entries_table.c.type.in_(types), entries_table.c.seq < below)
+            .order_by(entries_table.c.seq)
+        )
+        with self.engine.connect() as conn:
+            return [bytes(data) for (data,) in conn.execute(stmt)]
+
     def cosignatures(self, size: int | None = None) -> list[tuple[int, str]]:
         """Return ``(tree_size, line)`` for the stored cosignatures (of one ``size``), by tree size.
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import orjson
 
+from fedinfra.audit.access import SEAL_ACTOR_ID as LOG_ACTOR_ID
 from fedinfra.audit.checkpoint import Checkpoint
 from fedinfra.audit.cosign import Witness, parse_line
 from fedinfra.audit.merkle import HASH_SIZE
@@ -63,6 +64,19 @@ class VerifyResult:
     quorum: int | None = None
     head_cosigners: tuple[str, ...] = ()
     unwitnessed_reports: int = 0
+    #: Tree size of the newest checkpoint a quorum cosigned (with witnesses), and when its
+    #: newest cosignature was made (UTC): how recent the history the sites vouch for is.
+    witnessed_size: int | None = None
+    witnessed_at: str | None = None
+    #: Runs whose ``run.created`` is in the log but neither ``run.completed`` nor ``run.failed``:
+    #: still running - or the log was cut back to an earlier checkpoint (compare with a site's).
+    open_runs: tuple[str, ...] = ()
+    #: Checkpoints held outside the store that were compared (a site's receipts, metrics.json).
+    held: int = 0
+    #: The access log checked against the reads sealed in the signed log, and what was found.
+    access_log: str | None = None
+    access_records: int = 0
+    sealed_reads: int = 0
 
     def to_dict(self) -> dict[str, object]:
         """Return the result as a JSON-ready dict."""
@@ -144,6 +158,7 @@ def verify_store(
     workers: int | None = None,
     witnesses: Sequence[Witness] = (),
     quorum: int | None = None,
+    access_log: Path | None = None,
 ) -> VerifyResult:
     """Replay the log at ``target`` (store path, PostgreSQL URL or export directory).
 
@@ -155,9 +170,23 @@ def verify_store(
 
     ``witnesses`` are the sites' cosigner keys (C2SP tlog-cosignature): every stored
     cosignature by one of them must verify on its checkpoint, and the newest checkpoint
-    needs cosignatures by ``quorum`` of them (default: all) with no entry after it - so a
-    tail rewritten and re-signed by the coordinator, or cut back to an uncosigned
-    checkpoint, fails even though the coordinator's own signatures verify.
+    needs cosignatures by ``quorum`` of them (default: all); after the newest checkpoint so
+    cosigned only readers' records may follow (reads sealed from the access log, report
+    regenerations), signed by the coordinator alone - so a tail rewritten and re-signed by
+    the coordinator, or cut back to an uncosigned checkpoint, fails even though the
+    coordinator's own signatures verify.
+
+    What the store and keys alone cannot show: a log cut back to an *earlier* checkpoint
+    that a quorum did cosign, with everything after it removed, is a consistent, witnessed
+    log - only a newer checkpoint held by someone else proves it was longer. Pass the
+    sites' receipts directories as ``held_checkpoints`` (or run ``audit gossip``): a held
+    checkpoint beyond the log's end fails as "tail truncated". ``open_runs`` (runs started
+    but never closed) and ``witnessed_at`` (when the sites last vouched) are reported as
+    hints; neither is proof on its own (a run may still be going; a cut between two runs
+    leaves none open).
+
+    ``access_log`` is checked against the reads sealed in the log
+    (:func:`fedinfra.audit.access.check_sealed`): a sealed read record removed or edited fails.
 
     Raises
     ------
@@ -174,11 +203,27 @@ def verify_store(
     need = (quorum or len(witnesses)) if witnesses else None
     source = open_source(target)
     try:
-        return _verify(source, public_key, held_checkpoints, count, witnesses, need)
-    except BrokenProcessPool:  # workers could not start (e.g. no importable __main__): one process
-        return _verify(source, public_key, held_checkpoints, 1, witnesses, need)
+        try:
+            result = _verify(source, public_key, held_checkpoints, count, witnesses, need)
+        except BrokenProcessPool:  # workers could not start (e.g. no importable __main__): one process
+            result = _verify(source, public_key, held_checkpoints, 1, witnesses, need)
+        if result.ok and access_log is not None:
+            result = _check_access(source, result, access_log)
+        return result
     finally:
         source.close()
+
+
+def _check_access(source: LogSource, result: VerifyResult, path: Path) -> VerifyResult:
+    from dataclasses import replace
+
+    from fedinfra.audit.access import check_sealed
+
+    check = check_sealed(path, source.of_types(("log.read",), below=result.entries))
+    done = replace(result, access_log=check.path, access_records=check.records, sealed_reads=check.sealed)
+    if check.problem is None:
+        return done
+    return replace(done, ok=False, position=f"access log {check.path}", problem=check.problem)
 
 
 def _workers(requested: int | None) -> int:
@@ -217,13 +262,18 @@ def _verify(
         verifier = _key(meta, public_key)
         checkpoints = _checkpoints(source.checkpoints(), verifier)
         held = _held(held_checkpoints, verifier)
+        progress["held"] = len(held_checkpoints)
         _replay(_chunks(source, workers), checkpoints, held, progress)
         cosigned = _cosignatures(source.cosignatures(), checkpoints, witnesses)
         if checkpoints:
             progress["head_cosigners"] = tuple(sorted(cosigned.get(checkpoints[-1].size, set())))
+        progress["open_runs"] = _open_runs(source, int(str(progress["entries"])))
         if quorum is not None:
-            _witnessed(checkpoints, cosigned, quorum)
-            progress["unwitnessed_reports"] = _reader_tail(source, int(str(progress["head_size"])))
+            witnessed = _witnessed(checkpoints, cosigned, quorum)
+            progress["head_cosigners"] = tuple(sorted(cosigned[witnessed.size]))
+            progress["witnessed_size"] = witnessed.size
+            progress["witnessed_at"] = _latest_time(source, witnessed, witnesses)
+            progress["unwitnessed_reports"] = _reader_tail(source, witnessed.size)
     except Failure as failure:
         return VerifyResult(ok=False, **partial, **progress, position=failure.position, problem=failure.problem)  # type: ignore[arg-type]
     return VerifyResult(ok=True, **partial, **progress)  # type: ignore[arg-type]
@@ -302,39 +352,76 @@ def _cosignatures(
     return cosigned
 
 
-def _witnessed(checkpoints: list[Checkpoint], cosigned: dict[int, set[str]], quorum: int) -> None:
-    """The newest checkpoint needs ``quorum`` cosigners."""
+def _witnessed(checkpoints: list[Checkpoint], cosigned: dict[int, set[str]], quorum: int) -> Checkpoint:
+    """The newest checkpoint with ``quorum`` cosigners (what :func:`_reader_tail` checks after)."""
     if not checkpoints:
         raise Failure("checkpoints", "the log has no checkpoint for witnesses to cosign")
+    for checkpoint in reversed(checkpoints):
+        if len(cosigned.get(checkpoint.size, set())) >= quorum:
+            return checkpoint
     head = checkpoints[-1]
-    where = f"checkpoint {len(checkpoints)} (tree size {head.size})"
-    have = len(cosigned.get(head.size, set()))
-    if have < quorum:
-        raise Failure(
-            where,
-            f"newest checkpoint is cosigned by {have} of the {quorum} witnesses required "
-            "(rewritten, truncated to an uncosigned checkpoint, or not yet cosigned)",
-        )
+    raise Failure(
+        f"checkpoint {len(checkpoints)} (tree size {head.size})",
+        f"newest checkpoint is cosigned by {len(cosigned.get(head.size, set()))} of the {quorum} witnesses "
+        "required, and no earlier one has the quorum (rewritten, truncated to an uncosigned checkpoint, "
+        "or not yet cosigned)",
+    )
+
+
+def _latest_time(source: LogSource, checkpoint: Checkpoint, witnesses: Sequence[Witness]) -> str | None:
+    """UTC time of the newest valid cosignature on ``checkpoint`` (the sites' own clocks)."""
+    from datetime import UTC, datetime
+
+    times = [
+        witness.verify_line(checkpoint, line)
+        for size, line in source.cosignatures()
+        if size == checkpoint.size
+        for witness in witnesses
+        if witness.matches(*parse_line(line))
+    ]
+    if not times:
+        return None
+    return datetime.fromtimestamp(max(times), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 _READER_TYPES = frozenset({"report.generated", "log.read"})
+_LIFECYCLE = ("run.created", "run.completed", "run.failed")
 
 
-def _reader_tail(source: LogSource, head_size: int) -> int:
+def _open_runs(source: LogSource, entries: int) -> tuple[str, ...]:
+    """Runs the log shows created and not (yet) completed or failed, in order of creation."""
+    state: dict[str, str] = {}
+    for data in source.of_types(_LIFECYCLE, below=entries):
+        obj = orjson.loads(data)
+        run = obj.get("run_id") if isinstance(obj, dict) else None
+        if isinstance(run, str):
+            state[run] = str(obj.get("type"))
+    return tuple(run for run, last in state.items() if last == "run.created")
+
+
+def _reader_tail(source: LogSource, witnessed: int) -> int:
     """Entries after the newest cosigned checkpoint: only readers' records may be there.
 
-    An auditor who regenerates the report appends ``report.generated`` (older CLIs also
-    appended ``log.read``); those are counted and reported as unwitnessed. Anything else
-    after the witnessed head - a coordinator's entry - fails: nobody witnessed it.
+    Readers' reads are sealed from the access log as ``log.read`` entries (actor
+    ``operator``, or the log itself recording a broken access log), an auditor who
+    regenerates a report appends ``report.generated`` (actor ``operator``), and the
+    checkpoints that sealed them are announced by the log (``checkpoint.published``);
+    those are counted as unwitnessed. Anything else after the witnessed checkpoint - a
+    coordinator's or site's entry - fails: nobody witnessed it.
     """
     count = 0
-    for offset, data in enumerate(source.tail(head_size)):
+    for offset, data in enumerate(source.tail(witnessed)):
         obj = orjson.loads(data)
         actor = obj.get("actor") if isinstance(obj, dict) else None
         kind = actor.get("kind") if isinstance(actor, dict) else None
-        if obj.get("type") not in _READER_TYPES or kind in ("coordinator", "system", "site"):
+        who = actor.get("id") if isinstance(actor, dict) else None
+        type_ = obj.get("type")
+        if kind == "system" and who == LOG_ACTOR_ID and type_ == "checkpoint.published":
+            continue
+        reader = kind == "operator" and type_ in _READER_TYPES
+        if not reader and not (kind == "system" and who == LOG_ACTOR_ID and type_ == "log.read"):
             raise Failure(
-                f"entry {head_size + offset}",
+                f"entry {witnessed + offset}",
                 "an entry after the newest cosigned checkpoint is not witnessed by the sites",
             )
         count += 1

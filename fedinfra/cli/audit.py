@@ -4,7 +4,9 @@ Every reader opens the store read-only (SQLite ``mode=ro``, PostgreSQL READ ONLY
 transactions) and never creates or changes a file of it. ``show``, ``prove`` and ``export``
 record a ``log.read`` *before* reading (PCI DSS v4.0 10.2.1.3: all access to audit logs is
 logged) in a separate, hash-chained access log (:mod:`fedinfra.audit.access`); if the read
-cannot be recorded, it is refused. ``verify`` and ``gossip`` record nothing, so auditors
+cannot be recorded, it is refused. The log's writer seals that access log into the signed
+log at every checkpoint, so a sealed read cannot be removed unseen (``verify`` checks it);
+``prove --sign-with`` seals at once. ``verify`` and ``gossip`` record nothing, so auditors
 can check a copy or a read-only medium.
 """
 
@@ -29,7 +31,7 @@ from fedinfra.cli._common import (
 from fedinfra.errors import ConfigError
 
 if TYPE_CHECKING:
-    from fedinfra.audit import VerifyResult
+    from fedinfra.audit import Signer, VerifyResult
 
 app = typer.Typer(
     name="audit", help="Verify, show, prove and export the tamper-evident audit log.", no_args_is_help=True
@@ -75,32 +77,110 @@ def _record_read(
         )
 
 
+def _finish(doc: dict[str, object], ok: bool, problem: str, fmt: OutputFormat) -> None:
+    """Print a check's JSON (any outcome) or its one-line failure; exit 1 when it failed."""
+    if fmt is OutputFormat.json:
+        print_json(doc)
+        if not ok:
+            raise typer.Exit(EXIT_CHECK_FAILED)
+    elif not ok:
+        fail(problem, EXIT_CHECK_FAILED)
+
+
+def _say(text: str) -> None:
+    console.print(text, highlight=False, soft_wrap=True)
+
+
+def _note(text: str) -> None:
+    err_console.print(f"[yellow]note:[/] {text}", highlight=False, soft_wrap=True)
+
+
+def _print_verified(result: VerifyResult) -> None:
+    """The text summary of a log that verified: key, witnesses, what was compared, and the limits."""
+    _say(
+        f"[bold green]verified[/] {result.target}: {result.entries} entries, {result.checkpoints} signed checkpoints "
+        f"(head: size {result.head_size}, root {result.head_root})"
+    )
+    parts = (result.key or "").split("+", 2)
+    key_id = parts[1] if len(parts) == 3 else "?"
+    pinned = "pinned" if result.key_pinned else "from the store; pin it with --public-key"
+    _say(f"key {result.origin}+{key_id} ({pinned})")
+    if result.quorum is not None:
+        when = f", newest cosignature {result.witnessed_at}" if result.witnessed_at else ""
+        _say(
+            f"witnessed: checkpoint of tree size {result.witnessed_size} cosigned by "
+            f"{', '.join(result.head_cosigners)} ({len(result.head_cosigners)} of {result.quorum} required{when})"
+        )
+    if result.held:
+        _say(f"held: {result.held} checkpoints kept outside the store agree with the log, none beyond its end")
+    elif result.quorum is not None:
+        _note(
+            "no checkpoint held outside the store was compared: a log cut back to an earlier cosigned "
+            "checkpoint verifies as well; add each site's receipts directory with --checkpoint DIR "
+            "(or run 'fedinfra audit gossip')"
+        )
+    if result.open_runs:
+        _note(
+            f"runs created but not completed or failed: {', '.join(result.open_runs)} (still running, "
+            "or the log was cut back: compare with a site's receipts)"
+        )
+    if result.access_log is not None:
+        _say(
+            f"access log {result.access_log}: {result.access_records} records, {result.sealed_reads} sealed in the "
+            "log, none removed or edited"
+        )
+    if result.unwitnessed_reports:
+        _note(
+            f"{result.unwitnessed_reports} readers' records (sealed reads, report regenerations) follow the "
+            "cosigned checkpoint, signed by the coordinator only"
+        )
+    elif result.unsigned_tail:
+        _note(f"{result.unsigned_tail} entries after the last checkpoint are not signed yet")
+
+
+def _default_access(target: str | Path, given: Path | None) -> Path | None:
+    """The access log to check: the one given, else the default one if it exists."""
+    from fedinfra.audit.access import default_access_log
+
+    if given is not None:
+        return given
+    default = default_access_log(target) if not (isinstance(target, Path) and target.is_dir()) else None
+    return default if default is not None and default.is_file() else None
+
+
 @app.command("verify")
 def verify_cmd(
     target: str = typer.Argument(..., help=_TARGET_HELP),
     public_key: Path | None = typer.Option(
-        None, "--public-key", help="Pin the log's key (C2SP verifier key or PEM); detects a re-signed fork."
+        None, "--public-key", help="Pin the log's key (C2SP verifier key, kit.toml or PEM); detects a re-signed fork."
     ),
     held: list[Path] = typer.Option(
         [],
         "--checkpoint",
-        help="Checkpoints held outside the store: a note, receipt, metrics.json, receipts dir or export.",
+        help="Checkpoints held outside the store: a site's receipts dir, a note, receipt, metrics.json or export.",
     ),
     witnesses: list[Path] = typer.Option(
         [],
         "--witnesses",
-        help="Sites' cosigner keys (a file, one a line, or the coordinator kit); the newest checkpoint needs a quorum.",
+        help="Sites' cosigner keys (a file, one a line, or the coordinator kit); a checkpoint needs a quorum.",
     ),
     quorum: int | None = typer.Option(None, "--quorum", min=1, help="Cosigners required (default: every witness)."),
+    access_log: Path | None = typer.Option(
+        None, "--access-log", help="Check this access log against the reads sealed in the log (default: if present)."
+    ),
     fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
 ) -> None:
     """Replay every entry and checkpoint; exit 0 only if the whole log verifies.
 
     Opens the store read-only and records nothing: it works on a copy or a read-only mount.
+    A log cut back to an earlier cosigned checkpoint is only caught with a newer checkpoint
+    someone holds: pass the sites' receipts directories with --checkpoint.
     """
     from fedinfra.audit import verify_store
     from fedinfra.audit.cosign import load_witnesses
     from fedinfra.audit.gossip import load_held
+
+    where = _target(target)
 
     def run() -> VerifyResult:
         notes = [note for path in held for _, note in load_held(path)]
@@ -108,49 +188,18 @@ def verify_cmd(
         if quorum is not None and not keys:
             raise ConfigError("--quorum needs --witnesses")
         return verify_store(
-            _target(target), public_key=public_key, held_checkpoints=notes, witnesses=keys, quorum=quorum
+            where,
+            public_key=public_key,
+            held_checkpoints=notes,
+            witnesses=keys,
+            quorum=quorum,
+            access_log=_default_access(where, access_log),
         )
 
     result = guarded(run)
-    if fmt is OutputFormat.json:
-        print_json(result.to_dict())
-        if not result.ok:
-            raise typer.Exit(EXIT_CHECK_FAILED)
-        return
-    if not result.ok:
-        fail(f"{result.target}: {result.position}: {result.problem}", EXIT_CHECK_FAILED)
-    console.print(
-        f"[bold green]verified[/] {result.target}: {result.entries} entries, {result.checkpoints} signed checkpoints "
-        f"(head: size {result.head_size}, root {result.head_root})",
-        highlight=False,
-        soft_wrap=True,
-    )
-    parts = (result.key or "").split("+", 2)
-    key_id = parts[1] if len(parts) == 3 else "?"
-    console.print(
-        f"key {result.origin}+{key_id} "
-        f"({'pinned' if result.key_pinned else 'from the store; pin it with --public-key'})",
-        highlight=False,
-        soft_wrap=True,
-    )
-    if result.quorum is not None:
-        console.print(
-            f"witnessed: newest checkpoint cosigned by {', '.join(result.head_cosigners)} "
-            f"({len(result.head_cosigners)} of {result.quorum} required)",
-            highlight=False,
-            soft_wrap=True,
-        )
-    if result.unwitnessed_reports:
-        err_console.print(
-            f"[yellow]note:[/] {result.unwitnessed_reports} report regenerations after the cosigned checkpoint "
-            "are not witnessed (readers' records, not the run's)",
-            highlight=False,
-        )
-    elif result.unsigned_tail:
-        err_console.print(
-            f"[yellow]note:[/] {result.unsigned_tail} entries after the last checkpoint are not signed yet",
-            highlight=False,
-        )
+    _finish(result.to_dict(), result.ok, f"{result.target}: {result.position}: {result.problem}", fmt)
+    if fmt is OutputFormat.text:
+        _print_verified(result)
 
 
 @app.command("init-store")
@@ -193,19 +242,12 @@ def gossip_cmd(
         return gossip(_target(target), held, public_key=public_key)
 
     result = guarded(run)
-    if fmt is OutputFormat.json:
-        print_json(result.to_dict())
-        if not result.ok:
-            raise typer.Exit(EXIT_CHECK_FAILED)
-        return
-    if not result.ok:
-        fail(f"{result.target}: {result.problem}", EXIT_CHECK_FAILED)
-    console.print(
-        f"[bold green]no fork[/] {result.target}: {result.held} held checkpoints (largest tree size "
-        f"{result.largest_held}) agree with each other and with the log",
-        highlight=False,
-        soft_wrap=True,
-    )
+    _finish(result.to_dict(), result.ok, f"{result.target}: {result.problem}", fmt)
+    if fmt is OutputFormat.text:
+        _say(
+            f"[bold green]no fork[/] {result.target}: {result.held} held checkpoints (largest tree size "
+            f"{result.largest_held}) agree with each other and with the log"
+        )
 
 
 @app.command("show")
@@ -256,6 +298,28 @@ def show_cmd(
     console.print(table)
 
 
+def _load_signer(path: Path) -> Signer:
+    """The log's signing key: a coordinator kit (its ``[audit] key_file``) or a private key file."""
+    import tomllib
+
+    from fedinfra.audit import Signer
+
+    key_file = path
+    if path.is_dir():
+        try:
+            doc = tomllib.loads((path / "kit.toml").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: not a coordinator kit (no readable kit.toml)") from exc
+        name = doc.get("audit", {}).get("key_file")
+        if not isinstance(name, str):
+            raise ConfigError(f"{path}: kit holds no audit signing key ([audit] key_file); give the coordinator kit")
+        key_file = path / name
+    try:
+        return Signer.from_skey(key_file.read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{key_file}: cannot read the audit signing key") from exc
+
+
 @app.command("prove")
 def prove_cmd(
     target: str = typer.Argument(..., help="SQLite audit store or postgresql+psycopg:// URL."),
@@ -264,23 +328,56 @@ def prove_cmd(
         None, "--since", min=1, help="Also prove consistency from this earlier checkpoint's tree size."
     ),
     out: Path | None = typer.Option(None, "--out", help="Also write the receipt to this file."),
+    sign_with: Path | None = typer.Option(
+        None,
+        "--sign-with",
+        help="Coordinator kit (or audit signing key): sign the unsigned tail, this read included, before proving.",
+    ),
     fmt: OutputFormat = typer.Option(
         OutputFormat.json, "--format", help="json (the receipt, default) or text (a summary)."
     ),
     access_log: Path | None = typer.Option(None, "--access-log", help=_ACCESS_HELP),
 ) -> None:
-    """Print a receipt for entry SEQ against the newest checkpoint, with the sites' cosignatures (JSON)."""
+    """Print a receipt for entry SEQ against the newest checkpoint, with the sites' cosignatures (JSON).
+
+    The receipt's checkpoint must cover the entry. An entry after the newest checkpoint is
+    signed at the coordinator's next checkpoint; with --sign-with the log's key signs the
+    tail now - sealing the access log, this read included - so the checkpoint returned
+    covers the entry and the read (issue 15: the unsigned tail is signed before a reader's
+    checkpoint is returned). That checkpoint has no cosignatures until the sites' next
+    cosign wave; the receipt says so by carrying none.
+    """
     from fedinfra.audit import AuditLog, Receipt
+    from fedinfra.audit.access import default_access_log
     from fedinfra.audit.cosign import cosigned_note
 
     where = _target(target)
 
     def prove() -> Receipt:
         _record_read(where, access_log, "prove", None, {"seq": seq})
-        with AuditLog.open(where, readonly=True) as log:
-            receipt = log.receipt(seq, since=since)
+        if sign_with is not None:
+            signer = _load_signer(sign_with)
+            log = AuditLog.open(
+                where, origin=signer.name, signer=signer, access_log=access_log or default_access_log(where)
+            )
+            try:
+                log.publish_checkpoint()
+            except BaseException:
+                log.close()
+                raise
+        else:
+            log = AuditLog.open(where, readonly=True)
+        with log:
             head = log.latest_checkpoint
-            assert head is not None
+            if seq >= log.size:
+                raise ConfigError(f"--seq {seq}: no such entry in {log.display} (size {log.size})")
+            if head is None or seq >= head.size:
+                raise ConfigError(
+                    f"--seq {seq}: entry is after the newest signed checkpoint (tree size "
+                    f"{0 if head is None else head.size}); the coordinator signs it at its next checkpoint, "
+                    "or pass --sign-with COORDINATOR_KIT to sign the tail now"
+                )
+            receipt = log.receipt(seq, since=since)
             receipt = receipt.model_copy(update={"checkpoint": cosigned_note(head, log.cosignatures(head.size))})
         if out is not None:
             receipt.save(out)
@@ -292,11 +389,8 @@ def prove_cmd(
         print_json(payload)
         return
     proofs = ", ".join(k for k in sorted(payload) if "proof" in k) or "none"
-    console.print(
-        f"receipt for entry {seq} of {target}: proofs {proofs}" + (f"; written to {out}" if out else ""),
-        highlight=False,
-        soft_wrap=True,
-    )
+    _say(f"receipt for entry {seq} of {target} (tree size {receipt.tree_size}): proofs {proofs}"
+         + (f"; written to {out}" if out else ""))
 
 
 @app.command("export")

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from fedinfra.audit import Actor, AuditLog, Checkpoint, Entry, Signer, verify_store
 from fedinfra.audit.cosign import Cosigner, CosignReply, Witness, load_witnesses, signed_message
-from fedinfra.audit.gossip import gossip
+from fedinfra.audit.gossip import gossip, load_held
 from fedinfra.cli import build_app
 from fedinfra.coordinator.witnesses import Witnessing
 from fedinfra.errors import VerificationError
@@ -51,20 +51,20 @@ class Federation:
     def receipts(self, site: str) -> Path:
         return self.home(site) / "receipts" / ORIGIN
 
-    def round(self, rnd: int, *, final_accuracy: float | None = None) -> Checkpoint:
-        self.log.append(run_id="run-1", round=rnd, type="round.started", actor=COORD, outcome="success")
+    def round(self, rnd: int, *, final_accuracy: float | None = None, run_id: str = "run-1") -> Checkpoint:
+        self.log.append(run_id=run_id, round=rnd, type="round.started", actor=COORD, outcome="success")
         if final_accuracy is None:
-            self.log.append(run_id="run-1", round=rnd, type="aggregation.completed", actor=COORD, outcome="success")
+            self.log.append(run_id=run_id, round=rnd, type="aggregation.completed", actor=COORD, outcome="success")
         else:
             self.log.append(
-                run_id="run-1",
+                run_id=run_id,
                 round=rnd,
                 type="run.completed",
                 actor=COORD,
                 outcome="success",
                 details={"final_accuracy": final_accuracy},
             )
-        checkpoint = self.log.publish_checkpoint(run_id="run-1", round=rnd)
+        checkpoint = self.log.publish_checkpoint(run_id=run_id, round=rnd)
         for site in SITES:
             self.witness(site, self.witnessing.request(self.held[site]))
             self.held[site] = checkpoint.size
@@ -371,3 +371,107 @@ def test_a_site_whose_close_cosignature_came_late_is_asked_again_and_counted(fed
     assert waves == [list(SITES), ["hospital-b"]]
     assert names == sorted(SITES)
     assert verify_store(fed.store, witnesses=_witnesses(fed)).ok
+
+
+# -- truncation to an earlier checkpoint the sites did cosign -------------------------------
+
+
+def _cut_back(store: Path, size: int) -> None:
+    """The dishonest coordinator deletes every entry, checkpoint and cosignature after tree ``size``."""
+    con = sqlite3.connect(store)
+    for table in ("audit_entries", "audit_checkpoints", "audit_cosignatures"):
+        con.execute(f"DROP TRIGGER {table}_no_delete")
+    con.execute("DELETE FROM audit_cosignatures WHERE tree_size > ?", (size,))
+    con.execute("DELETE FROM audit_checkpoints WHERE tree_size > ?", (size,))
+    con.execute("DELETE FROM audit_entries WHERE seq >= ?", (size,))
+    con.commit()
+    con.close()
+
+
+def _created(fed: Federation, run_id: str) -> None:
+    fed.log.append(run_id=run_id, round=None, type="run.created", actor=COORD, outcome="success")
+
+
+@pytest.mark.parametrize("where", ["mid-run", "between-runs"])
+def test_a_log_cut_back_to_an_earlier_cosigned_checkpoint_is_caught_with_any_sites_receipts(
+    tmp_path: Path, where: str
+) -> None:
+    """Issue 15: truncation to a cosigned prefix. Store + keys alone cannot see it; a site's newer checkpoint can."""
+    fed = Federation(tmp_path, Signer.generate(ORIGIN))
+    _created(fed, "run-1")
+    fed.round(1)
+    if where == "mid-run":  # cut inside run-1: its close is gone
+        cut = fed.round(2)
+        fed.round(3, final_accuracy=0.92)
+        hint: tuple[str, ...] = ("run-1",)
+    else:  # cut after run-1 closed, before run-2: nothing in the store hints at it
+        cut = fed.round(2, final_accuracy=0.92)
+        _created(fed, "run-2")
+        fed.round(1, run_id="run-2")
+        fed.round(2, final_accuracy=0.95, run_id="run-2")
+        hint = ()
+    fed.log.close()
+    full = verify_store(fed.store, public_key=fed.signer.vkey, witnesses=_witnesses(fed), workers=1)
+    assert full.ok
+    assert full.open_runs == ()
+    _cut_back(fed.store, cut.size)
+
+    # What a verifier holding only the store and the keys sees: a consistent log whose newest
+    # checkpoint a quorum cosigned. That is the documented limit, not a pass to be proud of.
+    alone = verify_store(fed.store, public_key=fed.signer.vkey, witnesses=_witnesses(fed), workers=1)
+    assert alone.ok, alone.problem
+    assert alone.witnessed_size == cut.size
+    assert alone.held == 0
+    assert alone.open_runs == hint
+    out = CliRunner().invoke(build_app(), ["audit", "verify", str(fed.store), "--witnesses", str(fed.witness_file())])
+    assert out.exit_code == 0
+    assert "cut back to an earlier cosigned checkpoint verifies as well" in " ".join(out.output.split())
+
+    # Any one site's receipts hold a newer cosigned checkpoint: the cut is proven.
+    for site in SITES:
+        notes = [note for _, note in load_held(fed.receipts(site))]
+        result = verify_store(
+            fed.store, public_key=fed.signer.vkey, held_checkpoints=notes, witnesses=_witnesses(fed), workers=1
+        )
+        assert not result.ok
+        assert "tail truncated" in (result.problem or "")
+    args = ["audit", "verify", str(fed.store), "--witnesses", str(fed.witness_file()),
+            "--checkpoint", str(fed.receipts("hospital-b"))]
+    out = CliRunner().invoke(build_app(), args)
+    assert out.exit_code == 1
+    assert "tail truncated" in out.output
+    gossip_args = ["audit", "gossip", str(fed.store), "--held", str(fed.receipts("hospital-c"))]
+    out = CliRunner().invoke(build_app(), gossip_args)
+    assert out.exit_code == 1
+    assert "tail truncated" in out.output
+
+
+def test_the_witnessed_checkpoint_time_is_the_newest_cosignature(fed: Federation) -> None:
+    result = verify_store(fed.store, public_key=fed.signer.vkey, witnesses=_witnesses(fed), workers=1)
+    assert result.ok
+    assert result.witnessed_size == result.head_size
+    assert result.witnessed_at is not None
+    assert result.witnessed_at.endswith("Z")
+
+
+def test_reads_sealed_after_the_cosigned_checkpoint_are_readers_records_not_a_failure(
+    fed: Federation, tmp_path: Path
+) -> None:
+    """Reads sealed by ``prove --sign-with`` after the close are signed by the coordinator only: counted, not failed."""
+    key = tmp_path / "audit.key"
+    key.write_text(fed.signer.skey + "\n")
+    runner = CliRunner()
+    assert runner.invoke(build_app(), ["audit", "show", str(fed.store)]).exit_code == 0
+    out = runner.invoke(build_app(), ["audit", "prove", str(fed.store), "--seq", "0", "--sign-with", str(key)])
+    assert out.exit_code == 0, out.output
+    result = verify_store(fed.store, public_key=fed.signer.vkey, witnesses=_witnesses(fed), workers=1)
+    assert result.ok, result.problem
+    assert result.unwitnessed_reports == 2  # the two sealed reads (their checkpoint's announcement is the log's own)
+    assert result.witnessed_size is not None
+    assert result.witnessed_size < result.head_size
+    with AuditLog.open(fed.store, origin=ORIGIN, signer=fed.signer) as log:  # a coordinator entry sealed the same way
+        log.append(run_id="run-1", round=3, type="run.completed", actor=COORD, outcome="success")
+        log.publish_checkpoint()
+    result = verify_store(fed.store, public_key=fed.signer.vkey, witnesses=_witnesses(fed), workers=1)
+    assert not result.ok
+    assert "not witnessed" in (result.problem or "")

@@ -20,14 +20,22 @@ from fedinfra.errors import ConfigError, FedinfraError, RuntimeLaunchError
 
 
 def verify_command(run_dir: Path) -> str:
-    """The command that verifies a demo run's log with its sites' cosignatures.
+    """The command that verifies a demo run's log with its sites' cosignatures and receipts.
 
     The witnesses are the cosigner keys the run's coordinator kit pins (key ceremony), so
-    the command checks the cosigned close checkpoint, not just the coordinator's own signature.
+    the command checks the cosigned close checkpoint, not just the coordinator's own
+    signature; each site's receipts hold a checkpoint newer than any a cut-back log keeps.
+    Same command as the report's "How to verify", with the run directory's absolute paths.
     """
+    from fedinfra.report.collect import verify_command as command
     from fedinfra.runtime.simulation import AUDIT_STORE
 
-    return f"fedinfra audit verify {run_dir / AUDIT_STORE} --witnesses {run_dir / 'kits' / 'coordinator'}"
+    origin = f"fedinfra-audit.sim-{run_dir.name}"
+    homes = run_dir / "site-homes"
+    sites = sorted(p.name for p in homes.iterdir() if any((p / "receipts").glob("*/checkpoint-*.note"))) if (
+        homes.is_dir()
+    ) else []
+    return command(AUDIT_STORE, origin, sites, simulated=True, root=f"{run_dir}/")
 
 
 class RichReporter:

@@ -44,6 +44,8 @@ refused: an unsigned tail is not evidence.
 from __future__ import annotations
 
 import dataclasses
+import re
+import shlex
 from collections.abc import Iterable
 from typing import Any
 
@@ -533,6 +535,40 @@ def _roles(header: Header, sites: list[SiteView], config: RunConfig) -> list[Rol
     return rows
 
 
+SIM_KIT = "kits/coordinator"
+"""Where a simulated run (``fedinfra demo``) keeps the coordinator kit, relative to its run directory."""
+
+
+def receipts_dir(origin: str) -> str:
+    """The directory under a site's ``receipts/`` holding what it kept of the log ``origin``."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", origin)
+    return name if name.strip(".") else "_"
+
+
+def verify_command(store: str, origin: str, sites: list[str], *, simulated: bool, root: str = "") -> str:
+    """The ``audit verify`` command the report prints (and ``fedinfra demo`` runs last).
+
+    The coordinator kit pins the log's key (``[audit] vkey``) and the sites' cosigner keys
+    (``[audit.cosigners]``, key ceremony); each site's receipts directory holds the newest
+    checkpoint that site cosigned, without which a store cut back to an earlier cosigned
+    checkpoint cannot be told from the whole log (RFC 9162 §8.1.4: only a newer checkpoint
+    held by someone else shows a truncation). For a simulated run the paths are those of
+    its run directory (``root`` prefixes them); for a deployed one they are placeholders:
+    ``COORDINATOR_KIT`` and each site's home (``SITE_HOME_<site>``).
+    """
+    kit = f"{root}{SIM_KIT}" if simulated else "COORDINATOR_KIT"
+    parts = ["fedinfra audit verify", f"{root}{store}" if simulated else store, "--public-key", f"{kit}/kit.toml"]
+    if sites:
+        parts += ["--witnesses", kit]
+    for site in sites:  # a simulated site's home holds this log only; a deployed one may hold several
+        if simulated:
+            parts += ["--checkpoint", f"{root}site-homes/{site}/receipts"]
+        else:
+            home = "SITE_HOME_" + re.sub(r"[^A-Za-z0-9]", "_", site).upper()
+            parts += ["--checkpoint", f"{home}/receipts/{receipts_dir(origin)}"]
+    return " ".join(shlex.quote(p) if p != parts[0] else p for p in parts)
+
+
 def build_report(log: VerifiedLog, run_id: str, config: RunConfig) -> ReportData:
     """Assemble the report of ``run_id`` from a verified ``log`` and the run's configuration."""
     records = run_records(log, run_id)
@@ -559,19 +595,20 @@ def build_report(log: VerifiedLog, run_id: str, config: RunConfig) -> ReportData
         c for c in sorted(log.checkpoints, key=lambda c: c.tree_size) if records[0].index < c.tree_size <= cp.tree_size
     ]
     packs = [p.name for p in header.policy_packs]
-    cosigners = sorted(
-        {
-            f"{r.details['cosigner']}+{r.details.get('cosigner_key_id', '?')}"
-            for r in records
-            if r.type == "site.admitted" and isinstance(r.details.get("cosigner"), str)
-        }
-    )
+    admitted = {
+        r.site: f"{r.details['cosigner']}+{r.details.get('cosigner_key_id', '?')}"
+        for r in records
+        if r.type == "site.admitted" and isinstance(r.details.get("cosigner"), str)
+    }
+    cosigners = sorted(set(admitted.values()))
+    sim = log.origin == f"fedinfra-audit.sim-{run_id}"
+    cosigned = {name for names in log.cosigners.values() for name in names}
+    held = {site for site, key in admitted.items() if key.rsplit("+", 1)[0] in cosigned}  # it keeps a checkpoint
     verify = VerifyInfo(
         public_key=log.public_key,
         key_name=cp.key_name,
         key_id=cp.key_id,
-        command=f"fedinfra audit verify {log.store_name} --public-key log.vkey"
-        + (" --witnesses witnesses.txt" if cosigners else ""),
+        command=verify_command(log.store_name, log.origin, sorted(s for s in admitted if s in held), simulated=sim),
         checkpoints=[_ref(c) for c in chain],
         cosigners=cosigners,
     )

@@ -99,9 +99,17 @@ def test_demo_runs_two_rounds_on_loopback_and_writes_artifacts(fedinfra_bin: str
     printed = shlex.split(verify_command(run_dir))
     assert printed[:3] == ["fedinfra", "audit", "verify"]
     assert "--witnesses" in printed
+    assert "--checkpoint" in printed  # the sites' receipts: a log cut back to an earlier cosigned checkpoint fails
     verify = subprocess.run([fedinfra_bin, *printed[1:]], capture_output=True, text=True, check=False)
     assert verify.returncode == 0, verify.stderr
-    assert "witnessed: newest checkpoint cosigned by" in verify.stdout, verify.stdout
+    assert "witnessed: checkpoint of tree size" in verify.stdout, verify.stdout
+    assert "none beyond its end" in verify.stdout, verify.stdout
+    # ... and so does the command the report's "How to verify" prints, run in the run directory
+    report_doc = json.loads((run_dir / f"report-{metrics['run_id']}.json").read_text())
+    printed = shlex.split(report_doc["verify"]["command"])
+    verify = subprocess.run([fedinfra_bin, *printed[1:]], capture_output=True, text=True, check=False, cwd=run_dir)
+    assert verify.returncode == 0, verify.stderr + verify.stdout
+    assert "witnessed: checkpoint of tree size" in verify.stdout, verify.stdout
     # Every artifact with data or keys is private (issue 18): files 0600, directories 0700.
     loose = [
         f"{p.relative_to(run_dir)} {p.stat().st_mode & 0o777:o}"

@@ -613,7 +613,7 @@ class Coordinator:
             **outcome.details,
         }
         if aggregate is None:
-            details.update(test_loss=test_loss, test_accuracy=test_acc)
+            details.update(test_loss=test_loss, test_accuracy=test_acc, metrics=self._metrics)
         trail.event("aggregation.completed", round=rnd, subject=subject, details=details)
         trail.checkpoint(rnd)
         return result
@@ -856,6 +856,15 @@ class Coordinator:
         else:
             self.artifacts.write_model(state.weights)
             artifact = ("model", self.artifacts.model_path.read_bytes())
+        from fedinfra.task.metrics import HEADLINE
+
+        final_metrics = _finite(tally.metrics(self.task.kind)) if self.sites_evaluate else self._metrics
+        task_block = {
+            "ref": self.job.task.ref if self.job.task is not None else "fedinfra.task.builtin:TabularTask",
+            "kind": self.task.kind,
+            "headline": HEADLINE[self.task.kind],
+            "metrics": final_metrics,
+        }
         trail.event(
             "run.completed",
             round=state.round,
@@ -866,19 +875,12 @@ class Coordinator:
                 "final_accuracy": acc,
                 "final_loss": loss,
                 "epsilon_max": max_eps,
+                "task": task_block,  # the report's model-quality section reads it from the signed log
             },
         )
         final = trail.checkpoint(state.round)
-        from fedinfra.task.metrics import HEADLINE
-
-        final_metrics = _finite(tally.metrics(self.task.kind)) if self.sites_evaluate else self._metrics
         extra: dict[str, object] = {
-            "task": {
-                "ref": self.job.task.ref if self.job.task is not None else "fedinfra.task.builtin:TabularTask",
-                "kind": self.task.kind,
-                "headline": HEADLINE[self.task.kind],
-                "metrics": final_metrics,
-            },
+            "task": task_block,
             "final_checkpoint": {"tree_size": final.size, "note": final.note},
             "stop_reason": stop,
             "privacy": privacy_summary(

@@ -69,6 +69,7 @@ from fedinfra.report.model import (
     RoundRow,
     SecureAggRound,
     SiteBudget,
+    TaskQuality,
     VerifyInfo,
 )
 from fedinfra.report.records import AuditRecord, Checkpoint, RunConfig, VerifiedLog
@@ -448,6 +449,47 @@ def _rounds(records: list[AuditRecord], numbers: list[int]) -> list[RoundRow]:
     return rows
 
 
+def _metric_dict(value: Any) -> dict[str, float | None]:
+    """A ``metrics`` detail as name -> number (None where the log holds no finite number)."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): _num(v) for k, v in value.items()}
+
+
+def _round_metrics(records: list[AuditRecord], numbers: list[int]) -> dict[int, dict[str, float | None]]:
+    """Round -> the task's metrics after it: the coordinator's evaluation, else the sites' sums."""
+    evaluations = _evaluations(records)
+    out: dict[int, dict[str, float | None]] = {}
+    for n in numbers:
+        agg = _first([r for r in records if r.round == n], "aggregation.completed")
+        metrics = _metric_dict(agg.details.get("metrics")) if agg else {}
+        out[n] = metrics or _metric_dict(evaluations.get(n, {}).get("metrics"))
+    return out
+
+
+def _task_quality(
+    records: list[AuditRecord], config: RunConfig, per_round: dict[int, dict[str, float | None]]
+) -> TaskQuality | None:
+    """The task and its final metrics (``run.completed``'s task block; else the last evaluated round)."""
+    completed = next((r for r in reversed(records) if r.type == "run.completed"), None)
+    block = completed.details.get("task") if completed else None
+    block = block if isinstance(block, dict) else {}
+    final = _metric_dict(block.get("metrics")) or next(
+        (m for _, m in sorted(per_round.items(), reverse=True) if m), {}
+    )
+    job = config.job
+    ref = _str(block.get("ref")) or (job.task.ref if job is not None and job.task is not None else None)
+    if not final and ref is None:
+        return None
+    kind = _str(block.get("kind")) or ("regression" if "mse" in final else None)
+    headline = _str(block.get("headline")) or ("mse" if kind == "regression" else None)
+    seen = [k for m in [*per_round.values(), final] for k in m]
+    names = sorted(set(seen), key=lambda k: (k != headline, seen.index(k)))
+    return TaskQuality(
+        ref=ref or "fedinfra.task.builtin:TabularTask", kind=kind, headline=headline, names=names, final=final
+    )
+
+
 def _summary(r: AuditRecord) -> str:
     d = r.details
     if r.type == "policy.evaluated":
@@ -589,6 +631,7 @@ def build_report(log: VerifiedLog, run_id: str, config: RunConfig) -> ReportData
     budgets = _budgets(records, sites) if _dp_on(records, config) else []
     controls = _controls(records, config, budgets, log)
     rounds = _rounds(records, numbers)
+    per_round = _round_metrics(records, numbers)
     findings = _findings(records)
     participants = _participants(records, sites, grid, numbers)
     chain = [
@@ -636,7 +679,11 @@ def build_report(log: VerifiedLog, run_id: str, config: RunConfig) -> ReportData
         controls=controls,
         rounds=rounds,
         events=_events(records),
-        metrics=[MetricPoint(round=r.round, test_loss=r.test_loss, test_accuracy=r.test_accuracy) for r in rounds],
+        metrics=[
+            MetricPoint(round=r.round, test_loss=r.test_loss, test_accuracy=r.test_accuracy, metrics=per_round[r.round])
+            for r in rounds
+        ],
+        task=_task_quality(records, config, per_round),
         findings=findings,
         finding_grid=rule_grid,
         art30=regulation.art30(header, sites, controls),

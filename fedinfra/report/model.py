@@ -334,6 +334,19 @@ class MetricPoint(_Model):
     round: int
     test_loss: float | None
     test_accuracy: float | None
+    metrics: dict[str, float | None] = Field(
+        default_factory=dict, description="the task's metrics after this round (fedinfra.task.metrics), from the log"
+    )
+
+
+class TaskQuality(_Model):
+    """The task the run trained and its metrics: per round in ``metrics``, final here."""
+
+    ref: str = Field(description="import path of the task ('module:Class'); the built-in tabular task otherwise")
+    kind: str | None = Field(description="binary, multiclass or regression; None if the log does not say")
+    headline: str | None = Field(description="the metric the task is judged by (ROC AUC for binary tasks)")
+    names: list[str] = Field(description="the metric names, headline first")
+    final: dict[str, float | None] = Field(description="metrics of the final model as the log records them")
 
 
 class ReportData(_Model):
@@ -350,6 +363,7 @@ class ReportData(_Model):
     rounds: list[RoundRow]
     events: list[EventRow]
     metrics: list[MetricPoint]
+    task: TaskQuality | None = Field(description="the task and its metrics; None when the log records none")
     findings: list[Finding]
     finding_grid: list[GridRow]
     art30: list[Art30Field]

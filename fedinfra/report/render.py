@@ -51,6 +51,18 @@ SECTIONS: list[tuple[str, str]] = [
 ]
 
 
+#: How the task metrics (:mod:`fedinfra.task.metrics`) are named in the report.
+METRIC_LABELS = {
+    "loss": "loss",
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "f1": "F1",
+    "roc_auc": "ROC AUC",
+    "mse": "MSE",
+    "mae": "MAE",
+}
+
+
 def applicable_sections(report: ReportData) -> list[tuple[str, str]]:
     """The sections this report has: a regulation's table only where the regulation applies."""
     skip = set()
@@ -79,6 +91,7 @@ def _environment() -> Any:
     )
     env.globals["sections"] = SECTIONS
     env.globals["titles"] = dict(SECTIONS)
+    env.globals["metric_labels"] = METRIC_LABELS
     return env
 
 

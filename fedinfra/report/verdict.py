@@ -228,6 +228,9 @@ def summary(
     created = next((r for r in records if r.type == "run.created"), None)
     details = created.details if created else {}
     dataset = job.data.dataset if job is not None else (str(details["dataset"]) if details.get("dataset") else None)
+    model: str | None = job.model.kind if job is not None else None
+    if job is not None and job.task is not None:  # a user's task: its own model, each site's declared data
+        dataset, model = "each site's declared data set (site manifests, Data section)", job.task.ref
     totals: dict[str, int] = {}
     for row in grid:
         for status in row.cells.values():
@@ -246,7 +249,7 @@ def summary(
     return Summary(
         task=f"{scenario} '{header.job_name or 'unnamed'}'{purpose}",
         dataset=dataset,
-        model=job.model.kind if job is not None else None,
+        model=model,
         rounds=sum(1 for r in records if r.type == "aggregation.completed"),
         sites_admitted=sum(1 for p in participants if p.admission == "admitted"),
         sites_rejected=sum(1 for p in participants if p.admission == "rejected"),

@@ -30,6 +30,7 @@ Cells = list[str | None]
 FAMILIES = {
     "name": "A",
     "address": "B",
+    "city": "B",
     "postal_code": "B",
     "date": "C",
     "age_over_89": "C",
@@ -50,6 +51,7 @@ FAMILIES = {
 KIND_FAMILY = {
     "name": "name",
     "geography": "address",
+    "city": "city",
     "zip_code": "postal_code",
     "postal_code": "postal_code",
     "restricted_zip3": "postal_code",
@@ -79,6 +81,11 @@ KIND_FAMILY = {
 
 
 LOCALES = ("en_US", "en_GB", "de_DE", "fr_FR", "nl_NL", "en_IE", "it_IT", "es_ES")
+#: Faker locales whose ``city()`` draws from a list of real towns (checked against GeoNames
+#: by hand: en_*, fr_FR, no_NO and pt_BR invent names such as "Lake Amanda"; it_IT, nl_NL and
+#: da_DK list real hamlets, 35-50% of them below GeoNames' 1,000-people cut - bench/phi.py
+#: reports their coverage separately).
+REAL_CITY_LOCALES = ("de_DE", "es_ES", "pl_PL", "sv_SE", "pt_PT", "de_AT", "de_CH", "cs_CZ", "fi_FI")
 NEUTRAL = ("col", "field", "var", "x", "attr", "c", "value", "item", "f")
 MISLEADING = (
     "lab_value",
@@ -167,6 +174,28 @@ def _note(f: Faker, r: random.Random, n: int) -> Cells:
     return out
 
 
+def _real_city(r: random.Random, n: int) -> Cells:
+    """Real towns from one of :data:`REAL_CITY_LOCALES`, as a clinic's records would spell them."""
+    return _in_locale(r.choice(REAL_CITY_LOCALES), r, lambda g: [g.city() for _ in range(n)])
+
+
+def _residence_note(f: Faker, r: random.Random, n: int) -> Cells:
+    """Notes of which about a quarter say where the patient lives, and nothing else identifying."""
+    towns = _real_city(r, n)
+    phrases = ("Lives in {}.", "Moved to {} last year.", "Patient is a resident of {}.", "Referred from {}.")
+    out: Cells = []
+    for town in towns:
+        body = f.sentence(nb_words=r.randint(6, 12))
+        out.append(f"{body} {r.choice(phrases).format(town)}" if r.random() < 0.25 else body)
+    return out
+
+
+def _ward_with_town_words(f: Faker, r: random.Random, n: int) -> Cells:
+    """Decoy: a category column where a few labels happen to be town names (Orange, Reading)."""
+    labels = ("Cardiology", "Oncology", "Orange", "Surgery", "Reading", "Mobile", "Emergency", "ICU", "Radiology")
+    return [r.choice(labels) for _ in range(n)]
+
+
 def _plain_text(f: Faker, r: random.Random, n: int) -> Cells:
     """Decoy: sentences and clinical boilerplate without anyone in them."""
     stock = (
@@ -190,6 +219,11 @@ def _identifier_gens() -> dict[str, list[tuple[str, Gen]]]:
         "address": [
             ("street_address", _each(lambda f: f.street_address())),
             ("address", _each(lambda f: f.address().replace("\n", ", "))),
+        ],
+        "city": [
+            ("city", lambda f, r, n: _real_city(r, n)),
+            ("county (en_IE)", lambda f, r, n: _in_locale("en_IE", r, lambda g: [g.county() for _ in range(n)])),
+            ("province (it_IT)", lambda f, r, n: _in_locale("it_IT", r, lambda g: [g.state() for _ in range(n)])),
         ],
         "postal_code": [("postcode", _each(lambda f: f.postcode()))],
         "date": [("date", _dates)],
@@ -226,7 +260,7 @@ def _identifier_gens() -> dict[str, list[tuple[str, Gen]]]:
             ("image file_name", _each(lambda f: f.file_name(category="image"))),
             ("image file_path", _each(lambda f: f.file_path(depth=2, category="image"))),
         ],
-        "free_text": [("clinical note with names", _note)],
+        "free_text": [("clinical note with names", _note), ("note with place of residence", _residence_note)],
     }
 
 
@@ -250,6 +284,10 @@ def _faker_decoys() -> list[tuple[str, Gen]]:
         ("sex", lambda f, r, n: [r.choice("MF") for _ in range(n)]),
         ("boolean", lambda f, r, n: [r.choice(("true", "false")) for _ in range(n)]),
         ("country", _each(lambda f: f.country())),
+        ("us state", lambda f, r, n: _in_locale("en_US", r, lambda g: [g.state() for _ in range(n)])),
+        ("de state", lambda f, r, n: _in_locale("de_DE", r, lambda g: [g.state() for _ in range(n)])),
+        ("nl province", lambda f, r, n: _in_locale("nl_NL", r, lambda g: [g.province() for _ in range(n)])),
+        ("ward with town-like labels", _ward_with_town_words),
         ("currency_code", _each(lambda f: f.currency_code())),
         ("color", _each(lambda f: f.color_name())),
         ("word", _each(lambda f: f.word())),
@@ -311,6 +349,36 @@ def _real_tables() -> list[tuple[str, list[str], str | None]]:
     return out
 
 
+def _real_place_columns() -> list[tuple[str, list[str], str | None]]:
+    """Place-like text columns of real statsmodels tables, in every evaluation table.
+
+    China smoking's ``Location`` (eight Chinese cities) is a city column; US states
+    (Statecrime, Capital punishment), House committees and Grunfeld's firms are not places
+    below state level and must stay unflagged.
+    """
+    import io
+    from importlib import resources
+
+    import pandas as pd
+    import statsmodels.api as sm
+
+    def csv(dataset: str, column: str) -> list[str]:
+        text = (resources.files(f"statsmodels.datasets.{dataset}") / f"{dataset}.csv").read_text()
+        return [str(v) for v in pd.read_csv(io.StringIO(text))[column].tolist()]
+
+    return [
+        (
+            "statsmodels.china_smoking.Location",
+            [str(v) for v in sm.datasets.china_smoking.load_pandas().data.index],
+            "city",
+        ),
+        ("statsmodels.statecrime.state", [str(v) for v in sm.datasets.statecrime.load_pandas().data.index], None),
+        ("statsmodels.cpunish.STATE", csv("cpunish", "STATE"), None),
+        ("statsmodels.committee.COMMITTEE", csv("committee", "COMMITTEE"), None),
+        ("statsmodels.grunfeld.firm", [str(v) for v in sm.datasets.grunfeld.load_pandas().data["firm"]], None),
+    ]
+
+
 def _fit(values: list[str], n: int, r: random.Random) -> Cells:
     """Resample a real column to ``n`` rows (with replacement when it is shorter)."""
     cells = [v or None for v in values]
@@ -337,6 +405,7 @@ def evaluation_tables(
     appears in every table, each under a freshly drawn neutral or misleading name."""
     r = random.Random(seed)
     real = _real_tables()
+    places = _real_place_columns()
     ident = _identifier_gens()
     decoys = _faker_decoys()
     for t in range(tables):
@@ -353,6 +422,8 @@ def evaluation_tables(
             cells = _fit(values, rows, r)
             truth = "age_over_89" if kind == "age" and any(v is not None and float(v) > 89 for v in cells) else None
             cols.append((label.rsplit(".", 1)[-1], EvalColumn(cells, truth, label)))
+        for label, values, place in places:
+            cols.append((label.rsplit(".", 1)[-1], EvalColumn(_fit(values, rows, r), place, label)))
         r.shuffle(cols)
         table: dict[str, Cells] = {}
         truth: dict[str, str | None] = {}

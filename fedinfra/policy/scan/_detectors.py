@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from fedinfra.policy._reference import restricted_zip3
-from fedinfra.policy.scan import _names
+from fedinfra.policy.scan import _names, _places
 from fedinfra.policy.scan import _patterns as p
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -465,6 +465,94 @@ def _zip3(col: Column) -> Detection | None:
     return None
 
 
+#: Names saying the place belongs to a thing (a branch, a plant), not to a person.
+_PLACE_OF_A_THING = frozenset(
+    {
+        "site",
+        "branch",
+        "store",
+        "shop",
+        "office",
+        "hospital",
+        "clinic",
+        "facility",
+        "plant",
+        "factory",
+        "warehouse",
+        "depot",
+        "airport",
+        "station",
+        "team",
+        "club",
+        "vendor",
+        "supplier",
+        "manufacturer",
+        "headquarters",
+        "hq",
+        "venue",
+        "event",
+        "conference",
+    }
+)
+PLACE_SHARE = 0.6  # share of values (and of distinct values) that must be known places
+PLACE_CLEAR = 0.25  # share that must be places which are not also census names
+PLACE_DISTINCT = 3  # distinct clear places a column needs (a category with one "Orange" is not it)
+
+
+@detector("city", "city, town or county name", "B")
+def _place(col: Column) -> Detection | None:
+    """Cities, towns and counties by the shipped GeoNames/Census list (164.514(b)(2)(i)(B)).
+
+    Most values, and most distinct values, must be known places, and at least
+    :data:`PLACE_CLEAR` of them places that are not also census names: a column of US
+    surnames is 70% town names ("Houston", "Jackson") but almost none of them is *only* a
+    town. A matching name adds 0.25; a name saying the place is a thing's (a branch, a plant)
+    takes 0.4 off.
+    """
+    if col.numeric:
+        return None
+    named = col.named(
+        ("city",),
+        ("town",),
+        ("county",),
+        ("municipality",),
+        ("village",),
+        ("hometown",),
+        ("birthplace",),
+        ("residence",),
+        ("locality",),
+        ("place", "of", "birth"),
+        ("ort",),
+        ("ville",),
+        ("commune",),
+        ("comune",),
+        ("ciudad",),
+        ("gemeente",),
+        ("woonplaats",),
+        exclude=frozenset({"state", "country", "code", "id"}),
+    )
+    needed = WEAK if named else PLACE_SHARE
+    share = col.share(_places.is_place)
+    if share < needed:
+        return None
+    distinct = set(col.sample)
+    places = [v for v in distinct if _places.is_place(v)]
+    clear = sum(1 for v in places if not _places.is_name_too(v))
+    if len(places) < needed * len(distinct) or clear < PLACE_DISTINCT:
+        return None
+    clear_share = col.share(_places.is_clear_place)
+    if clear_share < PLACE_CLEAR:
+        return None
+    conf = min(1.0, 0.9 * share + 0.3 * clear_share) + (0.25 if named else 0.0)
+    if col.tokens & _PLACE_OF_A_THING:
+        conf -= 0.4
+    conf = max(0.0, min(1.0, conf))
+    if conf < THRESHOLD:
+        return None
+    rule = "place names (GeoNames cities, US counties)"
+    return Detection("city", "name+values" if named else "values", share, round(conf, 3), rule)
+
+
 @detector("geography", "geographic subdivision below state", "B")
 def _geo(col: Column) -> Detection | None:
     if col.named(("latitude",), ("longitude",), ("lat",), ("lon",), ("lng",), ("geo",)):
@@ -543,6 +631,8 @@ def _name(col: Column) -> Detection | None:
         return _decide(
             "name", col, True, lambda v: _text(v) and not any(ch.isdigit() for ch in v), unique=0.2, strength=LOOSE
         )
+    if col.share(_places.is_region) >= 0.3:
+        return None  # countries and states ("Jordan", "Georgia", "Chad") are census names too
     found = _decide("name", col, False, _names.is_person_name, unique=0.3, strength=0.9, rule="census name list")
     if found is not None or (col.distinct_ratio < 0.6 and len(set(col.sample)) < 300):
         return found  # closed vocabularies (countries, colours) repeat; names keep coming
@@ -743,7 +833,7 @@ def _media(col: Column) -> Detection | None:
 
 
 def _has_identifier(text: str) -> bool:
-    return p.has_embedded_identifier(text) or _names.text_has_name(text)
+    return p.has_embedded_identifier(text) or _names.text_has_name(text) or _places.text_has_place(text)
 
 
 @detector("free_text", "free text holding identifiers", "R")
@@ -783,7 +873,7 @@ QUASI_TOKENS: tuple[tuple[str, ...], ...] = (
 
 #: Identifier kinds that are also quasi-identifiers (HIPAA Expert Determination guidance
 #: 2012, section 2.2: dates, ZIP codes and ages are the classic linkable fields).
-QUASI_KINDS = frozenset({"age_over_89", "zip_code", "postal_code", "restricted_zip3", "date"})
+QUASI_KINDS = frozenset({"age_over_89", "zip_code", "postal_code", "restricted_zip3", "date", "city"})
 _SEX_VALUES = frozenset({"m", "f", "male", "female", "u", "x", "unknown", "other", "w", "d", "man", "woman"})
 
 

@@ -9,7 +9,8 @@ the column without its header would:
 * the structural check of each scheme (Luhn, mod-97, VIN check digit, postcode and plate
   formats; see :mod:`._patterns`), or the statistical shape of the column (ages: whole
   numbers in a human lifespan; record numbers: near-unique, one fixed pattern, not a
-  measurement);
+  measurement), or a shipped public list (census names, :mod:`._names`; GeoNames places
+  and US counties, :mod:`._places`);
 * the column *name*, split into tokens (``PatientDOB`` -> ``patient``, ``dob``), only
   adjusts the confidence: a matching name raises it (and lets a looser value shape
   count), a measurement name ("amount", "price") lowers the confidence of weak value
@@ -631,7 +632,7 @@ def _name(col: Column) -> Detection | None:
         return _decide(
             "name", col, True, lambda v: _text(v) and not any(ch.isdigit() for ch in v), unique=0.2, strength=LOOSE
         )
-    if col.share(_places.is_region) >= 0.3:
+    if col.numeric or col.share(_places.is_region) >= 0.3:
         return None  # countries and states ("Jordan", "Georgia", "Chad") are census names too
     found = _decide("name", col, False, _names.is_person_name, unique=0.3, strength=0.9, rule="census name list")
     if found is not None or (col.distinct_ratio < 0.6 and len(set(col.sample)) < 300):

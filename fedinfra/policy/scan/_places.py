@@ -114,6 +114,8 @@ def is_place(value: str) -> bool:
 
 def is_region(value: str) -> bool:
     """The value names a country or a US state ("Jordan", "Georgia", "Chad")."""
+    if len(value) < 3 or any(ch.isdigit() for ch in value):
+        return False
     return normalise(value.split("(")[0]) in regions()
 
 

@@ -25,6 +25,15 @@ def _faker(locale: str = "en_US", seed: int = 7) -> Faker:
     return f
 
 
+def _with_luhn(body: str) -> str:
+    """``body`` plus its Luhn check digit (ISO/IEC 7812-1; IMEIs use it too, 3GPP TS 23.003)."""
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch) * (2 if i % 2 == 0 else 1)
+        total += d - 9 if d > 9 else d
+    return body + str((10 - total % 10) % 10)
+
+
 def _kind(values: list[str], name: str = "lab_value") -> str | None:
     return scan_table({name: list(values)}).columns[0].identifier
 
@@ -47,6 +56,12 @@ CASES: list[tuple[str, str, Callable[[Faker], str], set[str]]] = [
     ("plate_fr", "fr_FR", lambda f: f.license_plate(), {"vehicle_plate"}),
     ("plate_nl", "nl_NL", lambda f: f.license_plate(), {"vehicle_plate"}),
     ("plate_us", "en_US", lambda f: f.license_plate(), {"vehicle_plate"}),
+    ("plate_it", "it_IT", lambda f: f.license_plate(), {"vehicle_plate"}),
+    ("plate_es", "es_ES", lambda f: f.license_plate(), {"vehicle_plate"}),
+    ("plate_ie", "en_IE", lambda f: f.license_plate(), {"vehicle_plate"}),
+    # Medicare Beneficiary Identifier layout (CMS): C A AN N A AN N A A N N, no S L O I B Z.
+    ("mbi", "en_US", lambda f: f.bothify("%?##-?##-??##", letters="ACDEFGHJKMNPQRTUVWXY"), {"mbi"}),
+    ("imei", "en_US", lambda f: _with_luhn(f.numerify("35############")), {"imei"}),
     ("record_number", "en_US", lambda f: f.bothify("MRN-#######"), {"record_number"}),
     ("account_bban", "en_GB", lambda f: f.bban(), {"record_number"}),
     ("passport", "en_US", lambda f: f.passport_number(), {"record_number"}),

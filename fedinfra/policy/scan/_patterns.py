@@ -109,8 +109,10 @@ def is_card_number(value: str) -> bool:
         return n == 16  # Mastercard
     if d.startswith(("6011", "65")) or 644 <= three <= 649:
         return 16 <= n <= 19  # Discover
-    if two == 35 or 300 <= three <= 305 or two in (36, 38, 39):
-        return 14 <= n <= 19  # JCB, Diners Club
+    if 3528 <= four <= 3589:
+        return 16 <= n <= 19  # JCB (a 15-digit "35..." is an IMEI with a common TAC, not a card)
+    if 300 <= three <= 305 or two in (36, 38, 39):
+        return 14 <= n <= 19  # Diners Club
     return (two == 50 or 56 <= two <= 69) and 12 <= n <= 19  # Maestro
 
 

@@ -77,7 +77,7 @@ class RichReporter:
         self.progress.stop()
 
 
-PRIVACY_MODES = ("none", "dp", "he", "dp+he", "secagg", "dp+secagg")
+PRIVACY_MODES = ("none", "dp", "he", "dp+he", "secagg", "dp+secagg", "secagg+he", "dp+secagg+he")
 SCENARIO_DEFAULTS: dict[str, dict[str, object]] = {
     "hospital": {
         "purpose": "medical-research",
@@ -289,7 +289,8 @@ def _build_job(
     if "secagg" in privacy:
         # Pairwise masks (SecAgg+): no shared secret, the same 20-bit codec as packed BFV.
         data["secure_aggregation"] = {
-            "mode": "secagg",
+            # secagg+he: the same masks per BFV slot modulo t, under encryption.
+            "mode": "secagg+he" if privacy.endswith("secagg+he") else "secagg",
             "max_sites": max(2, sites),
             "max_dropouts": 1 if sites >= 4 else 0,
             "max_colluders": 1 if sites >= 4 else 0,
@@ -323,7 +324,8 @@ def register(app: typer.Typer) -> None:
         privacy: str = typer.Option(
             "dp+he",
             "--privacy",
-            help="none, dp (DP-SGD), he (packed BFV), dp+he, secagg (pairwise masks) or dp+secagg.",
+            help="none, dp (DP-SGD), he (packed BFV), dp+he, secagg (pairwise masks), dp+secagg, "
+            "secagg+he (masks under BFV) or dp+secagg+he.",
         ),
         epsilon: float = typer.Option(
             3.0, "--epsilon", callback=positive, help="Target epsilon per site for the run (with dp)."

@@ -35,7 +35,8 @@ from fedinfra.aggregation.rounds import (
     UpdateRejected,
     register,
 )
-from fedinfra.config.secagg_plan import SecAggPlan, plan, plan_for_roster
+from fedinfra.config import JobSpec
+from fedinfra.config.secagg_plan import SecAggPlan, contributor_floor, plan, plan_for_roster
 from fedinfra.config.wire import HE_UPDATE, SECAGG, SECAGG_UPDATE
 from fedinfra.config.wire_secagg import StageReply, StageRequest
 from fedinfra.crypto.quantize import unflatten
@@ -44,22 +45,24 @@ from fedinfra.crypto.secagg import codec as sa_codec
 from fedinfra.errors import ConfigError, CryptoError
 
 
-def plan_for(spec: Any, n: int, roster: int | None = None) -> SecAggPlan:
-    """The plan of a round with ``n`` sampled sites (``roster`` of them advertised keys)."""
+def plan_for(job: JobSpec, n: int, roster: int | None = None) -> SecAggPlan:
+    """The plan of a round with ``n`` sampled sites (``roster`` of them advertised keys).
+
+    The floor is the one the sites apply (:func:`~fedinfra.config.secagg_plan.contributor_floor`).
+    """
+    spec = job.secure_aggregation
+    floor = contributor_floor(
+        spec.min_contributors, min_sites=job.sites.min_sites, distributed_noise=job.privacy.mechanism == "user-dp"
+    )
     if roster is not None:
         return plan_for_roster(
             n,
             roster,
             max_dropouts=spec.max_dropouts,
             max_colluders=spec.max_colluders,
-            min_contributors=spec.min_contributors,
+            min_contributors=floor,
         )
-    return plan(
-        n,
-        max_dropouts=spec.max_dropouts,
-        max_colluders=spec.max_colluders,
-        min_contributors=spec.min_contributors,
-    )
+    return plan(n, max_dropouts=spec.max_dropouts, max_colluders=spec.max_colluders, min_contributors=floor)
 
 
 @register
@@ -86,7 +89,7 @@ class SecAggAggregator(_Base):
         self.survivors: tuple[str, ...] = ()
         self.dropped: tuple[str, ...] = ()
         # The bounds must hold for the round's sample before anything is sent.
-        plan_for(self.sa, len(spec.sites))
+        plan_for(spec.job, len(spec.sites))
 
     # -- stage 1 and 2 ---------------------------------------------------------------------------
 
@@ -145,7 +148,7 @@ class SecAggAggregator(_Base):
 
     def _plan_or_abandon(self, count: int, what: str, roster: int) -> SecAggPlan:
         try:
-            p = plan_for(self.sa, len(self.spec.sites), roster)
+            p = plan_for(self.spec.job, len(self.spec.sites), roster)
         except ValueError as exc:
             raise SecAggAbandoned(f"secure aggregation: only {count} sites {what}: {exc}") from exc
         if count < max(p.t, p.min_contributors):

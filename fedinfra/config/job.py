@@ -212,18 +212,21 @@ class JobSpec(StrictModel):
                 "calibrated to one clipped update per site (McMahan et al. 2018), so sites are not weighted by examples"
             )
         if sec.masked:
-            from fedinfra.config.secagg_plan import plan
+            from fedinfra.config.secagg_plan import contributor_floor, plan
 
             sampled = max(self.sites.min_sites, round(self.sites.fraction * self.sites.count))
+            user_dp = self.privacy.mechanism == "user-dp"
+            floor = contributor_floor(sec.min_contributors, min_sites=self.sites.min_sites, distributed_noise=user_dp)
             try:
                 plan(
                     sampled,
                     max_dropouts=sec.max_dropouts,
                     max_colluders=sec.max_colluders,
-                    min_contributors=sec.min_contributors,
+                    min_contributors=floor,
                 )
             except ValueError as exc:
-                raise ValueError(str(exc)) from None
+                hint = " (under user-level DP the floor is max(min_contributors, sites.min_sites))" if user_dp else ""
+                raise ValueError(f"{exc}{hint}") from None
             if sampled > sec.max_sites:
                 raise ValueError(
                     f"secure_aggregation.max_sites={sec.max_sites} is below the {sampled} sites sampled per round"

@@ -123,3 +123,19 @@ def plan_for_roster(
         max_colluders=max_colluders,
         min_contributors=min_contributors,
     )
+
+
+def contributor_floor(min_contributors: int, *, min_sites: int, distributed_noise: bool) -> int:
+    """Fewest contributions whose sum a site helps to unmask or decrypt.
+
+    ``secure_aggregation.min_contributors``; under user-level DP with distributed noise also
+    ``sites.min_sites``: each site's noise share is calibrated so that ``min_sites`` shares
+    carry the full noise (:mod:`fedinfra.privacy.distributed`), so a sum of fewer must not be
+    unmasked - checked by the sites themselves, not only by the coordinator.
+
+    >>> contributor_floor(3, min_sites=5, distributed_noise=True)
+    5
+    >>> contributor_floor(3, min_sites=5, distributed_noise=False)
+    3
+    """
+    return max(min_contributors, min_sites) if distributed_noise else min_contributors

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context
 
-from fedinfra.config.secagg_plan import SecAggPlan, plan_for_roster
+from fedinfra.config.secagg_plan import SecAggPlan, contributor_floor, plan_for_roster
 from fedinfra.config.wire import HE_UPDATE, SECAGG_UPDATE, TrainInstruction
 from fedinfra.config.wire_secagg import StageReply, StageRequest
 from fedinfra.crypto.quantize import flatten, secure_generator
@@ -86,13 +86,18 @@ def _identity(kit: str, site: str) -> tuple[bytes, tuple[tuple[str, bytes], ...]
 
 
 def _plan(ctx: SiteContext, sampled: int, roster: int) -> SecAggPlan:
-    sa = ctx.job.secure_aggregation
+    job = ctx.job
+    sa = job.secure_aggregation
     return plan_for_roster(
         sampled,
         roster,
         max_dropouts=sa.max_dropouts,
         max_colluders=sa.max_colluders,
-        min_contributors=sa.min_contributors,
+        min_contributors=contributor_floor(
+            sa.min_contributors,
+            min_sites=job.sites.min_sites,
+            distributed_noise=job.privacy.mechanism == "user-dp",
+        ),
     )
 
 

@@ -225,3 +225,47 @@ def test_the_report_names_n_t_k_bounds_and_survivors_of_each_round():
     assert (row.n, row.t, row.k, row.max_dropouts, row.max_colluders) == (4, 3, 3, 1, 1)
     assert row.survivors == ["a", "b", "d"]
     assert row.dropped == ["c"]
+
+
+def _user_dp_job(count: int, min_sites: int, dropouts: int) -> dict:
+    return {
+        "sites": {"count": count, "min_sites": min_sites},
+        "privacy": {"mechanism": "user-dp", "noise_multiplier": 2.0, "max_grad_norm": 1.0},
+        "secure_aggregation": {"mode": "secagg", "example_cap": 1, "max_dropouts": dropouts, "max_colluders": 1},
+    }
+
+
+def test_under_distributed_noise_a_job_whose_survivors_may_fall_below_min_sites_is_refused():
+    # Each share carries 1/sqrt(min_sites) of the noise: with 6 sites and 2 dropouts the
+    # sites would otherwise unmask 4 < min_sites = 5 contributions (too little noise).
+    with pytest.raises(ValueError, match=r"min_contributors=5; .*\(under user-level DP the floor is"):
+        JobSpec.model_validate(_user_dp_job(6, 5, 2))
+    JobSpec.model_validate({**_user_dp_job(6, 5, 2), "privacy": {"mechanism": "none"}})  # no noise split: fine
+    JobSpec.model_validate(_user_dp_job(6, 4, 2))
+
+
+def test_under_distributed_noise_sites_refuse_to_unmask_fewer_than_min_sites():
+    # 40 sites (SecAgg+ graph, k = 13): t = 12, but with min_sites = 20 a sum of 15 shares
+    # carries sqrt(15/20) of the noise; the site, not only the coordinator, refuses it.
+    from types import SimpleNamespace
+
+    from fedinfra.aggregation.secagg import plan_for
+    from fedinfra.site.secagg import _plan
+
+    secure = {"mode": "secagg", "example_cap": 1, "max_dropouts": 2, "max_colluders": 1, "max_sites": 40}
+    job = JobSpec.model_validate(_user_dp_job(40, 20, 2) | {"secure_aggregation": secure})
+    p = _plan(SimpleNamespace(job=job), 40, 40)  # the plan the site derives for itself
+    assert plan_for(job, 40, 40) == p  # and the coordinator's, which abandons at the same floor
+    names = [f"s{i:02d}" for i in range(40)]
+    ids = identities(names)
+    sessions = {n: SiteSession.start(n, run_id="r", round_id=1) for n in names}
+    roster = Roster(tuple(sessions[n].advertise(ids.private[n]) for n in names))
+    boxes = {n: s.share(p, roster, ids.public)[0] for n, s in sessions.items()}
+    a = sessions["s00"]
+    mine = {m: b["s00"] for m, b in boxes.items() if "s00" in b}
+    a.mask(p, [np.zeros(4, np.uint64)], [24], u2=names, shares_for_me=mine)
+    u3 = names[:15]
+
+    assert (p.t, p.min_contributors) == (12, 20)
+    with pytest.raises(SecAggAbandoned, match="15 survivors, fewer than max\\(t=12, min_contributors=20\\)"):
+        a.consistency(p, u3, ids.private["s00"])

@@ -261,3 +261,21 @@ def test_the_wire_form_round_trips_modulo_the_segment_width(bits):
     assert back[1].tolist() == [7, 1]
     with pytest.raises(CryptoError, match="expected"):
         codec.from_wire(wire[:-1], [1001, 2], [bits, 64])
+
+
+@pytest.mark.parametrize("modulus", [1613, (1 << 50) - 27, 1125899906826241])
+def test_masks_modulo_a_prime_are_exact_and_deterministic(modulus):
+    rng = np.random.default_rng(4)
+    start = rng.integers(0, modulus, size=5000, dtype=np.uint64)
+    masks = [(bytes([i]) * 32, f"m{i}", i % 3 == 0) for i in range(7)]
+    expected = start.astype(object)
+    for seed, label, subtract in masks:
+        m = prg.expand_mod(seed, label, start.shape[0], modulus)
+        assert int(m.max()) < modulus
+        assert np.array_equal(m, prg.expand_mod(seed, label, start.shape[0], modulus))
+        expected = (expected - m.astype(object)) % modulus if subtract else (expected + m.astype(object)) % modulus
+    got = start.copy()
+
+    prg.apply_masks_mod(got, modulus, masks)
+
+    assert got.astype(object).tolist() == expected.tolist()

@@ -82,34 +82,47 @@ def expand_into(acc: U64, seed: bytes, label: str, bits: int, *, subtract: bool 
 def expand_mod(seed: bytes, label: str, count: int, modulus: int) -> U64:
     """``count`` values uniform in ``[0, modulus)`` (any modulus below 2^63, e.g. a BFV plain prime).
 
-    Rejection sampling over 64-bit keystream words: a word is kept only below the largest
-    multiple of ``modulus`` that fits in 64 bits, so the reduction is exactly uniform (no
-    modulo bias; NIST SP 800-90A rev. 1, appendix A.5.1, "simple discard method"). At most
-    ``modulus / 2^64`` of the words are discarded (below 2^-4 for t < 2^60); the keystream
-    is read further until ``count`` words are kept, so the result depends only on
-    ``(seed, label, count, modulus)``.
+    Rejection sampling: each 64-bit keystream word is cut to the bit length of ``modulus``
+    and kept only if below it, so every kept value is exactly uniform (no modulo bias; NIST
+    SP 800-90A rev. 1, appendix A.5.1, "simple discard method") and no division is needed.
+    For a BFV plain prime just below a power of two almost every word is kept (at worst
+    half); the keystream is read further until ``count`` words are kept, so the result
+    depends only on ``(seed, label, count, modulus)``.
     """
     if not 2 <= modulus < 2**63:
         raise ValueError(f"modulus {modulus} must be in [2, 2^63)")
     if count < 0:
         raise ValueError("negative mask length")
-    limit = np.uint64(((1 << 64) // modulus) * modulus)
+    top = np.uint64((1 << (modulus - 1).bit_length()) - 1)
+    m = np.uint64(modulus)
     key = derive_key(seed, label)
     want = count + count // 8 + 64
     while True:
-        words = np.frombuffer(_primitives.keystream(key, want * 8), dtype="<u8")
-        kept = words[words < limit]
+        words = np.frombuffer(_primitives.keystream(key, want * 8), dtype="<u8") & top
+        kept = words[words < m]
         if kept.shape[0] >= count:
-            return kept[:count] % np.uint64(modulus)
+            return kept[:count]
         want *= 2
 
 
 def apply_masks_mod(acc: U64, modulus: int, masks: list[tuple[bytes, str, bool]]) -> None:
-    """``acc += sum(+/- expand_mod(seed, label))  (mod modulus)`` in place; ``acc`` already below it."""
+    """``acc += sum(+/- expand_mod(seed, label))  (mod modulus)`` in place; ``acc`` already below it.
+
+    Masks (``m`` added, ``modulus - m`` for a subtraction) are summed without reduction while
+    the uint64 total cannot overflow, then reduced once.
+    """
     m = np.uint64(modulus)
+    per_pass = max(1, ((1 << 64) - 1) // modulus - 1)  # terms below modulus that fit with acc
+    total = acc.copy()
+    pending = 0
     for seed, label, subtract in masks:
         mask = expand_mod(seed, label, acc.shape[0], modulus)
         if subtract:
-            np.subtract(m, mask, out=mask)  # -mask mod m (mask = 0 gives m, reduced below)
-        np.add(acc, mask, out=acc)  # both below 2^63: no uint64 overflow
-        np.remainder(acc, m, out=acc)
+            np.subtract(m, mask, out=mask)  # in (0, modulus]: still one term below 2 * modulus
+        np.add(total, mask, out=total)
+        pending += 2 if subtract else 1
+        if pending >= per_pass - 2:
+            np.remainder(total, m, out=total)
+            pending = 0
+    np.remainder(total, m, out=total)
+    acc[:] = total

@@ -27,6 +27,7 @@ EXTRAS: Final[dict[str, tuple[str, ...]]] = {
     "edge": (),
     "imaging": ("PIL", "pydicom"),
     "tracking": ("mlflow", "tensorboardX"),
+    "onnx": ("onnx", "onnxscript"),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 import fedinfra
@@ -27,3 +28,7 @@ class DigitsCNN(fedinfra.Task):
             nn.Flatten(),
             nn.Linear(2 * width * 2 * 2, 10),
         )
+
+    def example_input(self, model: nn.Module) -> torch.Tensor:
+        """One 8x8 grey image: the shape ONNX export traces the CNN with."""
+        return torch.zeros(1, 1, 8, 8)

@@ -7,20 +7,28 @@ source), ``model.torchscript.pt`` (when ``torch.jit.script`` compiles the model)
 model card (``model_card.json`` + ``MODEL_CARD.md``) with what an auditor asks first:
 task, data fingerprint, epsilon spent at this site (from its own ledger, never the
 coordinator's figure), run id and the newest signed checkpoint the site verified.
-ONNX is not written: ``torch.onnx`` needs the ``onnx`` package, which fedinfra does
-not install; the card says so.
+``model.onnx`` is written with torch's ``torch.export``-based ONNX exporter when the
+``onnx`` extra is installed (``onnx``, ``onnxscript``) and the task gives an example
+input (:meth:`fedinfra.Task.example_input`); the batch dimension is left dynamic. When
+either is missing the card says why instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedinfra.config import JobSpec
 from fedinfra.errors import DataError
 from fedinfra.site.home import SiteHome
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def _ledger_figures(home: SiteHome, run_id: str) -> dict[str, Any]:
@@ -60,6 +68,40 @@ def _checkpoint(home: SiteHome, run_id: str) -> dict[str, Any] | None:
     return None if cp is None else {"tree_size": cp.size, "note": cp.note}
 
 
+def _onnx(model: nn.Module, example: torch.Tensor | None, path: Path) -> str:
+    """Write ``model`` as ONNX (dynamic batch); return the file name or why it was not written."""
+    import torch
+
+    if example is None:
+        return "not exported: the task gives no example input (override Task.example_input)"
+    from fedinfra._optional import install_hint, missing_modules
+
+    if missing_modules("onnx"):
+        return "not exported: " + install_hint("ONNX export", "onnx")
+    import logging
+
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo")]
+    levels = [lg.level for lg in quiet]
+    try:
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
+        # The exporter prints its progress to stdout, which carries `--format json` output.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, verbose=False, input_names=["input"], output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            )
+            assert program is not None
+            program.save(str(path))
+    except Exception as exc:  # a model the exporter cannot trace is still exported as tensors
+        return f"not exported: torch.onnx.export failed ({type(exc).__name__})"
+    finally:
+        for lg, level in zip(quiet, levels, strict=True):
+            lg.setLevel(level)
+    return path.name
+
+
 def export_model(*, home: SiteHome, run_id: str, job: JobSpec, out: Path) -> dict[str, Any]:
     """Write the site's final model of ``run_id`` and its card under ``out``; return the card."""
     import torch
@@ -92,7 +134,7 @@ def export_model(*, home: SiteHome, run_id: str, job: JobSpec, out: Path) -> dic
         files["torchscript"] = "model.torchscript.pt"
     except Exception as exc:  # a model TorchScript cannot compile is still exported as tensors
         files["torchscript"] = f"not exported: torch.jit.script failed ({type(exc).__name__})"
-    files["onnx"] = "not exported: torch.onnx needs the 'onnx' package, which is not installed"
+    files["onnx"] = _onnx(model, task.example_input(model), out / "model.onnx")
     card: dict[str, Any] = {
         "run_id": run_id,
         "job": job.name,

@@ -145,6 +145,22 @@ class Task:
         """Inputs per example the model takes (flattened), checked at admission; ``None`` = any."""
         return None
 
+    def example_input(self, model: nn.Module) -> torch.Tensor | None:
+        """One input batch of the shape ``model`` takes, for export (ONNX traces the model with it).
+
+        The default is a zero row of :meth:`expected_features` inputs, or of the first
+        layer's ``in_features`` when the model starts with a ``Linear``; ``None`` when
+        neither says (a CNN must override this, e.g. ``torch.zeros(1, 1, 8, 8)``).
+        """
+        import torch
+        from torch import nn
+
+        features = self.expected_features()
+        if features is None:
+            first = next((m for m in model.modules() if not isinstance(m, nn.Sequential | nn.Identity)), None)
+            features = first.in_features if isinstance(first, nn.Linear) else None
+        return None if features is None else torch.zeros(1, features)
+
     # -- helpers -------------------------------------------------------------------------
     def _tensors(self, table: Table) -> tuple[torch.Tensor, torch.Tensor]:
         import torch

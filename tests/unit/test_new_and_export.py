@@ -118,7 +118,15 @@ def test_model_export_writes_safetensors_torchscript_and_a_card_from_the_sites_l
     assert 0 < card["privacy"]["site"]["epsilon"] == entry.epsilon
     assert card["privacy"]["site"]["dataset_fingerprint"] == entry.dataset_fingerprint
     assert card["task"]["ref"] == "lung_nodes_task:LungNodesTask"
-    assert "onnx" in card["files"]
+    # ONNX (torch.export-based exporter): a valid graph, batch left dynamic, same outputs.
+    import onnx
+    import onnxruntime
+
+    assert card["files"]["onnx"] == "model.onnx"
+    onnx.checker.check_model(onnx.load(str(out / "model.onnx")), full_check=True)
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {"input": x.numpy()})
+    assert np.allclose(onnx_out, model(x).detach().numpy(), atol=1e-5)
     assert (out / "MODEL_CARD.md").read_text().startswith("# Model card: lung_nodes (run run-export)")
 
 
@@ -132,3 +140,29 @@ def test_model_export_without_a_final_model_says_what_is_missing(project: Path, 
 
     assert result.exit_code == 2
     assert "no final model of run run-x" in result.output
+
+
+def test_onnx_export_of_the_digits_cnn_matches_torch_and_a_cnn_without_example_input_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnx
+    import onnxruntime
+
+    from fedinfra.site.export import _onnx
+    from fedinfra.task import Task, load_task, new_model
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "examples" / "digits_cnn"))
+    task = load_task("digits_task:DigitsCNN")
+    model = new_model(task, seed=0).eval()
+
+    assert _onnx(model, task.example_input(model), tmp_path / "cnn.onnx") == "cnn.onnx"
+    onnx.checker.check_model(onnx.load(str(tmp_path / "cnn.onnx")), full_check=True)
+    x = torch.randn(7, 1, 8, 8)
+    (got,) = onnxruntime.InferenceSession(str(tmp_path / "cnn.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()}
+    )
+    assert np.allclose(got, model(x).detach().numpy(), atol=1e-5)
+    # Without the override the base class cannot tell a CNN's input shape: the card says so.
+    assert Task.example_input(task, model) is None
+    assert _onnx(model, None, tmp_path / "no.onnx").startswith("not exported: the task gives no example input")
+    sys.modules.pop("digits_task", None)

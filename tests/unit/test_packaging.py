@@ -126,7 +126,7 @@ def test_base_install_holds_no_server_only_distribution() -> None:
 def test_all_extra_is_server_plus_edge_plus_imaging_plus_tracking_and_edge_is_kept() -> None:
     extras = _pyproject()["project"]["optional-dependencies"]
 
-    assert extras["all"] == ["fedinfra[server,edge,imaging,tracking]"]
+    assert extras["all"] == ["fedinfra[server,edge,imaging,tracking,onnx]"]
     assert "edge" in extras  # edge/install.sh installs fedinfra[edge]
 
 
@@ -154,6 +154,12 @@ def test_optional_module_map_matches_the_tracking_extra() -> None:
     modules = {{"mlflow-skinny": "mlflow"}.get(n, n) for n in tracking}
 
     assert modules == set(EXTRAS["tracking"])
+
+
+def test_optional_module_map_matches_the_onnx_extra() -> None:
+    from fedinfra._optional import EXTRAS
+
+    assert set(_names(_pyproject()["project"]["optional-dependencies"]["onnx"])) == set(EXTRAS["onnx"])
 
 
 def test_makefile_installs_every_extra() -> None:

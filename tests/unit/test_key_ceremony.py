@@ -148,3 +148,17 @@ def test_the_cosigner_key_is_made_at_the_site_signed_in_its_request_and_pinned_b
         with pytest.raises(CryptoError):
             verify_request(doc)
     assert sorted(w.vkey for w in load_witnesses([coordinator])) == sorted(settings.site_cosigner_keys.values())
+
+
+def test_each_sites_kit_pins_every_sites_identity_key_for_secure_aggregation(ceremony: dict[str, Path]) -> None:
+    # SecAgg sites check peers' signed masking keys against this directory (issue 13); it
+    # comes from the issued bundle, and each site's entry is the key it made itself.
+    from fedinfra.site.secagg import _identity
+
+    views = {s: _identity(str(ceremony[s]), s) for s in SITES}
+
+    directories = {d for _, d in views.values()}
+    assert len(directories) == 1
+    (directory,) = directories
+    for s, (private, _) in views.items():
+        assert dict(directory)[s] == _sign.public_of(private)

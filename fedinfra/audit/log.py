@@ -10,6 +10,7 @@ from the announcement left behind.
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from fedinfra.audit.tree import MerkleTree
 from fedinfra.errors import ConfigError, StoreError, VerificationError
 
 _MAX_RETRIES = 20
+_log = logging.getLogger("fedinfra.audit")
 
 
 class _Behind(Exception):
@@ -414,7 +416,11 @@ class AuditLog:
         if path is None or not path.exists():
             return []
         state = access.seal_state(self._store.latest_of_types(("log.read",)))
-        return access.fold_events(path, state)
+        try:
+            return access.fold_events(path, state)
+        except StoreError as exc:  # a reader's file this writer may not read must not stop the run
+            _log.warning("reads not sealed into %s: %s", self.display, exc)
+            return []
 
     def _try_commit(
         self,

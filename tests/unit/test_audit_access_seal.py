@@ -133,3 +133,16 @@ def test_prove_of_an_entry_in_the_unsigned_tail_signs_the_tail_and_the_read_firs
         seals = [e for e in log.entries(type="log.read") if e.seq < checkpoint.size]
     assert [(e.details["command"], e.details["seq"]) for e in seals] == [("prove", tail.seq)] * 2
     assert verify_store(store.path, public_key=store.signer.vkey, access_log=store.access, workers=1).ok
+
+
+def test_an_access_log_the_writer_cannot_read_does_not_stop_its_checkpoints(store: Store) -> None:
+    store.read()
+    aside = store.access.with_name("aside.jsonl")
+    store.access.rename(aside)
+    store.access.mkdir()  # unreadable as a file (a mode 0000 file is still readable by root)
+    store.checkpoint()  # the run goes on; the reads wait until the file is readable again
+    assert store.sealed() == []
+    store.access.rmdir()
+    aside.rename(store.access)
+    store.checkpoint()
+    assert [d["access_seq"] for d in store.sealed()] == [0]

@@ -215,10 +215,26 @@ def test_the_independent_evaluation_set_scores_at_least_095() -> None:
 
 
 def test_a_name_saying_the_number_belongs_to_a_thing_keeps_a_record_shape_unflagged() -> None:
-    # The trade-off of a weak rule: near-unique ids under "lot"/"batch"/"sample" are lot
-    # and specimen codes far more often than patients' numbers; bench/phi.py counts the
-    # identifiers this costs under such misleading names.
+    # The trade-off of a weak rule: near-unique ids under "specimen"/"sample"/"transaction"
+    # are the thing's own numbers far more often than patients' numbers; bench/phi.py counts
+    # what such names cost.
     f = _faker(seed=14)
     values = [f.bothify("MRN-#######") for _ in range(ROWS)]
-    assert _kind(values, "lot_number") is None
+    assert _kind(values, "specimen_id") is None
     assert _kind(values, "mrn") == "medical_record_number"
+
+
+@pytest.mark.parametrize("name", ["batch_05", "lot_number", "run_id"])
+def test_a_group_noun_does_not_hide_a_near_unique_number(name: str) -> None:
+    # Many rows share one lot or batch; a column of near-unique numbers under such a name
+    # contradicts its name, so the values decide (164.514(b)(2)(i)(H)-(K)).
+    f = _faker(seed=15)
+    for values in ([f.bothify("MRN-#######") for _ in range(ROWS)], [f.passport_number() for _ in range(ROWS)]):
+        assert _kind(values, name) == "record_number"
+
+
+def test_a_lot_code_stamped_with_its_year_and_month_is_still_not_a_record_number() -> None:
+    r = random.Random(16)
+    values = [f"L{r.randint(2019, 2024)}{r.randint(1, 12):02d}-{r.randint(0, 99999):05d}" for _ in range(ROWS)]
+    assert _kind(values, "batch_05") is None
+    assert _kind(values, "col_3") is None

@@ -754,27 +754,23 @@ def _id_shaped(v: str) -> bool:
     return 6 <= len(v) <= 32 and any(ch.isdigit() for ch in v) and not any(ch.isspace() or ch in ".,:/@" for ch in v)
 
 
+#: Names of things that get one number each (a specimen, a transaction): a near-unique
+#: number under such a name is the thing's, not a person's. Group nouns ("lot", "batch",
+#: "run", "product") are not here: many rows share one lot, so a near-unique column under
+#: such a name contradicts its own name, and the values decide (a lot code stamped with its
+#: year and month is still recognised by its values, below).
 _OBJECT_IDS = frozenset(
     {
-        "lot",
-        "batch",
         "barcode",
         "sample",
         "specimen",
-        "assay",
-        "reagent",
-        "run",
         "txn",
         "transaction",
         "order",
         "invoice",
-        "sku",
-        "product",
         "ticket",
         "shipment",
         "tracking",
-        "catalog",
-        "catalogue",
     }
 )
 _YEAR_MONTH = re.compile(r"(?:^|\D)(19[89]\d|20[0-4]\d)(0[1-9]|1[0-2])?")
@@ -821,7 +817,7 @@ def _record(col: Column) -> Detection | None:
         return None  # a batch, lot or run code stamped with its year and month
     conf = confidence(min(share, fixed), strength=0.85, named=False, measurement=col.measurement_name)
     if col.tokens & _OBJECT_IDS:
-        conf -= 0.4  # the name says the number belongs to a thing (a lot, a sample, a transaction)
+        conf -= 0.4  # the name says the number belongs to a thing (a sample, a transaction)
     if conf < THRESHOLD:
         return None
     return Detection("record_number", "values", min(share, fixed), round(conf, 3), "near-unique fixed-pattern id")

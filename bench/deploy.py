@@ -15,9 +15,11 @@ For context the full run also times the plain app on stock SuperNodes (Flower's 
 ``plain-stock``; the goal is against ``plain``, the same deployment for both apps.
 Issue 12 adds ``fleet-request-direct`` vs ``fleet-request-proxied`` (one Fleet API request
 straight to the SuperLink vs through the proxy; ``FEDINFRA_BENCH_TRANSPORT_ONLY=1`` runs only
-these and ``app-check``) and baseline ``fedinfra-direct``: the same fedinfra round with the sites dialling
-the SuperLink's loopback port directly, as before the Fleet-only nginx proxy; goal
-``proxy-overhead``: the round behind the proxy within 10% of it. ``app-check`` times the
+these and ``app-check``) and baseline ``fedinfra-before``: the same fedinfra round with the sites dialling
+the SuperLink's loopback port directly with no app-release check, as before issue 12; goal
+``proxy-overhead``: the round behind the proxy, with every FAB checked, within 10% of it
+(arms alternate per repeat; ``FEDINFRA_BENCH_ISSUE12_ONLY=1`` skips the plain-Flower arms,
+``FEDINFRA_BENCH_ROUNDS`` / ``FEDINFRA_BENCH_REPEATS`` override 3 / 3). ``app-check`` times the
 per-message verification of the FAB against the site's approved, signed releases.
 Seconds per round = (wall time of an R-round run - wall time of a 1-round run) / (R - 1),
 which cancels run start-up (FAB install, ServerApp process start) out of the figure.
@@ -195,7 +197,15 @@ def _time_plain(app: Path, rounds: int, flwr_home: Path) -> float:
     return time.perf_counter() - start
 
 
-def _time_fedinfra(rounds: int, flwr_home: Path, runs: Path) -> float:
+def _time_fedinfra(rounds: int, flwr_home: Path, runs: Path, store: str, coordinator_rounds: list[float]) -> float:
+    """Wall seconds of one fedinfra run; the coordinator's own seconds of rounds 2.. go to ``coordinator_rounds``.
+
+    The run writes the consortium's one audit log (``store``), as ``fedinfra run`` does: a
+    site holds receipts per log, and a second log under the same key that starts again
+    from size 0 is a split view it refuses (issue 15) - which is what crashed this arm.
+    """
+    import json
+
     from fedinfra.coordinator.app import new_run_id
     from fedinfra.runtime.submit import submit
 
@@ -203,13 +213,16 @@ def _time_fedinfra(rounds: int, flwr_home: Path, runs: Path) -> float:
     start = time.perf_counter()
     run_id = new_run_id()
     sub = submit(job, run_id=run_id, runs_dir=runs, app_dir=REPO / "server", flwr_home=flwr_home,
-                 kit=runs.parent / "kits" / "coordinator", report_formats=())
+                 kit=runs.parent / "kits" / "coordinator", audit_store=store, report_formats=())
     try:
         _wait(sub.flower_run_id, flwr_home)
     except RuntimeError as exc:
         error = runs / run_id / "error.json"
         raise RuntimeError(f"{exc}: {error.read_text() if error.exists() else 'no error.json'}") from exc
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    metrics = json.loads((runs / run_id / "metrics.json").read_text())
+    coordinator_rounds.extend(float(r["seconds"]) for r in metrics.get("rounds", [])[1:])
+    return elapsed
 
 
 def full_stack_job(rounds: int) -> object:
@@ -230,13 +243,24 @@ def _per_round(timer: object, rounds: int, repeats: int) -> dict[str, float]:
         one = timer(1)  # type: ignore[operator]
         many = timer(rounds)  # type: ignore[operator]
         samples.append((many - one) / (rounds - 1))
+    return _summary(samples)
+
+
+def _summary(samples: list[float]) -> dict[str, float]:
     return {"median_s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples),
-            "repeats": float(repeats)}
+            "repeats": float(len(samples))}
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
 
 
 def main() -> None:
     args = parse_args(__doc__ or "")
     rounds, repeats = (2, 1) if args.quick else (3, 3)
+    rounds, repeats = _env_int("FEDINFRA_BENCH_ROUNDS", rounds), _env_int("FEDINFRA_BENCH_REPEATS", repeats)
+    issue12_only = bool(os.environ.get("FEDINFRA_BENCH_ISSUE12_ONLY"))
     from fedinfra.config import JobSpec
     from fedinfra.config.consortium import ConsortiumConfig
     from fedinfra.config.server import ServerConfig
@@ -258,10 +282,11 @@ def main() -> None:
                                    secure_aggregation={"mode": "bfv"}), root / "kits", app_dir=REPO / "server")
         manifests = write_demo_sites(JobSpec(), SITES, root / "sites")
         cfg = ServerConfig(port=port, state_dir=root / "state", runs_dir=root / "runs").resolved(root)
+        store = str(cfg.audit_store)  # the consortium's one audit log (state/audit.sqlite)
         link = start_superlink(cfg, load_coordinator_transport(root / "kits" / "coordinator"))
         nodes: list[object] = []
 
-        def start_nodes(warm: bool, tag: str, superlink: str | None = None) -> None:
+        def start_nodes(warm: bool, tag: str, superlink: str | None = None, verify: bool = True) -> None:
             from fedinfra.errors import RuntimeLaunchError
 
             for name in SITES:
@@ -273,7 +298,7 @@ def main() -> None:
                         nodes.append(start_supernode(manifests[name], preflight(manifests[name]),
                                                      load_site_transport(root / "kits" / "sites" / name),
                                                      state_dir=root / f"site-state-{tag}" / name, port=free_port(),
-                                                     warm=warm, superlink=superlink))
+                                                     warm=warm, superlink=superlink, verify_apps=verify))
                         break
                     except RuntimeLaunchError as exc:
                         if "2004" not in str(exc) or time.monotonic() > deadline:
@@ -291,7 +316,9 @@ def main() -> None:
                             params={"sites": 3, "rounds": rounds, "repeats": repeats,
                                     "task_poll_interval_s": TASK_POLL_INTERVAL_S,
                                     "coordinator_pull_interval_s": PULL_INTERVAL_S,
-                                    "supernode": "fedinfra warm launcher (--isolation process, fork per message)"})
+                                    "supernode": "fedinfra warm launcher (--isolation process, fork per message)",
+                                    "issue12_only": issue12_only,
+                                    "loadavg_start": list(os.getloadavg())})
             # Issue 12: one Fleet request (TLS, keep-alive, as a SuperNode sends them) straight
             # to the loopback SuperLink vs through the Fleet-only nginx proxy.
             ca = root / "kits" / "coordinator" / "ca.crt"
@@ -304,7 +331,7 @@ def main() -> None:
             if os.environ.get("FEDINFRA_BENCH_TRANSPORT_ONLY"):
                 report.save(args.out)
                 return
-            if not args.quick or os.environ.get("FEDINFRA_BENCH_STOCK"):
+            if not issue12_only and (not args.quick or os.environ.get("FEDINFRA_BENCH_STOCK")):
                 # What a plain Flower user gets: stock SuperNodes (--isolation subprocess, a
                 # fresh flwr-clientapp process per message). Context only, not the goal.
                 start_nodes(warm=False, tag="stock")
@@ -312,33 +339,60 @@ def main() -> None:
                                                           repeats),
                                 label="plain Flower FedAvg round, stock SuperNodes (--isolation subprocess)")
                 stop_nodes()
-            start_nodes(warm=True, tag="warm")
-            report.baseline("plain", _per_round(lambda r: _time_plain(app, r, link.flwr_home), rounds, repeats),
-                            label="plain Flower FedAvg round, same SuperNodes as fedinfra")
-            against = ["plain", "plain-stock"] if "plain-stock" in report.baselines else ["plain"]
+            if not issue12_only:
+                start_nodes(warm=True, tag="warm")
+                report.baseline("plain", _per_round(lambda r: _time_plain(app, r, link.flwr_home), rounds, repeats),
+                                label="plain Flower FedAvg round, same SuperNodes as fedinfra")
+                stop_nodes()
+            # Issue 12's cost, round level: the same fedinfra job with the sites dialling the
+            # SuperLink's loopback port directly and no app-release check (the deployment before
+            # issue 12) vs through the Fleet-only nginx proxy with every FAB checked. Arms
+            # alternate per repeat (A B, B A, A B ...) so a slow spell of the shared machine
+            # falls on both; each block has fresh site state (privacy ledgers, receipts).
+            arms = {"fedinfra-before": {"superlink": link.address, "verify": False},
+                    "fedinfra": {"superlink": None, "verify": True}}
+            walls: dict[str, list[float]] = {a: [] for a in arms}
+            coord: dict[str, list[float]] = {a: [] for a in arms}
+            fleet = 0
             log = cfg.state_dir / "superlink.log"
-            before = log.read_text(errors="replace").count("POST /v1/fleet/")
-            report.figure("fedinfra", _per_round(lambda r: _time_fedinfra(r, link.flwr_home, root / "runs"),
-                                                 rounds, repeats),
-                          label="fedinfra round", against=against)
-            fleet = log.read_text(errors="replace").count("POST /v1/fleet/") - before
+            for i in range(repeats):
+                for arm in (list(arms) if i % 2 == 0 else list(reversed(arms))):
+                    start_nodes(warm=True, tag=f"{arm}-{i}", **arms[arm])  # type: ignore[arg-type]
+                    before = log.read_text(errors="replace").count("POST /v1/fleet/")
+
+                    def timer(r: int, arm: str = arm) -> float:
+                        return _time_fedinfra(r, link.flwr_home, root / "runs", store, coord[arm])
+
+                    one, many = timer(1), timer(rounds)
+                    walls[arm].append((many - one) / (rounds - 1))
+                    if arm == "fedinfra":
+                        fleet += log.read_text(errors="replace").count("POST /v1/fleet/") - before
+                    print(f"  repeat {i + 1} {arm}: {walls[arm][-1]:.2f} s/round "
+                          f"(1 round {one:.1f} s, {rounds} rounds {many:.1f} s; load {os.getloadavg()[0]:.1f})",
+                          flush=True)
+                    stop_nodes()
             report.params["fleet_requests_per_fedinfra_round_upper"] = fleet / (repeats * (1 + rounds))
-            report.goal("round-latency", ratio="fedinfra/plain", at_most=1.2)
-            # Issue 12's cost: the same fedinfra round with the sites dialling the SuperLink
-            # directly (as before the Fleet-only proxy), and the per-task app-release check.
-            stop_nodes()
-            start_nodes(warm=True, tag="direct", superlink=link.address)
-            report.baseline("fedinfra-direct", _per_round(lambda r: _time_fedinfra(r, link.flwr_home, root / "runs"),
-                                                          rounds, repeats),
-                            label="fedinfra round, sites dial the SuperLink directly (no proxy)")
-            proxied = {k: v for k, v in report.figures["fedinfra"].items() if k != "label"}
-            report.figure("fedinfra-behind-proxy", proxied,
-                          label="fedinfra round, sites dial the Fleet-only nginx proxy", against=["fedinfra-direct"])
-            report.goal("proxy-overhead", ratio="fedinfra-behind-proxy/fedinfra-direct", at_most=1.1)
+            report.params["loadavg_end"] = list(os.getloadavg())
+            report.baseline("fedinfra-before", _summary(walls["fedinfra-before"]),
+                            label="fedinfra round, sites dial the SuperLink directly, no app check (before #12)")
+            against = [b for b in ("plain", "plain-stock") if b in report.baselines]
+            report.figure("fedinfra", _summary(walls["fedinfra"]),
+                          label="fedinfra round, sites dial the Fleet-only nginx proxy, every FAB checked",
+                          against=[*against, "fedinfra-before"])
+            if "plain" in report.baselines:
+                report.goal("round-latency", ratio="fedinfra/plain", at_most=1.2)
+            report.goal("proxy-overhead", ratio="fedinfra/fedinfra-before", at_most=1.1)
+            # Cross-check from inside the run: the coordinator's own seconds per round (rounds 2..).
+            report.baseline("coordinator-round-before", _summary(coord["fedinfra-before"]),
+                            label="coordinator-timed round (rounds 2..), before #12")
+            report.figure("coordinator-round", _summary(coord["fedinfra"]),
+                          label="coordinator-timed round (rounds 2..), behind the proxy with app checks",
+                          against=["coordinator-round-before"])
             report.save(args.out)
         finally:
             stop_nodes()
             link.stop()
+
 
 if __name__ == "__main__":
     main()

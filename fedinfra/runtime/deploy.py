@@ -267,6 +267,7 @@ def start_supernode(
     now: dt.datetime | None = None,
     warm: bool = True,
     clientapp_threads: int = 1,
+    verify_apps: bool = True,
 ) -> FlowerProcess:
     """Start a SuperNode that pins the kit's CA and authenticates with the kit's key.
 
@@ -281,7 +282,8 @@ def start_supernode(
     with ``clientapp_threads`` intra-op threads (1 suits fedinfra's small tabular models).
     Every FAB is checked against the releases the kit approved before it is installed
     (:mod:`fedinfra.runtime.appcheck`). ``warm=False`` is Flower's stock ``--isolation
-    subprocess``, *without* that check: only for the benchmark's baseline.
+    subprocess``, *without* that check: only for the benchmark's baseline; so is
+    ``verify_apps=False`` (the warm launcher without the check, as before issue 12).
     """
     if kit.site_id != manifest.name:
         raise ConfigError(
@@ -315,10 +317,11 @@ def start_supernode(
         from fedinfra.runtime.appcheck import pinned_keys
         from fedinfra.runtime.warm import launcher_argv, write_secret
 
-        pinned_keys(kit.dir)  # a kit that pins no release key would refuse every task: say so now
+        if verify_apps:
+            pinned_keys(kit.dir)  # a kit that pins no release key would refuse every task: say so now
         secret = write_secret(state_dir / SUPEREXEC_SECRET_FILE)
-        argv = launcher_argv(f"{LOOPBACK}:{port}", secret, argv, threads=clientapp_threads, kit=kit.dir,
-                             state_dir=state_dir)
+        argv = launcher_argv(f"{LOOPBACK}:{port}", secret, argv, threads=clientapp_threads,
+                             kit=kit.dir if verify_apps else None, state_dir=state_dir)
     proc = FlowerProcess(
         f"SuperNode {manifest.name}",
         argv,

@@ -138,17 +138,17 @@ def _plain_app(root: Path) -> Path:
 
 
 def _approve_everywhere(app: Path, kits: Path) -> None:
-    """Sign the baseline app with the consortium's release key and approve it at every site.
+    """Sign the baseline app with the consortium's release key and approve it at every site and the coordinator.
 
-    Sites run only approved releases (fedinfra.runtime.appcheck); the baseline app is one.
+    Sites and the coordinator run only approved releases (fedinfra.runtime.appcheck); the baseline app is one.
     """
     from fedinfra.runtime.appcheck import approve
     from fedinfra.runtime.release import RELEASE_KEY_FILE, read_release_key, sign_app, write_record
 
     key = read_release_key(kits / "release" / RELEASE_KEY_FILE)
     record = write_record(sign_app(app, key), app.parent / "plain.json")
-    for name in SITES:
-        approve(record, kits / "sites" / name)
+    for kit in (kits / "coordinator", *(kits / "sites" / name for name in SITES)):  # the coordinator runs it too
+        approve(record, kit)
 
 
 def _fleet_request(address: str, ca: Path) -> dict[str, float]:
@@ -298,7 +298,8 @@ def main() -> None:
                         nodes.append(start_supernode(manifests[name], preflight(manifests[name]),
                                                      load_site_transport(root / "kits" / "sites" / name),
                                                      state_dir=root / f"site-state-{tag}" / name, port=free_port(),
-                                                     warm=warm, superlink=superlink, verify_apps=verify))
+                                                     warm=warm, superlink=superlink, verify_apps=verify,
+                                                     connect_timeout=300))  # a loaded shared machine
                         break
                     except RuntimeLaunchError as exc:
                         if "2004" not in str(exc) or time.monotonic() > deadline:

@@ -91,6 +91,7 @@ def register(app: typer.Typer) -> None:
                 resume=resume is not None,
                 report_formats=tuple(cfg.report_formats),
                 registered=len(status["sites"]),
+                audit_dir=cfg.state_dir,
             )
             return sub, flwr_home, known
 

@@ -30,6 +30,8 @@ from fedinfra.errors import ConfigError, CryptoError
 
 RELEASES_DIR = "releases"
 SITE_AUDIT_FILE = "site-audit.jsonl"
+#: The coordinator's own log of the ServerApps it refused (``<state-dir>/``, 0600).
+COORDINATOR_AUDIT_FILE = "coordinator-audit.jsonl"
 
 
 def pinned_keys(kit: Path) -> list[bytes]:
@@ -43,8 +45,8 @@ def pinned_keys(kit: Path) -> list[bytes]:
         raise ConfigError(f"{path}: [release] public_keys is not hex; re-issue the kit") from exc
     if not keys or any(len(k) != 32 for k in keys):
         raise ConfigError(
-            f"{path}: no app release key pinned ([release] public_keys); the site runs no app until "
-            "its kit pins the consortium's release key"
+            f"{path}: no app release key pinned ([release] public_keys); this kit runs no app until "
+            "it pins the consortium's release key (re-issue it with 'fedinfra keys issue --release-pub')"
         )
     return keys
 
@@ -63,24 +65,26 @@ def approved_records(kit: Path) -> list[dict[str, Any]]:
     return out
 
 
-def site_audit(state_dir: Path | None, event: str, **fields: object) -> None:
-    """Append one event to the site's own log (``site-audit.jsonl``, 0600): ids and digests only."""
+def site_audit(state_dir: Path | None, event: str, *, log_file: str = SITE_AUDIT_FILE, **fields: object) -> None:
+    """Append one event to the party's own log (``site-audit.jsonl``, 0600): ids and digests only."""
     if state_dir is None:
         return
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     line = json.dumps({"time": dt.datetime.now(dt.UTC).isoformat(), "event": event, **fields}, sort_keys=True)
-    fd = os.open(state_dir / SITE_AUDIT_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = os.open(state_dir / log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a") as fh:
         fh.write(line + "\n")
 
 
-def check_app(fab: bytes, kit: Path, state_dir: Path | None) -> dict[str, Any]:
-    """Return the approved record of ``fab``; refuse (audited) otherwise."""
+def check_app(
+    fab: bytes, kit: Path, state_dir: Path | None, *, log_file: str = SITE_AUDIT_FILE
+) -> dict[str, Any]:
+    """Return the approved record of ``fab``; refuse (audited in ``<state_dir>/<log_file>``) otherwise."""
     try:
         return check_fab(fab, approved_records(kit), pinned_keys(kit))
     except (CryptoError, ConfigError) as exc:
         reason = REFUSED if isinstance(exc, CryptoError) else "no release key pinned"
-        site_audit(state_dir, "app.refused", fab_sha256=fab_digest(fab), reason=reason)
+        site_audit(state_dir, "app.refused", log_file=log_file, fab_sha256=fab_digest(fab), reason=reason)
         raise CryptoError(REFUSED) from exc
 
 
@@ -116,13 +120,35 @@ def guard_clientapp(kit: Path, state_dir: Path | None) -> None:
     setattr(runner, "install_from_fab", verified_install)  # noqa: B010 - see above
 
 
+def guard_serverapp(kit: Path, state_dir: Path | None) -> None:
+    """Make Flower's ``flwr-serverapp`` (this process) verify its FAB before installing it.
+
+    The coordinator holds itself to the sites' rule: the SuperLink launches a ServerApp for
+    every submitted run, and the operator's host runs only a release its kit approved.
+    """
+    import importlib
+
+    # The package re-exports the function under the module's name: take the module itself.
+    runner = importlib.import_module("flwr.superlink.runtime.run_serverapp")
+    install: Callable[..., Any] = getattr(runner, "install_from_fab")  # noqa: B009 - not re-exported
+
+    def verified_install(fab_file: bytes | Path, *args: Any, **kwargs: Any) -> Any:
+        fab = fab_file if isinstance(fab_file, bytes) else Path(fab_file).read_bytes()
+        check_app(fab, kit, state_dir, log_file=COORDINATOR_AUDIT_FILE)
+        return install(fab_file, *args, **kwargs)
+
+    setattr(runner, "install_from_fab", verified_install)  # noqa: B010 - see above
+
+
 __all__ = [
+    "COORDINATOR_AUDIT_FILE",
     "RELEASES_DIR",
     "SITE_AUDIT_FILE",
     "approve",
     "approved_records",
     "check_app",
     "guard_clientapp",
+    "guard_serverapp",
     "pinned_keys",
     "site_audit",
 ]

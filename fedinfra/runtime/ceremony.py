@@ -115,6 +115,7 @@ def issue(
             "fingerprint": fingerprint(d)}
         for s, d in docs.items()
     }
+    kits.coordinator.tables["release"] = {"public_keys": ",".join(release_public)}  # approves like a site
     for kit in kits.sites.values():
         kit.tables["release"] = {"public_keys": ",".join(release_public)}
         kit.files[CONSORTIUM_KEYS_FILE] = (json.dumps(directory, indent=2, sort_keys=True).encode(), False)

@@ -11,6 +11,8 @@ Transport security (DESIGN.md security model):
 * ``--enable-supernode-auth``: only SuperNodes whose public key the operator registered
   (the consortium's site keys from the coordinator kit) may join; others are refused;
 * every SuperNode pins the consortium CA (``--root-certificates``), never the system store;
+* the coordinator runs only a ServerApp its kit approved (pinned release key, approved
+  record), as sites do for ClientApps (:mod:`fedinfra.runtime.serverapp_guard`);
 * Flower's telemetry, update check and run-time ``uv sync`` are off in every process
   (:mod:`fedinfra.runtime.env`); listeners bind the configured address (default loopback).
 """
@@ -127,6 +129,9 @@ def start_superlink(cfg: ServerConfig, kit: CoordinatorKit, *, now: dt.datetime 
     check_server_certificate(kit.cert, kit.key, kit.ca, host=dialled, now=now)
     local = connect_host(cfg.host)
     check_server_certificate(kit.cert, kit.key, kit.ca, host=local, now=now)
+    from fedinfra.runtime.appcheck import pinned_keys
+
+    pinned_keys(kit.dir)  # a coordinator kit pinning no release key would refuse every run: say so now
     if port_in_use(cfg.host, cfg.port):
         raise RuntimeLaunchError(
             f"port {cfg.port} on {cfg.host} is in use; stop the other listener or change 'port' in server.toml"
@@ -157,7 +162,11 @@ def start_superlink(cfg: ServerConfig, kit: CoordinatorKit, *, now: dt.datetime 
         "--database",
         str(database),
     ]
-    proc = FlowerProcess("SuperLink", argv, env=flower_env(flwr_home), log_path=state / "superlink.log", cwd=state)
+    from fedinfra.runtime.serverapp_guard import launcher_env
+
+    # Every ServerApp the SuperLink launches is checked like a site checks its ClientApp.
+    env = launcher_env(flower_env(flwr_home), state, kit.dir)
+    proc = FlowerProcess("SuperLink", argv, env=env, log_path=state / "superlink.log", cwd=state)
     proc.start()
     proxy: FlowerProcess | None = None
     try:

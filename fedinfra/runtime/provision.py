@@ -18,9 +18,11 @@ without ``force``). What each kit gets, and why:
   signed keys against it).
 * ``ca/ca.key`` stays with the provisioning host, offline: it is needed only to renew
   the coordinator certificate; a stolen CA key lets an attacker impersonate the coordinator.
-* ``release/release_signing.key`` (Ed25519) signs app releases; every site kit pins its
-  public half (``[release] public_keys``) and, given ``app_dir``, approves the release of
-  that app (``releases/``): a site runs no other app (:mod:`fedinfra.runtime.appcheck`).
+* ``release/release_signing.key`` (Ed25519) signs app releases; every kit, the
+  coordinator's too, pins its public half (``[release] public_keys``) and, given
+  ``app_dir``, approves the release of that app (``releases/``): a site runs no other
+  ClientApp (:mod:`fedinfra.runtime.appcheck`), the coordinator no other ServerApp
+  (:mod:`fedinfra.runtime.serverapp_guard`).
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ def provision(
     ca = generate_ca(f"{consortium.name} fedinfra CA", valid_days=consortium.coordinator.ca_valid_days)
     add_transport_part(kits, consortium, ca)
     release_key, release_pub = _sign.new_signing_key()
-    for kit in kits.sites.values():
+    for kit in (kits.coordinator, *kits.sites.values()):  # the coordinator runs only approved apps too
         kit.tables["release"] = {"public_keys": release_pub.hex()}
     written = write_kits(kits, out_dir, force=force)
     written += _write_ca(ca_dir, ca, force=force)
@@ -199,8 +201,8 @@ def _write_release(out_dir: Path, kits: KitSet, key: bytes, *, app_dir: Path | N
     if app_dir is not None:
         record = sign_app(app_dir, key)
         written.append(put(record, release_dir / record_name(record)))
-        for site in kits.sites:
-            written.append(put(record, out_dir / "sites" / site / RELEASES_DIR / record_name(record)))
+        for kit_dir in (out_dir / "coordinator", *(out_dir / "sites" / site for site in kits.sites)):
+            written.append(put(record, kit_dir / RELEASES_DIR / record_name(record)))
     return written
 
 

@@ -66,9 +66,15 @@ def submit(
     resume: bool = False,
     report_formats: tuple[str, ...] | None = None,
     registered: int | None = None,
+    audit_dir: Path | None = None,
 ) -> Submitted:
-    """Submit ``job`` as run ``run_id`` (or continue it, ``resume``); artifacts go to ``runs_dir/run_id``."""
+    """Submit ``job`` as run ``run_id`` (or continue it, ``resume``); artifacts go to ``runs_dir/run_id``.
+
+    The app is submitted only if its FAB is a release the coordinator kit approved, signed by
+    a key it pinned (refusals go to ``<audit_dir>/coordinator-audit.jsonl``).
+    """
     from fedinfra.runtime.apps import DEFAULT_REPORT_FORMATS, run_config
+    from fedinfra.runtime.serverapp_guard import check_own_app
 
     if registered is not None and job.sites.count > registered:
         raise ConfigError(
@@ -79,6 +85,7 @@ def submit(
     from fedinfra.task.packaging import check_app_holds_task
 
     check_app_holds_task(app_dir, job)
+    check_own_app(app_dir, kit, audit_dir)  # before anything reaches the SuperLink
     run_dir = runs_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     config = run_config(

@@ -26,6 +26,7 @@ from typing import Any
 from fedinfra.config import read_toml
 from fedinfra.config.consortium import ConsortiumConfig
 from fedinfra.config.names import check_slug
+from fedinfra.crypto import _sign
 from fedinfra.crypto.ceremony import fingerprint, make_request, open_he_key, seal_he_key, verify_request
 from fedinfra.crypto.kits import HE_SECRET_FILE, KIT_FILE, SIGNING_FILE, empty_kits, he_public_part, write_kits
 from fedinfra.errors import ConfigError, CryptoError
@@ -146,10 +147,7 @@ def accept(bundle: Path, kit: Path) -> list[Path]:
         table = read_toml(bundle / KIT_FILE).get("kit", {})
     except ConfigError as exc:
         raise ConfigError(f"{bundle}: not a site bundle from 'fedinfra keys issue'") from exc
-    requests = sorted(kit.glob("request-*.json"))
-    if not requests:
-        raise ConfigError(f"{kit}: no request-<site>.json; run 'fedinfra keys request' there first")
-    own = json.loads(requests[0].read_text())
+    own = own_request(kit)
     if table.get("site_id") != own.get("site") or table.get("role") != "site":
         raise ConfigError(f"{bundle}: bundle is for site {table.get('site_id')!r}, this kit is {own.get('site')!r}")
     theirs = (bundle / "supernode_auth.pub").read_text().strip() if (bundle / "supernode_auth.pub").exists() else ""
@@ -165,6 +163,34 @@ def accept(bundle: Path, kit: Path) -> list[Path]:
         written.append(dst)
     kit.chmod(0o700)
     return written
+
+
+def own_request(kit: Path) -> dict[str, Any]:
+    """The site's own key request in ``kit``: the one whose signing key is the kit's own secret key.
+
+    A kit may hold other files named ``request-*.json`` (a request copied in by mistake or on
+    purpose); the site's identity is its key, never a file name. No match or two different
+    matching requests is refused in one line.
+    """
+    try:
+        own_public = _sign.public_of((kit / SIGNING_FILE).read_bytes()).hex()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{kit / SIGNING_FILE}: this site's signing key is missing; run 'fedinfra keys request'") from exc
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(kit.glob("request-*.json")):
+        try:
+            doc = json.loads(path.read_text())
+            if not isinstance(doc, dict) or doc.get("signing_public_key") != own_public:
+                continue
+            verify_request(doc)
+        except (OSError, ValueError, CryptoError):
+            continue
+        found[json.dumps(doc, sort_keys=True)] = doc
+    if not found:
+        raise ConfigError(f"{kit}: no request-<site>.json signed by this site's own key; run 'fedinfra keys request'")
+    if len(found) > 1:
+        raise ConfigError(f"{kit}: several requests carry this site's signing key; keep only the one you sent")
+    return next(iter(found.values()))
 
 
 def _directory(kit: Path) -> dict[str, dict[str, str]]:
@@ -230,5 +256,5 @@ def he_open(kit: Path, sealed: Path) -> Path:
     return write_private(target, secret)
 
 
-__all__ = ["CONSORTIUM_KEYS_FILE", "KEX_FILE", "accept", "he_open", "he_share", "issue", "read_release_public",
-           "request_keys"]
+__all__ = ["CONSORTIUM_KEYS_FILE", "KEX_FILE", "accept", "he_open", "he_share", "issue", "own_request",
+           "read_release_public", "request_keys"]

@@ -57,7 +57,7 @@ def write_connection(flwr_home: Path, address: str, ca: Path) -> None:
     (flwr_home / "config.toml").write_text(text)
 
 
-def flwr_cli(args: list[str], *, flwr_home: Path, timeout: float = 60.0) -> dict[str, Any]:
+def flwr_cli(args: list[str], *, flwr_home: Path, timeout: float = 180.0) -> dict[str, Any]:
     """Run ``flwr <args> --format json``; return its JSON answer (raise on failure)."""
     argv = [flower_bin("flwr"), *args, "--format", "json"]
     try:

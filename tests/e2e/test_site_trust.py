@@ -8,7 +8,10 @@ ran against the old deployment:
 * a crafted Flower App ran at every site and read the site's HE secret key;
 * a second node declaring ``site0`` was admitted as ``site0``.
 
-and checks that the signed fedinfra app still completes a DP + HE job.
+and checks that the signed fedinfra app still completes a DP + HE job. The coordinator
+refuses to launch a ServerApp its own kit did not approve; when a malicious operator
+approves the crafted app at the coordinator, every site - and an edge device started with
+``fedinfra edge start`` - still refuses it before any of its code runs.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from fedinfra.config.consortium import ConsortiumConfig
 from fedinfra.config.server import load_server
 from fedinfra.crypto import _sign
 from fedinfra.crypto.tls import generate_node_auth_key
-from fedinfra.runtime.appcheck import RELEASES_DIR, SITE_AUDIT_FILE
+from fedinfra.runtime.appcheck import COORDINATOR_AUDIT_FILE, RELEASES_DIR, SITE_AUDIT_FILE, approve
 from fedinfra.runtime.deploy import SuperLink, start_superlink, start_supernode
+from fedinfra.runtime.env import hardened_env
 from fedinfra.runtime.kit import load_coordinator_transport, load_site_transport
 from fedinfra.runtime.loopback import write_demo_sites
 from fedinfra.runtime.preflight import preflight
@@ -46,6 +50,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SITES = ["site0", "site1", "site2"]
 SPOOFER = "site3"  # a registered node that declares itself site0
+DEVICE = "edge-0"  # a consortium device, started only for the last test
 JOB = """name = "e2e-site-trust"
 rounds = 2
 timeout_s = 180
@@ -89,6 +94,7 @@ clientapp = "crafted.apps:client"
 
 [tool.flwr.app.config]
 out = ""
+min-nodes = 4
 """
 
 CRAFTED_APPS = '''
@@ -119,7 +125,7 @@ def main(grid: Grid, context: Context) -> None:
     import time
 
     nodes = list(grid.get_node_ids())
-    while len(nodes) < 4:
+    while len(nodes) < int(context.run_config["min-nodes"]):
         time.sleep(0.5)
         nodes = list(grid.get_node_ids())
     msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
@@ -148,12 +154,12 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
     root = tmp_path_factory.mktemp("trust")
     port = free_port()
     consortium = ConsortiumConfig(
-        name="trust", sites=[*SITES, SPOOFER], coordinator={"address": f"127.0.0.1:{port}"},
+        name="trust", sites=[*SITES, SPOOFER, DEVICE], coordinator={"address": f"127.0.0.1:{port}"},
         secure_aggregation={"mode": "bfv"},
     )
     kits = root / "kits"
     provision(consortium, kits, app_dir=REPO / "server")
-    manifests = write_demo_sites(JobSpec(), SITES, root / "sites")
+    manifests = write_demo_sites(JobSpec(), [*SITES, DEVICE], root / "sites")
     server_toml = root / "server.toml"
     server_toml.write_text(
         f'host = "127.0.0.1"\nport = {port}\nstate_dir = "state"\nruns_dir = "runs"\n'
@@ -243,20 +249,54 @@ def test_with_only_the_ca_certificate_nobody_registers_runs_or_takes_a_task(fede
     assert federation.link.address != f"127.0.0.1:{federation.public_port}"
 
 
-def test_an_app_signed_by_an_untrusted_key_is_refused_at_every_site(federation: Federation) -> None:
+def _wait_file(path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def _operator_approves(fed: Federation, record: dict[str, object], public: bytes) -> None:
+    """A malicious operator pins the attacker's key in its own kit and approves the crafted app there."""
+    toml = fed.kits / "coordinator" / "kit.toml"
+    text = toml.read_text()
+    start = text.index("public_keys = ") + len("public_keys = ") + 1
+    toml.write_text(text[:start] + public.hex() + "," + text[start:])
+    path = write_record(dict(record), fed.root / "crafted-release.json")
+    approve(path, fed.kits / "coordinator")
+
+
+def _crafted_run(fed: Federation, out: Path, *, min_nodes: int) -> dict[str, object]:
+    # Submitted the way the coordinator's operator submits (loopback, operator's Flower home).
+    return _flwr(["run", str(_crafted_app(fed.root)), "fedinfra", "--run-config", f'out="{out}" min-nodes={min_nodes}'],
+                 fed.link.flwr_home)
+
+
+def test_an_app_signed_by_an_untrusted_key_is_refused_at_the_coordinator_and_at_every_site(
+    federation: Federation,
+) -> None:
     app = _crafted_app(federation.root)
-    attacker_key, _ = _sign.new_signing_key()
+    attacker_key, attacker_public = _sign.new_signing_key()
     record = sign_app(app, attacker_key)
     # Even a record dropped into a site's kit does not help: its key is not pinned there.
     write_record(record, federation.kits / "sites" / "site0" / RELEASES_DIR / record_name(record))
-    out = federation.root / "crafted-out.json"
-    # Submitted the way the coordinator's operator submits (loopback, operator's Flower home).
-    answer = _flwr(["run", str(app), "fedinfra", "--run-config", f'out="{out}"'], federation.link.flwr_home)
-    assert answer.get("success") is True, answer
 
-    deadline = time.monotonic() + 240
-    while not out.exists() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    # 1. The coordinator's own kit did not approve it: the SuperLink's ServerApp refuses it.
+    first = federation.root / "crafted-first.json"
+    answer = _crafted_run(federation, first, min_nodes=4)
+    assert answer.get("success") is True, answer
+    audit = federation.link.status_path.parent / COORDINATOR_AUDIT_FILE
+    _wait_file(audit, 120)
+    time.sleep(2)
+    assert not first.exists()  # the crafted ServerApp never ran on the coordinator host
+    entry = json.loads(audit.read_text().splitlines()[-1])
+    assert (entry["event"], entry["fab_sha256"]) == ("app.refused", record["fab_sha256"])
+
+    # 2. A malicious operator approves it at the coordinator: every site still refuses it.
+    _operator_approves(federation, record, attacker_public)
+    out = federation.root / "crafted-out.json"
+    answer = _crafted_run(federation, out, min_nodes=4)
+    assert answer.get("success") is True, answer
+    _wait_file(out, 240)
     replies = json.loads(out.read_text())
 
     assert len(replies) == 4
@@ -298,3 +338,57 @@ def test_the_signed_app_completes_a_dp_he_job_and_a_spoofing_node_is_refused(fed
         capture_output=True, text=True, env=federation.env(), timeout=120, check=False,
     )
     assert sorted(e["actor"]["id"] for e in json.loads(admitted.stdout)) == SITES
+
+
+def _device_toml(port: int) -> str:
+    return (
+        f'name = "{DEVICE}"\nserver = "127.0.0.1:{port}"\nstate_dir = "state"\nprobe = "linux"\npoll_s = 1\n'
+        "[conditions]\nrequire_power = true\nmin_battery = 0.2\nrequire_idle = false\n"
+        "[limits]\nmax_cpu_seconds = 120\nmax_memory_mb = 2048\n"
+    )
+
+
+def test_a_device_refuses_the_crafted_app_through_the_live_superlink(federation: Federation) -> None:
+    """``fedinfra edge start`` (edge runner + verifying launcher) against the same SuperLink and proxy."""
+    device_dir = federation.root / "sites" / DEVICE
+    (device_dir / "device.toml").write_text(_device_toml(federation.public_port))
+    log = federation.root / "device.log"
+    env = hardened_env(flwr_home=federation.root / "flwr-home-device")
+    with log.open("wb") as fh:
+        device = subprocess.Popen(
+            [str(BIN / "fedinfra"), "edge", "start", "--device", str(device_dir / "device.toml"),
+             "--kit", str(federation.kits / "sites" / DEVICE)],
+            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=federation.root, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while "SuperNode ID:" not in log.read_text(errors="replace") and device.poll() is None:
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+            time.sleep(0.5)
+        assert device.poll() is None, log.read_text(errors="replace")[-2000:]
+        # A malicious operator approves the crafted app at the coordinator: it reaches the device.
+        attacker_key, attacker_public = _sign.new_signing_key()
+        _operator_approves(federation, sign_app(_crafted_app(federation.root), attacker_key), attacker_public)
+        out = federation.root / "crafted-device.json"
+        answer = _crafted_run(federation, out, min_nodes=5)
+        assert answer.get("success") is True, answer
+        _wait_file(out, 240)
+        replies = json.loads(out.read_text())
+    finally:
+        if device.poll() is None:
+            os.killpg(device.pid, 15)
+            try:
+                device.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(device.pid, 9)
+                device.wait(timeout=10)
+
+    state = device_dir / "state"
+    assert len(replies) == 5  # the four sites and the device
+    assert all(r["he"] is None for r in replies)
+    assert all("app release refused" in (r["error"] or "") for r in replies)
+    assert not (state / "PWNED").exists()  # none of its code ran on the device
+    events = [json.loads(line) for line in (state / SITE_AUDIT_FILE).read_text().splitlines()]
+    assert [e["event"] for e in events] == ["app.refused"]  # audited at the device
+    assert [p for p in state.rglob("crafted*")] == []  # never installed there
+    assert "Traceback" not in log.read_text(errors="replace")

@@ -123,6 +123,24 @@ def test_a_bundle_for_another_node_key_is_refused(ceremony: dict[str, Path], tmp
         accept(ceremony["operator"] / "sites" / "hospital-b", ceremony["hospital-a"])
 
 
+def test_accept_takes_the_request_signed_by_the_sites_own_key_not_the_first_file(tmp_path: Path) -> None:
+    """Issue 12: another site's request copied into the kit (sorted first) must not make its bundle ours."""
+    import shutil
+
+    kits = {s: tmp_path / s for s in SITES}
+    requests = [request_keys(s, "c1", kits[s])[0] for s in SITES]
+    issue(_consortium(), requests, tmp_path / "operator", release_public=["11" * 32])
+    shutil.copyfile(kits["hospital-b"] / "request-hospital-b.json", kits["hospital-a"] / "request-0-copied.json")
+
+    with pytest.raises(ConfigError, match="hospital-b"):  # b's bundle is refused in a's kit
+        accept(tmp_path / "operator" / "sites" / "hospital-b", kits["hospital-a"])
+    assert accept(tmp_path / "operator" / "sites" / "hospital-a", kits["hospital-a"])  # a's own is accepted
+
+    (kits["hospital-a"] / "request-hospital-a.json").unlink()
+    with pytest.raises(ConfigError, match="own key"):
+        accept(tmp_path / "operator" / "sites" / "hospital-a", kits["hospital-a"])
+
+
 def test_the_cosigner_key_is_made_at_the_site_signed_in_its_request_and_pinned_by_the_operator(
     ceremony: dict[str, Path],
 ) -> None:

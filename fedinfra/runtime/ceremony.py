@@ -175,7 +175,9 @@ def own_request(kit: Path) -> dict[str, Any]:
     try:
         own_public = _sign.public_of((kit / SIGNING_FILE).read_bytes()).hex()
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{kit / SIGNING_FILE}: this site's signing key is missing; run 'fedinfra keys request'") from exc
+        raise ConfigError(
+            f"{kit / SIGNING_FILE}: this site's signing key is missing; run 'fedinfra keys request'"
+        ) from exc
     found: dict[str, dict[str, Any]] = {}
     for path in sorted(kit.glob("request-*.json")):
         try:

@@ -1,7 +1,8 @@
 """``fedinfra edge start``: run this device as a Flower SuperNode under its edge profile.
 
-``--check`` is the preflight: it validates the profile (and the kit, if given), reads the
-device's conditions and prints them - no server needed. Exit codes: 0 all conditions hold,
+``--check`` is the preflight: it validates the profile (and the kit, if given: with the
+release keys it pins and the app releases it approved, i.e. what the device will run),
+reads the device's conditions and prints them - no server needed. Exit codes: 0 all conditions hold,
 1 a condition fails, 2 bad profile or kit.
 
 Without ``--check`` the device needs its data declaration: a site manifest (``site.toml``,
@@ -64,7 +65,8 @@ def _preflight(profile: Any, kit_dir: Path | None) -> dict[str, Any]:
     kit_info: dict[str, Any] | None = None
     if kit_dir is not None:
         kit = load_edge_kit(kit_dir, device=profile.name, require_tls=not profile.insecure)
-        kit_info = {"path": str(kit.path), "site_id": kit.site_id, "tls": kit.ca_file is not None}
+        kit_info = {"path": str(kit.path), "site_id": kit.site_id, "tls": kit.ca_file is not None,
+                    **_releases(kit.path)}
     return {
         "device": profile.name,
         "server": profile.server,
@@ -73,6 +75,30 @@ def _preflight(profile: Any, kit_dir: Path | None) -> dict[str, Any]:
         "conditions": report.to_dict(),
         "kit": kit_info,
     }
+
+
+def _releases(kit_dir: Path) -> dict[str, Any]:
+    """The release keys the kit pins and the app releases it approved (what the device will run).
+
+    A kit pinning no release key is refused here as at start (exit 2): the device would
+    refuse every app. Each approved record is re-verified against the pinned keys.
+    """
+    from fedinfra.crypto.release import key_id, verify_record
+    from fedinfra.errors import CryptoError
+    from fedinfra.runtime.appcheck import approved_records, pinned_keys
+
+    keys = pinned_keys(kit_dir)
+    approved = []
+    for record in approved_records(kit_dir):
+        try:
+            verify_record(record, keys)
+            valid = True
+        except CryptoError:
+            valid = False
+        approved.append({"app": str(record.get("app", "?")), "version": str(record.get("version", "?")),
+                         "fab_sha256": str(record.get("fab_sha256", "")), "key_id": str(record.get("key_id", "")),
+                         "valid": valid})
+    return {"release_keys": [key_id(k) for k in keys], "approved_releases": approved}
 
 
 def _print_preflight(result: dict[str, Any]) -> None:
@@ -89,7 +115,17 @@ def _print_preflight(result: dict[str, Any]) -> None:
     console.print(f"limits: {limits['max_cpu_seconds']:g} CPU s and {limits['max_memory_mb']} MB per round")
     console.print(f"server: {result['server'] or '(not set)'}   state: {result['state_dir']}")
     if result["kit"]:
-        console.print(f"kit: {result['kit']['path']} (device {result['kit']['site_id']})")
+        kit = result["kit"]
+        console.print(f"kit: {kit['path']} (device {kit['site_id']})")
+        console.print(f"release keys pinned: {', '.join(kit['release_keys'])}", highlight=False)
+        runs = [r for r in kit["approved_releases"] if r["valid"]]
+        for r in kit["approved_releases"]:
+            mark = "approved" if r["valid"] else "[red]ignored: not signed by a pinned key[/]"
+            console.print(f"  {r['app']} {r['version']} (FAB sha256 {r['fab_sha256'][:16]}..., key {r['key_id']}): "
+                          f"{mark}", highlight=False)
+        if not runs:
+            console.print("[yellow]no approved release: the device will refuse every app until "
+                          "'fedinfra app approve' adds one[/]")
     verdict = "would train now" if result["conditions"]["ok"] else "would wait: a condition does not hold"
     console.print(f"[bold]{verdict}[/]")
 

@@ -153,3 +153,45 @@ def test_under_the_launcher_only_its_forked_rounds_are_held_to_the_limits() -> N
             k.kill()
         root.kill()
         root.wait()
+
+
+def test_edge_check_reports_the_pinned_release_keys_and_the_approved_releases(
+    tmp_path: Path, fedinfra_bin: str
+) -> None:
+    from fedinfra.crypto import _sign
+    from fedinfra.crypto.release import key_id
+    from fedinfra.runtime.release import record_name
+
+    secret, public_hex = new_release_key(tmp_path / "release")
+    _, kit = _device(tmp_path, public_hex)
+    approved = approve(write_record(sign_app(REPO / "server", secret.read_bytes()), tmp_path / "r.json"), kit)
+    stranger, _ = _sign.new_signing_key()
+    forged = sign_app(REPO / "server", stranger)
+    write_record({**forged, "version": "6.6.6"}, kit / RELEASES_DIR / record_name({**forged, "version": "6.6.6"}))
+    device = tmp_path / "device.toml"
+    device.write_text(
+        f'name = "{DEVICE}"\nserver = "127.0.0.1:9"\ninsecure = true\nstate_dir = "state"\nprobe = "linux"\n'
+        "[conditions]\nrequire_power = false\nmin_battery = 0.0\nrequire_idle = false\n"
+    )
+
+    def check(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([fedinfra_bin, "edge", "start", "--device", str(device), "--kit", str(kit), "--check",
+                               *extra], capture_output=True, text=True, timeout=120, check=False)
+
+    done = check("--format", "json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)["kit"]
+    assert info["release_keys"] == [key_id(bytes.fromhex(public_hex))]
+    by_version = {r["version"]: r for r in info["approved_releases"]}
+    assert by_version["0.1.0"]["valid"] is True
+    assert by_version["0.1.0"]["fab_sha256"] == json.loads(approved.read_text())["fab_sha256"]
+    assert by_version["6.6.6"]["valid"] is False  # a record no pinned key signed is shown as ignored
+    text = check()
+    assert "release keys pinned: " + key_id(bytes.fromhex(public_hex)) in text.stdout
+    assert "ignored" in text.stdout
+
+    (kit / "kit.toml").write_text((kit / "kit.toml").read_text().split("[release]")[0])
+    unpinned = check()
+    assert unpinned.returncode == 2
+    assert len(unpinned.stderr.strip().splitlines()) == 1
+    assert "[release] public_keys" in unpinned.stderr

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -258,9 +259,9 @@ def _wait_file(path: Path, timeout: float) -> None:
 def _operator_approves(fed: Federation, record: dict[str, object], public: bytes) -> None:
     """A malicious operator pins the attacker's key in its own kit and approves the crafted app there."""
     toml = fed.kits / "coordinator" / "kit.toml"
-    text = toml.read_text()
-    start = text.index("public_keys = ") + len("public_keys = ") + 1
-    toml.write_text(text[:start] + public.hex() + "," + text[start:])
+    text, n = re.subn(r'("?public_keys"?\s*=\s*")', lambda m: m.group(1) + public.hex() + ",", toml.read_text())
+    assert n == 1
+    toml.write_text(text)
     path = write_record(dict(record), fed.root / "crafted-release.json")
     approve(path, fed.kits / "coordinator")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import runpy
 import shutil
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,3 +122,65 @@ def test_the_diabetes_task_trains_on_deployed_sites_from_the_signed_app_with_dp_
     html = Path(result["report"]).read_text()
     assert "Task metrics (regression)" in html
     assert f"final <b>MSE {task['metrics']['mse']:.4f}</b>" in html
+
+
+PLANTED = '''
+"""Left in a site's working directory: importing it leaves a mark."""
+from pathlib import Path
+
+Path(__file__).with_name("PLANTED-RAN").write_text("imported")
+
+from torch import nn
+
+import fedinfra
+
+
+class PlantedTask(fedinfra.Task):
+    kind = "regression"
+
+    def build_model(self):
+        return nn.Sequential(nn.Linear(9, 1))
+'''
+
+
+def test_a_coordinator_naming_a_task_outside_the_approved_app_is_refused_at_every_site(
+    deployed: tuple[LoopbackFederation, Path, Path],
+) -> None:
+    """The attack: skip 'fedinfra run' and submit the approved app with a job naming other code.
+
+    ``planted_task`` sits in each site's working directory (where its SuperNode runs, so on
+    the ClientApp's ``sys.path``); the app the sites approved does not carry it.
+    """
+    from fedinfra.config import load_job
+    from fedinfra.runtime.apps import run_config
+    from fedinfra.runtime.deploy import CONNECTION, flwr_cli
+    from fedinfra.runtime.submit import run_status
+
+    fed, job_path, app = deployed
+    site_dirs = [fed.root / "sites" / s for s in SITES]
+    for d in site_dirs:
+        (d / "planted_task.py").write_text(PLANTED)
+    job = load_job(job_path)
+    assert job.task is not None
+    planted = job.task.model_copy(update={"ref": "planted_task:PlantedTask"})
+    job = job.model_copy(update={"name": "planted", "task": planted})
+    overrides = fed.root / "planted-run-config.toml"
+    config = run_config(job, run_id="planted-run", runs_dir=fed.root / "runs", kit=fed.kits / "coordinator")
+    overrides.write_text("".join(f"{k} = {json.dumps(v) if not isinstance(v, bool) else str(v).lower()}\n"
+                                 for k, v in config.items()))
+    answer = flwr_cli(["run", str(app), CONNECTION, "--run-config", str(overrides)], flwr_home=fed.link.flwr_home)
+    assert answer.get("success") is True, answer  # the SuperLink takes it: the app is the approved one
+
+    deadline = time.monotonic() + 420
+    status = "unknown"
+    while time.monotonic() < deadline:
+        status = run_status(str(answer["run-id"]), flwr_home=fed.link.flwr_home)
+        if status.startswith("finished"):
+            break
+        time.sleep(2)
+
+    assert status.startswith("finished"), status
+    assert status != "finished:completed", status
+    assert not [d for d in site_dirs if (d / "PLANTED-RAN").exists()]  # no site imported it
+    error = json.loads((fed.root / "runs" / "planted-run" / "error.json").read_text())
+    assert error["message"], error

@@ -6,7 +6,7 @@ part of that release: the job's ``[task] ref`` names a module, and whoever can s
 run names the ref. If sites imported the ref from wherever Python finds it, a coordinator
 could name a module the site never approved - a file left in the SuperNode's working
 directory, an earlier app's folder, any installed package with import-time effects - and
-the signature on the app would protect nothing (the confused-deputy problem: the site
+the signature on the app would protect nothing (the confused deputy, Hardy 1988: the site
 would lend its trust to code chosen by the party it does not trust).
 
 So:

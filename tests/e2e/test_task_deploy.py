@@ -151,12 +151,19 @@ def test_a_coordinator_naming_a_task_outside_the_approved_app_is_refused_at_ever
     ``planted_task`` sits in each site's working directory (where its SuperNode runs, so on
     the ClientApp's ``sys.path``); the app the sites approved does not carry it.
     """
+    from flwr.cli.install import install_from_fab
+
     from fedinfra.config import load_job
     from fedinfra.runtime.apps import run_config
     from fedinfra.runtime.deploy import CONNECTION, flwr_cli
+    from fedinfra.runtime.release import build_app_fab
     from fedinfra.runtime.submit import run_status
 
     fed, job_path, app = deployed
+    # The coordinator is the attacker: it can import the module itself (here: dropped into its
+    # own install of the approved app, which Flower reuses), so the job reaches the sites.
+    coordinator_copy = install_from_fab(build_app_fab(app).content, fed.link.flwr_home, skip_prompt=True)
+    (coordinator_copy / "planted_task.py").write_text(PLANTED)
     site_dirs = [fed.root / "sites" / s for s in SITES]
     for d in site_dirs:
         (d / "planted_task.py").write_text(PLANTED)
@@ -182,5 +189,7 @@ def test_a_coordinator_naming_a_task_outside_the_approved_app_is_refused_at_ever
     assert status.startswith("finished"), status
     assert status != "finished:completed", status
     assert not [d for d in site_dirs if (d / "PLANTED-RAN").exists()]  # no site imported it
+    assert (coordinator_copy / "PLANTED-RAN").exists()  # the coordinator did import it
     error = json.loads((fed.root / "runs" / "planted-run" / "error.json").read_text())
-    assert error["message"], error
+    # Every site answered admission with a refusal (403: the one-line ConfigError), so none took part.
+    assert error["message"] == "only 0 sites passed admission; the job needs sites.min_sites=3", error

@@ -1,9 +1,10 @@
-"""SIGINT/SIGTERM at every stage of ``fedinfra server start`` / ``client start`` leave no process behind.
+"""SIGINT/SIGTERM at every stage of ``fedinfra server|client|edge start`` leave no process behind.
 
-Real commands, real SuperLink and SuperNode on loopback. A watcher records every
-descendant of the command while it starts; the signal is sent at a stage (just spawned,
-SuperLink/SuperNode child running, port open = registering site keys, ready); after the
-command exits, none of the recorded processes may be alive.
+Real commands, real SuperLink (behind its nginx Fleet proxy) and SuperNodes on loopback.
+A watcher records every descendant of the command while it starts; the signal is sent at
+a stage (just spawned, SuperLink/SuperNode child running, port open = registering site
+keys, ready; for a device also: backing off while its server is down); after the command
+exits, none of the recorded processes may be alive.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SITES = ["site0", "site1"]
+DEVICE = "edge-0"
 
 
 class Watched:
@@ -115,8 +117,9 @@ def _wait(pred: Callable[[], bool], timeout: float = 120) -> None:
 def consortium(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("signals")
     port = free_port()
-    provision(ConsortiumConfig(name="sig", sites=SITES, coordinator={"address": f"127.0.0.1:{port}"}), root / "kits")
-    write_demo_sites(JobSpec(), SITES, root / "sites")
+    consortium = ConsortiumConfig(name="sig", sites=[*SITES, DEVICE], coordinator={"address": f"127.0.0.1:{port}"})
+    provision(consortium, root / "kits")
+    write_demo_sites(JobSpec(), [*SITES, DEVICE], root / "sites")
     (root / "server.toml").write_text(
         f'host = "127.0.0.1"\nport = {port}\nstate_dir = "state"\nruns_dir = "runs"\n'
         f'app_dir = "{REPO / "server"}"\nkit = "kits/coordinator"\n'
@@ -185,3 +188,53 @@ def test_a_signal_at_any_stage_of_client_start_leaves_no_process(
     left = w.finish(sig)
 
     assert left == [], f"{stage}: left behind {left}\n{''.join(w.out)}"
+
+
+def _device(root: Path, server_port: int, tag: str) -> Path:
+    """A device profile (state of its own) for the consortium's device; idle gate off (shared CI host)."""
+    profile = root / "sites" / DEVICE / f"device-{tag}.toml"
+    profile.write_text(
+        f'name = "{DEVICE}"\nserver = "127.0.0.1:{server_port}"\nstate_dir = "edge-state-{tag}"\n'
+        'probe = "linux"\npoll_s = 1\n'
+        "[conditions]\nrequire_power = true\nmin_battery = 0.2\nrequire_idle = false\n"
+        "[backoff]\ninitial_s = 0.5\nmax_s = 2.0\nmultiplier = 2.0\njitter = 0.5\n"
+    )
+    return profile
+
+
+EDGE_STAGES: dict[str, Callable[[Watched], None]] = {
+    "just spawned": lambda w: time.sleep(0.05),
+    "supernode child running": lambda w: _wait(lambda: w.children_named("flower-supernode")),
+    "connected": lambda w: _wait(lambda: any("SuperNode ID:" in line for line in w.out)),
+}
+
+
+@pytest.mark.parametrize(("stage", "sig"), _cases(EDGE_STAGES, "supernode child running"))
+def test_a_signal_at_any_stage_of_edge_start_leaves_no_process(
+    stage: str, sig: int, consortium: Path, running_link: None
+) -> None:
+    profile = _device(consortium, _port(consortium), f"{stage.replace(' ', '-')}-{sig}")
+    argv = [str(BIN / "fedinfra"), "edge", "start", "--device", str(profile), "--kit", f"kits/sites/{DEVICE}"]
+    w = Watched(argv, consortium)
+    EDGE_STAGES[stage](w)
+
+    left = w.finish(sig)
+
+    assert left == [], f"{stage}: left behind {left}\n{''.join(w.out)}"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_a_device_backs_off_from_a_server_that_is_down_leaves_no_process(
+    sig: int, consortium: Path
+) -> None:
+    """The server is not running: the device backs off (no SuperNode yet), then is stopped."""
+    profile = _device(consortium, free_port(), f"backoff-{sig}")
+    argv = [str(BIN / "fedinfra"), "edge", "start", "--device", str(profile), "--kit", f"kits/sites/{DEVICE}"]
+    w = Watched(argv, consortium)
+    _wait(lambda: any("; retry 2 in" in line for line in w.out), 60)
+
+    left = w.finish(sig)
+
+    assert left == [], f"backing off: left behind {left}\n{''.join(w.out)}"
+    assert not w.children_named("flower-supernode")
+    assert w.proc.returncode == 0, "".join(w.out)[-2000:]

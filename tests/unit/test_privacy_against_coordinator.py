@@ -9,18 +9,32 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from scipy.stats import binom
 
 from fedinfra.config import JobSpec
 from fedinfra.config.wire import TrainInstruction
 from fedinfra.errors import ConfigError, PrivacyBudgetExceeded
 from fedinfra.privacy import PrivacyLedger, secure_generator
-from fedinfra.privacy.claims import InstructionRefused, RoundClaim, check_claim, user_level_figures
+from fedinfra.privacy.accounting import epsilon_of_history
+from fedinfra.privacy.claims import (
+    IMPLAUSIBLE,
+    InstructionRefused,
+    RoundClaim,
+    binomial_tail,
+    check_claim,
+    check_survivors,
+    credible_rate,
+    expected_releases,
+    plan_user_level_noise,
+    user_level_figures,
+)
 from fedinfra.privacy.distributed import site_share_std, surviving_noise_multiplier
 from fedinfra.privacy.gaussian import gaussian_epsilon
 from fedinfra.privacy.noise import add_gaussian_noise
@@ -295,3 +309,63 @@ def test_a_site_refuses_to_open_an_aggregate_of_fewer_contributions_than_the_flo
 
     with pytest.raises(InstructionRefused, match=r"fewer than sites\.min_sites=2"):
         current_model(ctx, instruction, weights, [one_site.to_bytes()])
+
+
+# -- claims: boundaries and known answers (issue 20: mutation survivors) -------------------------
+
+
+def test_an_aggregate_of_exactly_min_sites_is_used_one_fewer_is_refused() -> None:
+    check_survivors(2, min_sites=2)
+    message = (
+        "aggregate holds 1 contributions, fewer than sites.min_sites=2: "
+        "it carries less than the full noise; refusing to use it"
+    )
+    with pytest.raises(InstructionRefused, match=f"^{re.escape(message)}$"):
+        check_survivors(1, min_sites=2)
+
+
+@pytest.mark.parametrize("q", [0.0, 0.03, 0.3, 1.0])
+@pytest.mark.parametrize("n", [1, 7, 40])
+def test_the_binomial_tail_matches_scipy(n: int, q: float) -> None:
+    for k in range(-1, n + 2):
+        assert binomial_tail(k, n, q) == pytest.approx(float(binom.sf(k - 1, n, q)), rel=1e-9, abs=1e-300)
+
+
+def test_a_participation_count_is_implausible_exactly_when_its_tail_is_below_one_in_a_million() -> None:
+    rounds, q = 20, 0.1
+    first = min(k for k in range(rounds + 1) if binom.sf(k - 1, rounds, q) < IMPLAUSIBLE)  # 11 of 20
+
+    assert credible_rate(claimed=q, participations=first - 1, rounds=rounds) == q
+    assert credible_rate(claimed=q, participations=first, rounds=rounds) == 1.0
+    assert credible_rate(claimed=1.0, participations=rounds, rounds=rounds) == 1.0
+    for claimed in (0.0, -0.1, 1.5):
+        assert credible_rate(claimed=claimed, participations=0, rounds=rounds) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("rounds", "q", "expected"),
+    [(100, 0.1, 16), (10, 0.5, 9), (1, 0.01, 1), (100, 1.0, 100), (5, 0.9, 5)],
+)
+def test_expected_releases_are_the_mean_plus_two_standard_deviations(rounds: int, q: float, expected: int) -> None:
+    # 100 x 0.1: 10 + 2 sqrt(9) = 16; 10 x 0.5: 5 + 2 sqrt(2.5) = 8.2 -> 9; at least 1, at most all rounds.
+    assert expected_releases(rounds=rounds, sample_rate=q) == expected
+
+
+@pytest.mark.parametrize("trust_sampling", [True, False])
+def test_the_planned_user_level_noise_meets_the_figure_the_sites_enforce(trust_sampling: bool) -> None:
+    target, rounds, q, delta = 3.0, 8, 0.25, 1e-5
+    z = plan_user_level_noise(
+        target_epsilon=target,
+        rounds=rounds,
+        sample_rate=q,
+        delta=delta,
+        accountant="rdp",
+        trust_sampling=trust_sampling,
+    )
+
+    if trust_sampling:
+        enforced = epsilon_of_history([(z, q, rounds)], delta=delta, accountant="rdp")
+    else:
+        releases = expected_releases(rounds=rounds, sample_rate=q)
+        enforced = gaussian_epsilon(noise_multiplier=z, releases=releases, delta=delta)
+    assert 0.95 * target <= enforced <= target

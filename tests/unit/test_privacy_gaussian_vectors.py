@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 
@@ -71,3 +72,29 @@ def test_no_release_costs_nothing_and_more_releases_cost_more() -> None:
 def test_a_delta_outside_zero_one_is_refused(delta: float) -> None:
     with pytest.raises(ConfigError, match="delta"):
         gaussian_epsilon(noise_multiplier=1.0, releases=1, delta=delta)
+
+
+# -- planning boundaries (issue 20: mutation survivors) ------------------------------------------
+
+
+@pytest.mark.parametrize(("target", "releases"), [(1.0, 1), (8.0, 4), (50.0, 1), (200.0, 1)])
+def test_the_planned_noise_is_the_smallest_within_one_part_per_million(target: float, releases: int) -> None:
+    z = plan_gaussian_noise(target_epsilon=target, releases=releases, delta=1e-5)
+
+    assert gaussian_epsilon(noise_multiplier=z, releases=releases, delta=1e-5) <= target
+    assert gaussian_epsilon(noise_multiplier=z * (1 - 1e-6), releases=releases, delta=1e-5) > target
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"target_epsilon": 0.0, "releases": 1}, "target_epsilon must be a positive finite number (got 0.0)"),
+        ({"target_epsilon": math.inf, "releases": 1}, "target_epsilon must be a positive finite number (got inf)"),
+        ({"target_epsilon": math.nan, "releases": 1}, "target_epsilon must be a positive finite number (got nan)"),
+        ({"target_epsilon": 1.0, "releases": 0}, "releases must be >= 1 to plan noise (got 0)"),
+    ],
+    ids=["zero-target", "infinite-target", "nan-target", "no-release"],
+)
+def test_a_plan_that_cannot_be_made_names_the_field(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        plan_gaussian_noise(delta=1e-5, **kwargs)  # type: ignore[arg-type]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -279,3 +281,96 @@ def test_masks_modulo_a_prime_are_exact_and_deterministic(modulus):
     prg.apply_masks_mod(got, modulus, masks)
 
     assert got.astype(object).tolist() == expected.tolist()
+
+
+# -- field and mask-width boundaries (issue 20: mutation survivors) ------------------------------
+
+
+def _exactly(message: str) -> str:
+    return f"^{re.escape(message)}$"
+
+
+def test_a_threshold_of_one_gives_every_holder_the_secret():
+    assert shamir.split(7, threshold=1, count=3, prime=1613, coefficients=[]) == [(1, 7), (2, 7), (3, 7)]
+
+
+@pytest.mark.parametrize(("threshold", "count"), [(0, 3), (4, 3)])
+def test_a_threshold_outside_one_to_count_is_refused(threshold, count):
+    with pytest.raises(ValueError, match=_exactly(f"threshold={threshold} must be between 1 and count={count}")):
+        shamir.split(1, threshold=threshold, count=count, prime=1613)
+
+
+def test_shares_need_a_nonzero_field_element_each():
+    assert shamir.split(1, threshold=2, count=6, prime=7, coefficients=[1])[-1] == (6, 0)
+    with pytest.raises(ValueError, match=_exactly("more shares than field elements")):
+        shamir.split(1, threshold=2, count=7, prime=7, coefficients=[1])
+
+
+def test_the_secret_is_a_field_element_zero_included():
+    assert shamir.split(0, threshold=2, count=3, prime=7, coefficients=[1]) == [(1, 1), (2, 2), (3, 3)]
+    for secret in (7, -1):
+        with pytest.raises(ValueError, match=_exactly("secret does not fit the field")):
+            shamir.split(secret, threshold=2, count=3, prime=7, coefficients=[1])
+
+
+def test_the_number_of_coefficients_must_match_the_degree():
+    with pytest.raises(ValueError, match=_exactly("need 2 coefficients, got 1")):
+        shamir.split(5, threshold=3, count=4, prime=1613, coefficients=[1])
+
+
+@pytest.mark.parametrize("x", [0, 1613], ids=["zero", "the-prime"])
+def test_a_share_at_zero_is_refused_it_would_be_the_secret(x):
+    shares = shamir.split(1234, threshold=3, count=6, prime=1613, coefficients=[166, 94])
+
+    with pytest.raises(CryptoError, match=_exactly("secret sharing: shares must have distinct non-zero indices")):
+        shamir.combine([(x, 1234), *shares[:2]], prime=1613)
+
+
+def test_a_share_encodes_as_66_big_endian_bytes_inside_the_field():
+    assert shamir.to_bytes(1) == bytes(65) + b"\x01"
+    assert shamir.from_bytes(bytes(65) + b"\x01") == 1
+    assert shamir.from_bytes(shamir.to_bytes(shamir.PRIME - 1)) == shamir.PRIME - 1
+    with pytest.raises(CryptoError, match=_exactly("secret sharing: a share is outside the field")):
+        shamir.from_bytes(shamir.to_bytes(shamir.PRIME))
+    with pytest.raises(CryptoError, match=_exactly("secret sharing: a share has the wrong length")):
+        shamir.from_bytes(bytes(65))
+
+
+@pytest.mark.parametrize("bits", [1, 64])
+def test_mask_widths_from_one_to_sixty_four_bits(bits):
+    values = prg.expand(bytes(32), "pair", 256, bits)
+
+    assert values.dtype == np.uint64
+    assert set(np.unique(values).tolist()) == {0, 1} if bits == 1 else int(values.max()) >= 2**63
+
+
+@pytest.mark.parametrize("bits", [0, 65])
+def test_a_mask_width_outside_one_to_sixty_four_is_refused(bits):
+    with pytest.raises(ValueError, match=_exactly(f"mask width {bits} bits must be between 1 and 64")):
+        prg.expand(bytes(32), "pair", 4, bits)
+
+
+def test_an_empty_mask_is_allowed_a_negative_length_is_not():
+    assert prg.expand(bytes(32), "pair", 0, 24).shape == (0,)
+    with pytest.raises(ValueError, match=_exactly("negative mask length")):
+        prg.expand(bytes(32), "pair", -1, 24)
+
+
+def test_up_to_32_bits_a_mask_reads_4_keystream_bytes_per_value_above_8():
+    seed, n = bytes(range(32)), 512
+    words32 = prg.raw_words(seed, "pair", n).astype(np.uint64)
+    words64 = prg.expand(seed, "pair", n, 64)
+
+    assert np.array_equal(prg.expand(seed, "pair", n, 32), words32)
+    assert np.array_equal(prg.expand(seed, "pair", n, 20), words32 & np.uint64(2**20 - 1))
+    assert np.array_equal(prg.expand(seed, "pair", n, 33), words64 & np.uint64(2**33 - 1))
+    assert int(prg.expand(seed, "pair", n, 33).max()) >= 2**32
+
+
+def test_expand_into_adds_unless_told_to_subtract():
+    seed, mask = bytes(32), prg.expand(bytes(32), "pair", 8, 24)
+    acc = np.zeros(8, dtype=np.uint64)
+
+    prg.expand_into(acc, seed, "pair", 24)
+
+    assert np.array_equal(acc, mask)

@@ -14,10 +14,11 @@ import math
 import re
 
 import pytest
+from scipy.stats import norm
 
 from fedinfra.errors import ConfigError
 from fedinfra.privacy import compute_epsilon
-from fedinfra.privacy.gaussian import gaussian_delta, gaussian_epsilon, plan_gaussian_noise
+from fedinfra.privacy.gaussian import gaussian_delta, gaussian_epsilon, gdp_mu, plan_gaussian_noise
 
 # Phi(-0.5) = 0.3085375387, Phi(-1.5) = 0.0668072013 (normal tables):
 # delta(1; mu=1) = Phi(-0.5) - e * Phi(-1.5).
@@ -98,3 +99,61 @@ def test_the_planned_noise_is_the_smallest_within_one_part_per_million(target: f
 def test_a_plan_that_cannot_be_made_names_the_field(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         plan_gaussian_noise(delta=1e-5, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("epsilon", "mu"), list(itertools.product([0.0, 0.5, 1.0, 3.0, 8.0], [0.2, 1.0, 2.5, 6.0])))
+def test_the_delta_curve_is_balle_and_wang_theorem_8(epsilon: float, mu: float) -> None:
+    expected = norm.cdf(-epsilon / mu + mu / 2) - math.exp(epsilon) * norm.cdf(-epsilon / mu - mu / 2)
+
+    assert gaussian_delta(epsilon=epsilon, mu=mu) == pytest.approx(max(0.0, float(expected)), rel=1e-7, abs=1e-15)
+
+
+def test_mu_zero_is_no_release_and_costs_no_delta() -> None:
+    assert gaussian_delta(epsilon=0.0, mu=0.0) == 0.0
+
+
+@pytest.mark.parametrize("mu", [-0.1, math.inf, math.nan])
+def test_a_mu_outside_zero_to_infinity_is_refused(mu: float) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(f'mu must be a finite number >= 0 (got {mu!r})')}$"):
+        gaussian_delta(epsilon=1.0, mu=mu)
+
+
+def test_mu_is_the_square_root_of_the_releases_over_the_noise() -> None:
+    assert gdp_mu(noise_multiplier=2.0, releases=9) == 1.5
+    assert gdp_mu(noise_multiplier=0.5, releases=0) == 0.0
+
+
+@pytest.mark.parametrize("z", [0.0, -1.0, math.inf, math.nan])
+def test_a_noise_multiplier_that_is_not_positive_and_finite_is_refused(z: float) -> None:
+    message = f"noise_multiplier must be a positive finite number (got {z!r})"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        gdp_mu(noise_multiplier=z, releases=1)
+
+
+@pytest.mark.parametrize("releases", [-1, 1.5, True])
+def test_releases_that_are_not_a_whole_number_are_refused(releases: int) -> None:
+    message = f"releases must be a whole number >= 0 (got {releases!r})"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        gdp_mu(noise_multiplier=1.0, releases=releases)
+
+
+@pytest.mark.parametrize("delta", [0.0, 1.0, -0.5, math.nan])
+def test_a_delta_outside_zero_one_names_it(delta: float) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(f'delta must be in (0, 1) (got {delta!r})')}$"):
+        gaussian_epsilon(noise_multiplier=1.0, releases=1, delta=delta)
+
+
+@pytest.mark.parametrize(("z", "k", "delta"), [(1.0, 1, 1e-5), (0.5, 3, 1e-6), (4.0, 2, 0.01), (0.05, 1, 1e-5)])
+def test_epsilon_is_the_upper_end_of_a_one_part_per_billion_bracket(z: float, k: int, delta: float) -> None:
+    eps = gaussian_epsilon(noise_multiplier=z, releases=k, delta=delta)
+    mu = math.sqrt(k) / z
+
+    assert gaussian_delta(epsilon=eps, mu=mu) <= delta
+    assert gaussian_delta(epsilon=eps - 2e-9 * max(1.0, eps), mu=mu) > delta
+
+
+def test_a_delta_above_the_curve_at_zero_costs_no_epsilon() -> None:
+    at_zero = gaussian_delta(epsilon=0.0, mu=0.001)
+
+    assert gaussian_epsilon(noise_multiplier=1000.0, releases=1, delta=at_zero) == 0.0
+    assert gaussian_epsilon(noise_multiplier=1000.0, releases=1, delta=at_zero * 0.99) > 0.0

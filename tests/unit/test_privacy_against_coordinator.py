@@ -369,3 +369,54 @@ def test_the_planned_user_level_noise_meets_the_figure_the_sites_enforce(trust_s
         releases = expected_releases(rounds=rounds, sample_rate=q)
         enforced = gaussian_epsilon(noise_multiplier=z, releases=releases, delta=delta)
     assert 0.95 * target <= enforced <= target
+
+
+def _claim_refusal(claim: RoundClaim, message: str) -> None:
+    with pytest.raises(InstructionRefused, match=f"^{re.escape(message)}$"):
+        check_claim(claim, job_sites=6, min_sites=2, max_noise_split=3)
+
+
+def test_a_claim_on_every_edge_of_what_the_site_can_check_is_accepted() -> None:
+    for claim in (RoundClaim(1, 1, 2), RoundClaim(1, 2, 2), RoundClaim(7, 6, 6), RoundClaim(2, 1, 6)):
+        check_claim(claim, job_sites=6, min_sites=2, max_noise_split=3)
+    check_claim(RoundClaim(1, 1, 3), job_sites=6, min_sites=3, max_noise_split=3)
+
+
+def test_a_claim_just_past_each_edge_is_refused_naming_the_bound() -> None:
+    _claim_refusal(RoundClaim(0, 1, 2), "instruction round 0 is not a training round")
+    outside = "admitted sites, outside [sites.min_sites=2, sites.count=6]; refusing the round"
+    _claim_refusal(RoundClaim(1, 1, 1), f"instruction claims 1 {outside}")
+    _claim_refusal(RoundClaim(1, 1, 7), f"instruction claims 7 {outside}")
+    _claim_refusal(RoundClaim(1, 0, 2), "instruction claims 0 sampled sites of 2 admitted; refusing the round")
+    _claim_refusal(RoundClaim(1, 3, 2), "instruction claims 3 sampled sites of 2 admitted; refusing the round")
+    with pytest.raises(InstructionRefused) as refused:
+        check_claim(RoundClaim(1, 4, 4), job_sites=6, min_sites=4, max_noise_split=3)
+    assert str(refused.value) == (
+        "the job splits noise across sites.min_sites=4 sites, more than this site's "
+        "budget.max_noise_split=3; refusing the round"
+    )
+
+
+@pytest.mark.parametrize("trust_sampling", [True, False])
+def test_both_figures_follow_their_definitions(trust_sampling: bool) -> None:
+    z, delta = 1.5, 1e-5
+    fig = user_level_figures(
+        noise_multiplier=z,
+        releases=4,
+        rounds_released=3,
+        current_round=10,
+        sample_rate=0.3,
+        delta=delta,
+        accountant="rdp",
+        trust_sampling=trust_sampling,
+    )
+    a = gaussian_epsilon(noise_multiplier=z, releases=4, delta=delta)
+    # (b): ten Poisson rounds at the credible rate 0.3, plus the one extra release of a round un-amplified.
+    b = epsilon_of_history([(z, 0.3, 10), (z, 1.0, 1)], delta=delta, accountant="rdp")
+    without_extra = epsilon_of_history([(z, 0.3, 10)], delta=delta, accountant="rdp")
+
+    assert without_extra < b < a
+    assert (fig.against_coordinator, fig.amplified) == (pytest.approx(a, rel=1e-12), pytest.approx(b, rel=1e-12))
+    assert (fig.releases, fig.rounds, fig.sample_rate) == (4, 10, 0.3)
+    assert fig.enforced == ("amplified" if trust_sampling else "against-coordinator")
+    assert fig.epsilon == (fig.amplified if trust_sampling else fig.against_coordinator)

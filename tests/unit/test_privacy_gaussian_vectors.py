@@ -157,3 +157,8 @@ def test_a_delta_above_the_curve_at_zero_costs_no_epsilon() -> None:
 
     assert gaussian_epsilon(noise_multiplier=1000.0, releases=1, delta=at_zero) == 0.0
     assert gaussian_epsilon(noise_multiplier=1000.0, releases=1, delta=at_zero * 0.99) > 0.0
+
+
+def test_a_delta_lost_to_rounding_is_zero_not_negative() -> None:
+    # At epsilon 1000, mu 0.01 both log-terms round to the same float: delta underflows to 0.
+    assert gaussian_delta(epsilon=1000.0, mu=0.01) == 0.0

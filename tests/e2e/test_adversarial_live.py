@@ -45,7 +45,7 @@ from fedinfra.runtime.provision import provision
 from fedinfra.runtime.warm import write_secret
 from fedinfra.site.simulated import simulated_manifest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -86,7 +86,7 @@ class Federation:
         job = self.root / f"{name}.toml"
         job.write_text(_job(name, count))
         done = self.fedinfra("run", "--job", str(job), "--config", str(self.server_toml), "--format", "json",
-                             "--timeout", "360", timeout=420)
+                             "--timeout", "900", timeout=960)
         assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
         result = json.loads(done.stdout)
         assert result["status"] == "finished:completed", result

@@ -197,7 +197,7 @@ def stop_cmd(
     """Stop a deployed run's Flower runs on the running SuperLink (a finished run is left alone)."""
     from fedinfra.config.server import load_server
     from fedinfra.runtime.deploy import read_status
-    from fedinfra.runtime.runstore import find_run, read_run
+    from fedinfra.runtime.runstore import find_run, mark_stopped, read_run, unmark_stopped
     from fedinfra.runtime.submit import stop_stale
 
     def stop() -> tuple[list[str], str]:
@@ -209,7 +209,14 @@ def stop_cmd(
         if not info.flower_run_ids:
             return [], "no Flower run recorded (a simulation stops with its process)"
         flwr_home = Path(read_status(cfg.state_dir)["flwr_home"])
-        return stop_stale(run_dir, flwr_home=flwr_home), info.status
+        mark_stopped(run_dir)  # first: the coordinator's run.failed entry names the operator's stop
+        stopped: list[str] = []
+        try:
+            stopped = stop_stale(run_dir, flwr_home=flwr_home)
+        finally:
+            if not stopped:
+                unmark_stopped(run_dir)
+        return stopped, info.status
 
     stopped, status = guarded(stop)
     if not stopped:

@@ -22,6 +22,9 @@ from fedinfra.types import NDArrays
 METRICS_SCHEMA_VERSION = 2
 #: The Flower run ids of a fedinfra run (one per submission or resume), oldest first.
 FLOWER_RUNS_FILE = "flower-runs.json"
+#: Written by ``fedinfra runs stop`` before it stops the run's Flower runs: the operator's
+#: stop, so the coordinator's ``run.failed`` entry and ``runs ls`` name it as such.
+STOP_FILE = "stopped.json"
 _VERSIONED = ("fedinfra", "flwr", "torch", "opacus", "tenseal", "numpy")
 
 
@@ -88,6 +91,10 @@ class RunArtifacts:
         except (OSError, ValueError):
             return []
         return [str(r) for r in runs] if isinstance(runs, list) else []
+
+    def stop_requested(self) -> bool:
+        """``fedinfra runs stop`` asked for this run to stop (:data:`STOP_FILE`)."""
+        return (self.dir / STOP_FILE).is_file()
 
     def record_flower_run(self, flower_run_id: int | str) -> None:
         """Add Flower's run id to ``flower-runs.json``: one fedinfra id per run, Flower's inside it."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import secrets
 import time
@@ -74,6 +75,11 @@ if TYPE_CHECKING:
 
 #: How often the coordinator asks the SuperLink for replies (one cheap loopback request).
 PULL_INTERVAL_S = 0.2
+
+
+#: The round loop's log (issue 18): ids, counts, codes and durations, never data, model or
+#: metric values, nor a site's own error text (GDPR Art. 5(1)(c) data minimisation).
+_log = logging.getLogger("fedinfra.coordinator")
 
 
 @dataclass(frozen=True)
@@ -247,6 +253,7 @@ class Coordinator:
                 if reply.error:
                     details["error_code"] = str(int(reply.error.code))
                 trail.event("site.rejected", outcome="denied", details=details)
+                self._log_rejected(None, node, "site-error")
                 continue
             try:
                 hello = intake.parse_doc(SiteHello, reply)
@@ -256,6 +263,7 @@ class Coordinator:
                 trail.event(
                     "site.rejected", outcome="denied", details={"node": str(node), "reason": check, "check": check}
                 )
+                self._log_rejected(None, node, check)
                 continue
             refusal = identity_refusal(
                 hello.site,
@@ -269,31 +277,47 @@ class Coordinator:
                     outcome="denied",
                     details={"node": str(node), "reason": refusal, "code": "identity"},
                 )
+                self._log_rejected(None, node, "identity")
                 continue
             record_evaluation(trail, evaluation, gate="site", round=0, site=hello.site)
             details = site_details(hello, manifest)
-            reason = ""
+            reason, code = "", ""
             if not hello.preflight_passed:
                 # Its ``preflight_reason`` is the site's free text: never copied to the log.
-                reason = "site's own preflight refused"
+                reason, code = "site's own preflight refused", "preflight"
                 details["check"] = "site.preflight"
             elif evaluation.blocking:
-                reason = evaluation.reason()
+                reason, code = evaluation.reason(), "policy"
             elif self.num_features is not None and hello.num_features != self.num_features:
-                reason = f"site has {hello.num_features} features, the model {self.num_features}"
+                reason, code = f"site has {hello.num_features} features, the model {self.num_features}", "features"
             else:
-                reason = self.witnessing.refusal(hello.site, hello.cosigner)
+                reason, code = self.witnessing.refusal(hello.site, hello.cosigner), "cosigner"
             if reason:
                 trail.event("site.rejected", outcome="denied", site=hello.site, details={**details, "reason": reason})
+                self._log_rejected(hello.site, node, code)
                 continue
             details.update(self.witnessing.enrol(hello.site, hello.cosigner))
             trail.event("site.admitted", site=hello.site, details=details)
+            _log.info("run %s: site %s admitted", self.run_id, hello.site,
+                      extra={"event": "site.admitted", "run_id": self.run_id, "site": hello.site})
             admitted.append(Site(node, hello))
         if len(admitted) < self.job.sites.min_sites:
             raise PolicyViolation(
                 f"only {len(admitted)} sites passed admission; the job needs sites.min_sites={self.job.sites.min_sites}"
             )
         return sorted(admitted, key=lambda s: s.hello.site)
+
+    def _log_rejected(self, site: str | None, node: int, check: str) -> None:
+        """A refused site in the log: its id (or Flower's node id) and the check code, no reason text."""
+        who = site or f"node {node}"
+        _log.warning("run %s: %s rejected at admission (%s)", self.run_id, who, check,
+                     extra={"event": "site.rejected", "run_id": self.run_id, "site": site, "node": str(node),
+                            "check": check})
+
+    def _log_update_rejected(self, rnd: int, site: str, code: str) -> None:
+        _log.warning("run %s round %d: update of %s rejected (%s)", self.run_id, rnd, site, code,
+                     extra={"event": "update.rejected", "run_id": self.run_id, "round": rnd, "site": site,
+                            "code": code})
 
     # -- one round ---------------------------------------------------------------------
     def _sample(self, sites: list[Site]) -> list[Site]:
@@ -378,6 +402,9 @@ class Coordinator:
         sample = self._sample(sites)
         view = self._view_digest(state)
         trail.event("round.started", round=rnd, details={"sites": [s.hello.site for s in sample], "model_sha256": view})
+        _log.info("run %s round %d started: %d of %d sites sampled", self.run_id, rnd, len(sample), len(sites),
+                  extra={"event": "round.started", "run_id": self.run_id, "round": rnd, "sampled": len(sample),
+                         "admitted": len(sites)})
         by_node = {s.node_id: s for s in sample}
         # HE: the previous round's federated evaluation joins this wave (module docstring).
         evaluate_round = rnd - 1 if self.sites_evaluate and rnd > 1 else None
@@ -448,6 +475,7 @@ class Coordinator:
                         outcome="denied",
                         details={"site": name, "reason": check, "code": code, "check": check},
                     )
+                    self._log_update_rejected(rnd, name, code)
                     continue
                 if self.settings.he_public is not None:  # bounded before it is copied or parsed
                     intake.bounded_blob(reply, HE_UPDATE, self._he_update_bound())
@@ -470,6 +498,7 @@ class Coordinator:
                     outcome="denied",
                     details={"site": name, "reason": check, "code": "invalid", "check": check},
                 )
+                self._log_update_rejected(rnd, name, "invalid")
                 continue
             entry = trail.event(
                 "update.received",
@@ -514,6 +543,7 @@ class Coordinator:
                 outcome="denied",
                 details={"site": silent, "reason": check, "code": "timeout", "check": check},
             )
+            self._log_update_rejected(rnd, silent, "timeout")
         if evaluate_round is not None:
             self._record_evaluation(state, rnd, evaluate_round, tally)
         with _abandon_on_failure(rnd):
@@ -616,6 +646,13 @@ class Coordinator:
             details.update(test_loss=test_loss, test_accuracy=test_acc, metrics=self._metrics)
         trail.event("aggregation.completed", round=rnd, subject=subject, details=details)
         trail.checkpoint(rnd)
+        _log.info(
+            "run %s round %d finished: %d updates aggregated (%s), %d refused, %.1f s",
+            self.run_id, rnd, count, self.job.secure_aggregation.mode, len(refused), result.seconds,
+            extra={"event": "aggregation.completed", "run_id": self.run_id, "round": rnd, "updates": count,
+                   "refused": len(refused), "mode": self.job.secure_aggregation.mode,
+                   "seconds": round(result.seconds, 3)},
+        )
         return result
 
     def _eval_messages(self, state: RunState, rnd: int, sites: list[Site], phase: str) -> list[Message]:
@@ -796,6 +833,9 @@ class Coordinator:
                 if book.seen_size <= site.hello.checkpoint_size <= trail.log.size:
                     book.seen_size = site.hello.checkpoint_size
             trail.checkpoint(state.round)
+            _log.info("run %s: %d sites admitted, rounds %d to %d", self.run_id, len(sites), state.round + 1,
+                      self.job.rounds, extra={"event": "run.started", "run_id": self.run_id, "admitted": len(sites),
+                                              "first_round": state.round + 1, "rounds": self.job.rounds})
             self.reporter.run_started(self.run_id, self.job.rounds, len(sites))
             stop_reason = "completed"
             for rnd in range(state.round + 1, self.job.rounds + 1):
@@ -812,10 +852,15 @@ class Coordinator:
                     self.run_id, state.results, [s.hello.site for s in sites], time.monotonic() - t0
                 )
             self._close(grid, trail, sites, state, stop_reason, time.monotonic() - t0)
+            _log.info("run %s completed after round %d (%s)", self.run_id, state.round, stop_reason,
+                      extra={"event": "run.completed", "run_id": self.run_id, "round": state.round,
+                             "stop_reason": stop_reason})
             cosign_close(self, grid, sites, state, after)
             return state
         except BaseException as exc:
-            failed(trail, exc)
+            failed(trail, exc, stopped=self.artifacts.stop_requested())
+            _log.error("run %s failed (%s); its reason is in the audit log", self.run_id, type(exc).__name__,
+                       extra={"event": "run.failed", "run_id": self.run_id, "error": type(exc).__name__})
             raise
         finally:
             self.trail.log.close()

@@ -102,14 +102,21 @@ class AuditTrail:
         return self.log.receipt(seq, since=since or None).to_json()
 
 
-def failure_reason(exc: BaseException) -> str:
+#: The ``run.failed`` reason of a run the operator stopped (``fedinfra runs stop``).
+STOPPED_REASON = "stopped by the operator (fedinfra runs stop)"
+
+
+def failure_reason(exc: BaseException, *, stopped: bool = False) -> str:
     """Why a run ended abnormally, fit for the audit log.
 
     fedinfra's own errors carry a message written for the operator; anything else may
-    carry an input value in its message, so only its class is named.
+    carry an input value in its message, so only its class is named. ``stopped``: the
+    operator asked for the stop, whatever exception it surfaced as.
     """
     from fedinfra.errors import FedinfraError
 
+    if stopped:
+        return STOPPED_REASON
     if isinstance(exc, FedinfraError):
         return str(exc)
     if isinstance(exc, KeyboardInterrupt | SystemExit):
@@ -117,7 +124,7 @@ def failure_reason(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}; resume with 'fedinfra run --resume RUN_ID'"
 
 
-def failed(trail: AuditTrail, exc: BaseException) -> None:
+def failed(trail: AuditTrail, exc: BaseException, *, stopped: bool = False) -> None:
     """Write a signed ``run.failed`` entry (and checkpoint) for ``exc``; never raises.
 
     The entry is covered by a signed checkpoint so that an abnormal end is part of the
@@ -127,7 +134,7 @@ def failed(trail: AuditTrail, exc: BaseException) -> None:
         trail.event(
             "run.failed",
             outcome="failure",
-            details={"reason": failure_reason(exc), "error": type(exc).__name__},
+            details={"reason": failure_reason(exc, stopped=stopped), "error": type(exc).__name__},
         )
         trail.checkpoint(None)
     except Exception:  # noqa: S110 - the original exception is what the caller re-raises

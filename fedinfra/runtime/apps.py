@@ -143,8 +143,29 @@ def run_deployed(grid: Grid, run: DeployedRun) -> None:
 server_app = ServerApp()
 
 
+def _log_to_flower() -> None:
+    """Send the coordinator's log records (INFO and up) to this process's stderr.
+
+    Flower mirrors a ServerApp's stdout and stderr to the SuperLink, so the round loop's
+    lines reach ``flwr log`` and thus ``runs/<id>/flower.log`` (``fedinfra runs logs``).
+    A handler someone configured already is kept.
+    """
+    import logging
+    import sys
+
+    root = logging.getLogger("fedinfra")
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
 @server_app.main()
 def _main(grid: Grid, context: Context) -> None:
+    _log_to_flower()
     run = parse_run_config(dict(context.run_config))
     try:
         run_deployed(grid, run)

@@ -16,10 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedinfra.coordinator.artifacts import FLOWER_RUNS_FILE
+from fedinfra.coordinator.artifacts import FLOWER_RUNS_FILE, STOP_FILE
+from fedinfra.coordinator.trail import STOPPED_REASON
 from fedinfra.errors import ConfigError
 
 LOG_FILES = ("flower.log", "superlink.log", "coordinator.log")
+#: ``runs ls`` status of a run ``fedinfra runs stop`` stopped.
+STOPPED_STATUS = "stopped: by the operator"
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,11 @@ def read_run(run_dir: Path) -> RunInfo:
     mechanism = str(privacy.get("mechanism") or _dict(job.get("privacy")).get("mechanism") or "not recorded")
     secagg = metrics.get("secure_aggregation") or _dict(job.get("secure_aggregation")).get("mode")
     rounds = [r for r in metrics.get("rounds", []) if isinstance(r, dict)]
-    if isinstance(error, dict):
+    if metrics.get("stop_reason") == "completed":
+        status = "completed"  # it finished before a stop took
+    elif (run_dir / STOP_FILE).is_file():
+        status = STOPPED_STATUS
+    elif isinstance(error, dict):
         status = "failed"
     elif metrics.get("stop_reason"):
         status = "completed" if metrics["stop_reason"] == "completed" else f"stopped: {metrics['stop_reason']}"
@@ -148,6 +155,21 @@ def find_run(runs_dir: Path, run_id: str) -> Path:
 _LOG_STATUS = {"run.created": "started", "run.completed": "completed", "run.failed": "failed"}
 
 
+def mark_stopped(run_dir: Path) -> None:
+    """Record the operator's stop (before Flower's run is stopped: the coordinator reads it as it ends)."""
+    import datetime as dt
+
+    from fedinfra.coordinator.artifacts import atomic_write
+
+    when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    atomic_write(run_dir / STOP_FILE, json.dumps({"stopped_at": when, "by": "fedinfra runs stop"}).encode())
+
+
+def unmark_stopped(run_dir: Path) -> None:
+    """Withdraw :func:`mark_stopped` (nothing was stopped)."""
+    (run_dir / STOP_FILE).unlink(missing_ok=True)
+
+
 def runs_in_log(target: str | Path) -> dict[str, tuple[str, str]]:
     """``run id -> (status, first timestamp)`` from the audit log's run.created/completed/failed entries.
 
@@ -163,7 +185,10 @@ def runs_in_log(target: str | Path) -> dict[str, tuple[str, str]]:
                 if entry.run_id is None:
                     continue
                 first = found.get(entry.run_id, ("", entry.ts))[1]
-                found[entry.run_id] = (_LOG_STATUS[kind], str(first))
+                status = _LOG_STATUS[kind]
+                if kind == "run.failed" and entry.details.get("reason") == STOPPED_REASON:
+                    status = "stopped"
+                found[entry.run_id] = (status, str(first))
     return found
 
 

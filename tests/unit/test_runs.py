@@ -169,3 +169,40 @@ def test_runs_ls_reads_the_consortium_audit_log_too(
         DPHE: ("completed", "started"),
     }
     assert "runs ls" in (tmp_path / "audit.sqlite.reads.jsonl").read_text()  # the read was recorded first
+
+
+def test_a_run_the_operator_stopped_is_listed_as_stopped_by_its_directory_and_by_the_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``runs stop`` marks the run before stopping Flower's; the coordinator's run.failed names the stop."""
+    from fedinfra.audit import Actor, AuditLog
+    from fedinfra.audit.note import Signer
+    from fedinfra.coordinator.trail import failure_reason
+    from fedinfra.runtime.runstore import mark_stopped
+
+    runs = tmp_path / "runs"
+    stopped, crashed = "20260301T110000Z-dddddddddddd", "20260301T120000Z-eeeeeeeeeeee"
+    for run_id in (stopped, crashed):
+        art = RunArtifacts(runs / run_id)
+        art.write_job(JobSpec(), run_id)
+        art.record_flower_run(333)
+        art.write_json("error.json", {"error": "SystemExit", "message": "1"})  # what the ServerApp leaves
+    mark_stopped(runs / stopped)
+    assert RunArtifacts(runs / stopped).stop_requested()
+    assert not RunArtifacts(runs / crashed).stop_requested()
+    store = tmp_path / "audit.sqlite"
+    coord = Actor(kind="coordinator", id="coordinator")
+    with AuditLog.open(store, origin="fedinfra.test", signer=Signer.generate("fedinfra.test")) as log:
+        for run_id, was_stopped in ((stopped, True), (crashed, False)):
+            log.append(run_id=run_id, round=None, type="run.created", actor=coord, outcome="success", details={})
+            reason = failure_reason(SystemExit(1), stopped=was_stopped)
+            log.append(run_id=run_id, round=None, type="run.failed", actor=coord, outcome="failure",
+                       details={"reason": reason})
+        log.publish_checkpoint(run_id=stopped)
+
+    code, out, err = cli(capsys, "runs", "ls", "--runs-dir", str(runs), "--store", str(store), "--format", "json")
+
+    assert code == 0, err
+    listed = {r["run_id"]: (r["status"], r["audit_status"]) for r in json.loads(out)}
+    assert listed == {stopped: ("stopped: by the operator", "stopped"), crashed: ("failed", "failed")}
+    assert (runs / stopped / "stopped.json").stat().st_mode & 0o077 == 0

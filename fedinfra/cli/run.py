@@ -132,7 +132,12 @@ def register(app: typer.Typer) -> None:
                 highlight=False,
             )
         if status != "finished:completed":
+            from fedinfra.coordinator.artifacts import RunArtifacts
+            from fedinfra.coordinator.trail import STOPPED_REASON
+
             reason = (out["error"] or {}).get("message") or f"see {sub.run_dir / 'flower.log'}"
+            if RunArtifacts(sub.run_dir).stop_requested():
+                reason = STOPPED_REASON  # not the Runtime API's refusal it surfaced as
             if not quiet:
                 err_console.print(f"[bold red]error:[/] run {sub.run_id} {status}: {reason}", highlight=False)
             raise typer.Exit(1)

@@ -72,13 +72,29 @@ def ls_cmd(
     table.add_column("run id", no_wrap=True)
     logged = store is not None
     for col in ("status", *(["audit log"] if logged else []), "mode", "rounds", "accuracy", "max ε", "Flower run ids"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # wrap on a narrow terminal, never cut
     for r in runs:
         planned = f"/{r.rounds_planned}" if r.rounds_planned is not None else ""
         table.add_row(r.run_id, r.status, *([r.audit_status or "–"] if logged else []), r.mode,
                       f"{r.rounds_done}{planned}", _fmt(r.final_accuracy), _fmt(r.epsilon_max, ".3f"),
                       ", ".join(r.flower_run_ids) or "–")
-    console.print(table)
+    _print_wide(table)
+
+
+def _print_wide(table: Table) -> None:
+    """Print ``table``; into a pipe or a log (no terminal, 80 columns) at its natural width, uncut."""
+    from rich.measure import Measurement
+
+    if console.is_terminal:
+        console.print(table)
+        return
+    natural = Measurement.get(console, console.options.update(max_width=1000), table).maximum
+    width = console.width
+    console.width = max(width, natural)  # print() never exceeds the console's width
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 @runs_app.command("show")
@@ -182,7 +198,7 @@ def logs_cmd(
                       highlight=False, soft_wrap=True)
         return
     for log in logs:
-        console.print(f"[bold]==> {log['path']} <==[/]", highlight=False)
+        console.print(f"[bold]==> {log['path']} <==[/]", highlight=False, soft_wrap=True)
         for line in log["lines"]:
             console.print(line, highlight=False, markup=False, soft_wrap=True)
 

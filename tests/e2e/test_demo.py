@@ -17,6 +17,23 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
+#: Seconds a two-round demo may take. It is CPU-bound (Ray, DP-SGD, BFV, a PDF report): on a
+#: 2-core machine shared with other jobs it took 392 s where 300 s was the limit (issue 18),
+#: so the budget is 900 s; a run that exceeds it is killed, with its process tree, and fails.
+DEMO_BUDGET_S = 900
+
+
+def _communicate(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """``proc.communicate`` that kills the demo's whole tree (Ray workers included) on timeout."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"the demo did not finish within {timeout:.0f} s; its stderr ends: {err[-1500:]}")
+
 
 def _is_loopback(ip: str) -> bool:
     addr = ipaddress.ip_address(ip.split("%")[0])
@@ -71,7 +88,7 @@ def test_demo_runs_two_rounds_on_loopback_and_writes_artifacts(fedinfra_bin: str
         text=True,
     )
     with SocketWatcher(proc.pid) as watcher:
-        out, err = proc.communicate(timeout=300)
+        out, err = _communicate(proc, DEMO_BUDGET_S)
 
     assert proc.returncode == 0, err
     assert watcher.seen > 0, "the watcher saw no sockets at all; it would not catch a leak"
@@ -140,7 +157,7 @@ def test_demo_without_protection_is_refused_by_policy_and_audited(fedinfra_bin: 
         [fedinfra_bin, "demo", "--privacy", "none", "--rounds", "1", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=DEMO_BUDGET_S,
         check=False,
     )
     assert res.returncode == 1

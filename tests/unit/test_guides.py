@@ -80,9 +80,18 @@ def test_every_kit_holds_the_audit_verification_key_as_a_file_that_verifies(
         log.publish_checkpoint(run_id="r")
 
     code, out, err = _invoke(capsys, "audit", "verify", str(store), "--public-key", str(coordinator / "audit.vkey"))
+    kit_code, kit_out, kit_err = _invoke(
+        capsys, "audit", "verify", str(store), "--public-key", str(coordinator / "kit.toml")
+    )
 
     assert code == 0, err
     assert "pinned" in out
+    assert kit_code == 0, kit_err  # the guides name audit.vkey; the kit table holds the same key
+    assert kit_out == out
+    other = Signer.generate("fedinfra-audit.other").vkey  # a key that did not sign: refused
+    (tmp_path / "other.vkey").write_text(other + "\n")
+    bad_code, _, _ = _invoke(capsys, "audit", "verify", str(store), "--public-key", str(tmp_path / "other.vkey"))
+    assert bad_code == 1
 
 
 GUIDES = [
@@ -94,11 +103,19 @@ GUIDES = [
 ]
 
 
+#: ``$RUN`` of the guides: the id ``fedinfra run`` printed.
+SAMPLE_RUN = "20260301T090000Z-aaaaaaaaaaaa"
+
+
 def documented_commands(path: Path) -> list[list[str]]:
-    """Every ``fedinfra ...`` line of the guide's shell blocks, split as a shell would (comments dropped)."""
+    """Every ``fedinfra ...`` line of the guide's shell blocks, split as a shell would (comments dropped).
+
+    ``$VAR`` takes the value the guide's own ``export VAR=...`` line gives it (``$RUN``: a run
+    id); a trailing ``&`` (run in another shell) is dropped.
+    """
     import shlex
 
-    commands, in_shell, pending = [], False, ""
+    lines, in_shell, pending = [], False, ""
     for line in path.read_text().splitlines():
         fence = line.strip()
         if fence.startswith("```"):
@@ -108,11 +125,26 @@ def documented_commands(path: Path) -> list[list[str]]:
             if line.rstrip().endswith("\\"):  # a continued line
                 pending += line.rstrip()[:-1] + " "
                 continue
-            line, pending = pending + line, ""
-            words = shlex.split(line, comments=True)
-            if words and words[0] == "fedinfra":
-                commands.append(words[1:])
+            lines.append(pending + line)
+            pending = ""
+    values = {"RUN": SAMPLE_RUN}
+    for line in lines:
+        words = shlex.split(line, comments=True)
+        if words[:1] == ["export"]:
+            values.update(w.split("=", 1) for w in words[1:] if "=" in w)
+    commands = []
+    for line in lines:
+        words = shlex.split(line, comments=True)
+        if words and words[0] == "fedinfra":
+            words = words[:-1] if words[-1] == "&" else words
+            commands.append([_expand(w, values) for w in words[1:]])
     return commands
+
+
+def _expand(word: str, values: dict[str, str]) -> str:
+    import re
+
+    return re.sub(r"\$(\w+)", lambda m: values.get(m.group(1), m.group(0)), word)
 
 
 def _parse(args: list[str]) -> None:

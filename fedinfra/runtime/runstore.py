@@ -82,8 +82,8 @@ def _num(value: Any) -> float | None:
 
 
 def is_run_dir(path: Path) -> bool:
-    """A directory a run wrote (its job or its metrics)."""
-    return path.is_dir() and ((path / "job.json").is_file() or (path / "metrics.json").is_file())
+    """A directory a run wrote: its job, its metrics, or (just submitted) Flower's run id."""
+    return path.is_dir() and any((path / n).is_file() for n in ("job.json", "metrics.json", FLOWER_RUNS_FILE))
 
 
 def read_run(run_dir: Path) -> RunInfo:
@@ -107,6 +107,8 @@ def read_run(run_dir: Path) -> RunInfo:
         status = "completed" if metrics["stop_reason"] == "completed" else f"stopped: {metrics['stop_reason']}"
     elif metrics or job:
         status = "running or interrupted"
+    elif (run_dir / FLOWER_RUNS_FILE).is_file():
+        status = "submitted"  # the SuperLink has it; the coordinator has not started it yet
     else:
         status = "unknown"
     flower = metrics.get("flower_run_ids") or _read(run_dir / FLOWER_RUNS_FILE) or []

@@ -366,6 +366,7 @@ def _run_id(text: str) -> str:
 def _live_run(fed: Consortium, party: str, proc: Proc) -> None:
     """Step m: the run is live until stopped; its Flower log has lines for 'runs logs' to show."""
     run_dir = fed.home(party) / "server/runs" / fed.variables[party]["RUN"]
+    # What an operator sees before reaching for 'runs logs': the run's Flower log has begun.
     _wait_for(lambda: (run_dir / "flower.log").exists() and (run_dir / "flower.log").stat().st_size > 0, 120,
               "the live run's Flower log")
 

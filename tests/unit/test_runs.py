@@ -206,3 +206,24 @@ def test_a_run_the_operator_stopped_is_listed_as_stopped_by_its_directory_and_by
     listed = {r["run_id"]: (r["status"], r["audit_status"]) for r in json.loads(out)}
     assert listed == {stopped: ("stopped: by the operator", "stopped"), crashed: ("failed", "failed")}
     assert (runs / stopped / "stopped.json").stat().st_mode & 0o077 == 0
+
+
+def test_a_run_just_submitted_is_found_before_its_coordinator_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'fedinfra run' writes flower-runs.json and flower.log at once; job.json comes with the ServerApp."""
+    run_id = "20260301T130000Z-ffffffffffff"
+    run_dir = tmp_path / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "flower-runs.json").write_text('["444"]')
+    (run_dir / "flower.log").write_text("Starting logstream\n")
+
+    code, out, err = cli(capsys, "runs", "logs", run_id, "--runs-dir", str(tmp_path / "runs"), "--format", "json")
+    ls_code, ls_out, _ = cli(capsys, "runs", "ls", "--runs-dir", str(tmp_path / "runs"), "--format", "json")
+
+    assert code == 0, err
+    assert json.loads(out)["logs"][0]["lines"] == ["Starting logstream"]
+    assert ls_code == 0
+    assert [(r["run_id"], r["status"], r["flower_run_ids"]) for r in json.loads(ls_out)] == [
+        (run_id, "submitted", ["444"])
+    ]

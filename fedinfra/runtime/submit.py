@@ -14,15 +14,16 @@ Flower run left behind by a crashed coordinator.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from fedinfra.config import JobSpec
-from fedinfra.coordinator.artifacts import FLOWER_RUNS_FILE
+from fedinfra.coordinator.artifacts import FLOWER_RUNS_FILE, atomic_write
 from fedinfra.errors import ConfigError, RuntimeLaunchError
 from fedinfra.runtime.deploy import CONNECTION, flwr_cli
 from fedinfra.runtime.procs import flower_bin, flower_env
@@ -37,6 +38,12 @@ class Submitted:
     run_id: str
     flower_run_id: str
     run_dir: Path
+
+
+def _private_log(path: Path) -> BinaryIO:
+    """Open ``path`` for appending, created 0600 (45 CFR 164.312(a)(1): access to run records)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return os.fdopen(fd, "ab")
 
 
 def check_app_dir(app_dir: Path) -> None:
@@ -87,7 +94,7 @@ def submit(
     check_app_holds_task(app_dir, job)
     check_own_app(app_dir, kit, audit_dir)  # before anything reaches the SuperLink
     run_dir = runs_dir / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     config = run_config(
         job,
         run_id=run_id,
@@ -98,7 +105,7 @@ def submit(
         report_formats=DEFAULT_REPORT_FORMATS if report_formats is None else report_formats,
     )
     overrides = run_dir / "flower-run-config.toml"
-    overrides.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in config.items()))
+    atomic_write(overrides, "".join(f"{k} = {_toml_value(v)}\n" for k, v in config.items()).encode())
     answer = flwr_cli(["run", str(app_dir), CONNECTION, "--run-config", str(overrides)], flwr_home=flwr_home)
     if not answer.get("success"):
         detail = [ln for ln in str(answer.get("error-message", "")).splitlines() if ln.strip()]
@@ -107,7 +114,7 @@ def submit(
     record = run_dir / FLOWER_RUNS_FILE
     runs = flower_runs(run_dir)
     runs.append(flower_run_id)
-    record.write_text(json.dumps(runs))
+    atomic_write(record, json.dumps(runs).encode())
     return Submitted(run_id, flower_run_id, run_dir)
 
 
@@ -184,7 +191,7 @@ def follow(
     stream = subprocess.Popen(  # noqa: S603 - fixed argv
         [flower_bin("flwr"), "log", sub.flower_run_id, CONNECTION, "--stream"],
         env=flower_env(flwr_home),
-        stdout=(sub.run_dir / "flower.log").open("ab"),
+        stdout=_private_log(sub.run_dir / "flower.log"),
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
     )

@@ -392,4 +392,18 @@ def test_a_device_refuses_the_crafted_app_through_the_live_superlink(federation:
     events = [json.loads(line) for line in (state / SITE_AUDIT_FILE).read_text().splitlines()]
     assert [e["event"] for e in events] == ["app.refused"]  # audited at the device
     assert [p for p in state.rglob("crafted*")] == []  # never installed there
-    assert "Traceback" not in log.read_text(errors="replace")
+    # Flower's task process logs the refused ClientApp's exception with its traceback; any
+    # other traceback (the edge runner, the launcher, the SuperNode) is a crash of the device.
+    assert _tracebacks_other_than(log.read_text(errors="replace"), "CryptoError: app release refused") == []
+
+
+def _tracebacks_other_than(text: str, expected: str) -> list[str]:
+    """Every traceback in ``text`` whose exception line is not ``expected`` (chained ones included)."""
+    lines = text.splitlines()
+    others = []
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last):"):
+            end = next((j for j in range(i + 1, len(lines)) if lines[j] and not lines[j].startswith(" ")), i)
+            if expected not in lines[end].replace("fedinfra.errors.", ""):
+                others.append("\n".join(lines[i : end + 1]))
+    return others

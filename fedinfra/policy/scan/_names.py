@@ -18,15 +18,14 @@ from fedinfra.errors import ConfigError
 _FILE = "names-census-1990.txt"
 
 
-@lru_cache(maxsize=1)
-def name_lists() -> tuple[frozenset[str], frozenset[str]]:
-    """``(given, surnames)``, lower case, from the shipped census tables."""
-    ref = resources.files("fedinfra._compliance") / "reference" / _FILE
+def reference_sections(file: str, names: tuple[str, ...]) -> dict[str, set[str]]:
+    """The ``[section]`` lines of a list shipped in ``compliance/reference/`` (``#`` comments skipped)."""
+    ref = resources.files("fedinfra._compliance") / "reference" / file
     try:
         text = ref.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"compliance/reference/{_FILE}: cannot read ({exc}); reinstall fedinfra") from exc
-    sections: dict[str, set[str]] = {"given": set(), "surname": set()}
+        raise ConfigError(f"compliance/reference/{file}: cannot read ({exc}); reinstall fedinfra") from exc
+    sections: dict[str, set[str]] = {name: set() for name in names}
     current: set[str] | None = None
     for line in text.splitlines():
         if not line or line.startswith("#"):
@@ -35,6 +34,13 @@ def name_lists() -> tuple[frozenset[str], frozenset[str]]:
             current = sections[line.strip("[]")]
         elif current is not None:
             current.add(line)
+    return sections
+
+
+@lru_cache(maxsize=1)
+def name_lists() -> tuple[frozenset[str], frozenset[str]]:
+    """``(given, surnames)``, lower case, from the shipped census tables."""
+    sections = reference_sections(_FILE, ("given", "surname"))
     return frozenset(sections["given"]), frozenset(sections["surname"])
 
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from functools import lru_cache
-from importlib import resources
 
-from fedinfra.errors import ConfigError
 from fedinfra.policy.scan import _names
 
 _FILE = "places-geonames.txt"
@@ -57,20 +55,7 @@ def regions() -> frozenset[str]:
 
 @lru_cache(maxsize=1)
 def _lists() -> tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[str]]:
-    ref = resources.files("fedinfra._compliance") / "reference" / _FILE
-    try:
-        text = ref.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"compliance/reference/{_FILE}: cannot read ({exc}); reinstall fedinfra") from exc
-    sections: dict[str, set[str]] = {"city": set(), "county": set(), "region": set()}
-    current: set[str] | None = None
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("["):
-            current = sections[line.strip("[]")]
-        elif current is not None:
-            current.add(line)
+    sections = _names.reference_sections(_FILE, ("city", "county", "region"))
     counties = sections["county"]
     bare = {_COUNTY_SUFFIX.sub("", c) for c in counties}
     return (

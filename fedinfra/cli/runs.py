@@ -13,7 +13,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from fedinfra.cli._common import OutputFormat, console, fail, guarded, print_json
+from fedinfra.cli._common import OutputFormat, console, err_console, fail, guarded, print_json
 from fedinfra.errors import ConfigError
 
 runs_app = typer.Typer(name="runs", help="List, show, compare, stop and read the logs of runs.", no_args_is_help=True)
@@ -208,9 +208,17 @@ def stop_cmd(
     run_id: str = typer.Argument(..., help="The run id."),
     runs_dir: Path = _RUNS_DIR,
     config: Path = typer.Option(Path("server/server.toml"), "--config", help="server.toml of the running coordinator."),
+    wait: float = typer.Option(
+        60.0, "--wait", min=0, max=3600,
+        help="Seconds to wait for the coordinator to record the end (its run.failed entry); 0: do not wait.",
+    ),
     fmt: OutputFormat = _FORMAT,
 ) -> None:
-    """Stop a deployed run's Flower runs on the running SuperLink (a finished run is left alone)."""
+    """Stop a deployed run's Flower runs on the running SuperLink (a finished run is left alone).
+
+    Returns once the coordinator has written the run's end (``error.json`` follows its signed
+    ``run.failed`` entry), so ``runs ls`` and ``audit show`` right after it show the stop.
+    """
     from fedinfra.config.server import load_server
     from fedinfra.runtime.deploy import read_status
     from fedinfra.runtime.runstore import find_run, mark_stopped, read_run, unmark_stopped
@@ -237,10 +245,40 @@ def stop_cmd(
     stopped, status = guarded(stop)
     if not stopped:
         fail(f"run {run_id}: nothing to stop ({status})")
+    recorded = guarded(lambda: _await_end(find_run(load_server(config).runs_dir, run_id), wait))
     if fmt is OutputFormat.json:
-        print_json({"run_id": run_id, "stopped_flower_runs": stopped, "status": status})
-    else:
-        console.print(f"run {run_id}: stopped Flower run(s) {', '.join(stopped)}", highlight=False)
+        print_json({"run_id": run_id, "stopped_flower_runs": stopped, "status": status, "end_recorded": recorded})
+        return
+    console.print(f"run {run_id}: stopped Flower run(s) {', '.join(stopped)}", highlight=False)
+    if recorded:
+        console.print(f"run {run_id}: the coordinator recorded the stop (run.failed)", highlight=False)
+    elif wait > 0:
+        err_console.print(
+            f"[bold yellow]warning:[/] run {run_id}: the coordinator has not recorded the end after {wait:.0f} s; "
+            "see 'fedinfra runs logs' and check 'fedinfra runs ls' again",
+            highlight=False,
+        )
+
+
+def _await_end(run_dir: Path, wait: float) -> bool:
+    """Whether the coordinator wrote the run's end (error.json or a final stop_reason) within ``wait`` s."""
+    import json
+    import time
+
+    from fedinfra.runtime.apps import ERROR_FILE
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        except (OSError, ValueError):
+            metrics = None
+        done = isinstance(metrics, dict) and bool(metrics.get("stop_reason"))
+        if (run_dir / ERROR_FILE).is_file() or done:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
 
 
 @runs_app.command("track")

@@ -275,13 +275,14 @@ class EdgeRunner:
 
     def _retry_later(self, error: str) -> None:
         delay = self.backoff.next_delay()
-        self.hooks.log(f"{error}; retry {self.backoff.attempt} in {delay:.1f} s")
+        # The status file first: whoever reads the log line and then status.json sees this retry.
         self._save(
             failures=self._count("failures"),
             last_error=error,
             retry_attempt=self.backoff.attempt,
             retry_delay_s=round(delay, 3),
         )
+        self.hooks.log(f"{error}; retry {self.backoff.attempt} in {delay:.1f} s")
         self.hooks.stop.wait(delay)
 
     # -- one pass ------------------------------------------------------------------------

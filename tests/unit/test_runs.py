@@ -227,3 +227,30 @@ def test_a_run_just_submitted_is_found_before_its_coordinator_starts(
     assert [(r["run_id"], r["status"], r["flower_run_ids"]) for r in json.loads(ls_out)] == [
         (run_id, "submitted", ["444"])
     ]
+
+
+def test_runs_stop_returns_once_the_coordinator_has_recorded_the_end(tmp_path: Path) -> None:
+    """``runs stop`` waits for the ServerApp's error.json (written after its run.failed entry).
+
+    Without the wait, ``runs ls`` right after ``runs stop`` showed the audit status 'started'
+    (CI, stop 22): the coordinator had not yet written run.failed.
+    """
+    import threading
+    import time
+
+    from fedinfra.cli.runs import _await_end
+
+    run_dir = tmp_path / DP
+    art = RunArtifacts(run_dir)
+    art.write_job(JobSpec(), DP)
+    assert _await_end(run_dir, 0.0) is False  # nothing recorded yet, no wait
+    t0 = time.monotonic()
+    assert _await_end(run_dir, 0.6) is False  # it waited, then gave up
+    assert time.monotonic() - t0 >= 0.6
+    timer = threading.Timer(0.3, lambda: art.write_json("error.json", {"error": "SystemExit", "message": "1"}))
+    timer.start()
+    assert _await_end(run_dir, 10.0) is True
+    timer.join()
+    done = tmp_path / DPHE
+    RunArtifacts(done).write_json("metrics.json", {"stop_reason": "completed"})
+    assert _await_end(done, 0.0) is True

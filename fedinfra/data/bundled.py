@@ -35,6 +35,10 @@ class SplitData:
     y_test: I64
     num_classes: int
     feature_names: tuple[str, ...]
+    #: The standardisation applied (the job's constants or the held-out split's moments):
+    #: a deployed site applies the same to its own rows (:func:`fedinfra.site.data._deployed_scale`).
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
     @property
     def num_features(self) -> int:
@@ -121,4 +125,6 @@ def split_standardised(
         y_test=np.asarray(y[te], dtype=np.int64),
         num_classes=int(np.unique(y).size),
         feature_names=names,
+        mean=tuple(float(v) for v in mu),
+        std=tuple(float(v) for v in sd),
     )

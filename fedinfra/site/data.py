@@ -163,15 +163,44 @@ def _deployed(manifest_path: str, job_json: str) -> SiteData:
         raise ConfigError(f"{manifest_path}: field 'dataset' is required for a deployed site")
     decl = manifest.dataset
     data_path = resolve(decl, Path(manifest_path).parent)
+    job = JobSpec.model_validate_json(job_json)
+    scale = _deployed_scale(job)
 
     def read() -> Table:
         x, y, names = read_declared(decl, data_path)
+        if scale is not None:
+            mean, std = scale
+            if x.shape[1] != mean.size:
+                raise DataError(
+                    f"{data_path}: {x.shape[1]} feature columns, but the job's data set {job.data.dataset!r} "
+                    f"(its evaluation data and standardisation) has {mean.size}; declare matching features "
+                    f"in {manifest_path} [dataset]"
+                )
+            x = ((x - mean) / std).astype(np.float32)
         return Table(x, y, names)
 
     # Without an evaluation part of its own, the task keeps the last 20% of the rows
     # (seeded shuffle) for federated evaluation.
     source = DataSource(read=read, declaration=decl, path=data_path)
-    return _from_task(JobSpec.model_validate_json(job_json), manifest.name, source, manifest, data_path)
+    return _from_task(job, manifest.name, source, manifest, data_path)
+
+
+def _deployed_scale(job: JobSpec) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
+    """The standardisation a deployed site applies to its own rows under a built-in task.
+
+    The coordinator evaluates on the job's bundled data set standardised with public
+    constants (the job's ``feature_mean``/``feature_std`` or the held-out split's moments,
+    :func:`load_split`); a site that trained on raw features would learn another scale
+    (the hospital example reached accuracy 0.626 that way). The constants come from the
+    job, never from any site's rows, so applying them releases nothing (issue 14, item 6).
+    A job with its own ``[task]`` standardises in its task.
+    """
+    if job.task is not None:
+        return None
+    split = load_split(job)
+    if not split.mean:
+        return None
+    return np.asarray(split.mean, dtype=np.float64), np.asarray(split.std, dtype=np.float64)
 
 
 def resolve_site_data(node_config: dict[str, object], job: JobSpec) -> SiteData:

@@ -110,3 +110,51 @@ def test_data_layer_refuses_constants_of_the_wrong_length() -> None:
     x, y, names = _raw("wine")
     with pytest.raises(DataError, match="feature_mean"):
         split_standardised(x, y, names, test_fraction=TEST, seed=SEED, mean=[0.0] * 12, std=[1.0] * 12)
+
+
+def test_a_deployed_site_scales_its_raw_rows_as_the_coordinator_scales_its_evaluation_data(tmp_path: Path) -> None:
+    """The hospital example's raw CSV, read by a deployed site under ``server/job.toml``.
+
+    Before, deployed sites trained on raw features while the coordinator evaluated on the
+    standardised bundled split: the live guide run reached accuracy 0.626. Now the site
+    applies the job's public constants, so a model fitted on its rows scores on the
+    coordinator's evaluation split as it would on its own.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    from sklearn.linear_model import LogisticRegression
+
+    from fedinfra.site.data import resolve_site_data
+
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, str(repo / "clients/hospital/prepare_data.py"), "--sites", "3",
+                    "--out", str(tmp_path / "data")], check=True, capture_output=True)
+    shutil.copy(repo / "clients/hospital/site.toml", tmp_path / "site.toml")
+    job = load_job(repo / "server/job.toml")
+    site = resolve_site_data({"site-manifest": str(tmp_path / "site.toml")}, job)
+    split = load_split(job)
+    assert np.allclose(split.mean, [float(v) for v in job.data.feature_mean or []])  # the job's constants
+    assert float(np.abs(site.x.mean(axis=0)).max()) < 3.0  # raw: column 4 (area) averages ~650
+    model = LogisticRegression(max_iter=2000).fit(site.x, site.y)
+    assert model.score(split.x_test, split.y_test) > 0.85
+
+
+def test_a_deployed_site_whose_columns_do_not_match_the_job_data_set_is_told_which(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    from fedinfra.site.data import resolve_site_data
+
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, str(repo / "clients/hospital/prepare_data.py"), "--sites", "3",
+                    "--out", str(tmp_path / "data")], check=True, capture_output=True)
+    manifest = (repo / "clients/hospital/site.toml").read_text()
+    two = re.sub(r"feature_columns = \[.*?\]", 'feature_columns = ["mean_radius", "mean_texture"]', manifest,
+                 flags=re.S)
+    assert two != manifest
+    (tmp_path / "site.toml").write_text(two)
+    with pytest.raises(DataError, match=r"2 feature columns.*'breast_cancer'.*30"):
+        resolve_site_data({"site-manifest": str(tmp_path / "site.toml")}, JobSpec())

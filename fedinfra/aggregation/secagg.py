@@ -174,6 +174,10 @@ class SecAggAggregator(_Base):
         raw = reply.config.get(SECAGG_UPDATE)
         if not isinstance(raw, bytes | bytearray):
             raise UpdateRejected("missing", "reply carries no masked update")
+        # The length is exact and known from the model: check it before copying (issue 16).
+        expected = sa_codec.wire_size(self.sizes, self.bits)
+        if len(raw) != expected:
+            raise UpdateRejected("encoding", f"masked input of {len(raw)} bytes, expected {expected}")
         blob = bytes(raw)
         try:
             segments = sa_codec.from_wire(blob, self.sizes, self.bits)

@@ -28,6 +28,7 @@ from fedinfra.config.wire import CONFIG, DOC, EvalReport, TrainReport
 from fedinfra.errors import FedinfraError
 
 if TYPE_CHECKING:
+    from fedinfra.config.secagg import SecureAggSpec
     from fedinfra.crypto.params import HEParams
 
 M = TypeVar("M", bound=BaseModel)
@@ -146,6 +147,20 @@ def he_update_bound(params: HEParams, layout: tuple[tuple[str, tuple[int, ...]],
     return framing + params.ciphertext_count(n_values) * per_ciphertext + envelope.TRAILER_BYTES[envelope.KIND_UPDATE]
 
 
+def secagg_update_bound(spec: SecureAggSpec, layout: tuple[tuple[str, tuple[int, ...]], ...]) -> int:
+    """The exact length of a masked update (``SECAGG_UPDATE``) for this job's model.
+
+    A masked input is ``ceil(L / 8)`` bytes per value of the model plus the 64-bit trailer
+    (:mod:`fedinfra.crypto.secagg.codec`), so the bound is exact and comes from the job's
+    model and secure-aggregation table, never from the reply. A longer reply is refused
+    before it is copied or parsed, as ``HE_UPDATE`` is (:func:`he_update_bound`).
+    """
+    from fedinfra.crypto.secagg import codec
+
+    n_values = sum(math.prod(shape) for _, shape in layout)
+    return codec.wire_size(codec.sizes(n_values), codec.widths(spec))
+
+
 def bounded_blob(reply: Message, key: str, limit: int) -> None:
     """Refuse a binary payload ``key`` longer than ``limit`` bytes before anything reads it."""
     value = reply.content.config_records[CONFIG].get(key) if CONFIG in reply.content.config_records else None
@@ -172,5 +187,6 @@ __all__ = [
     "he_update_bound",
     "parse_doc",
     "schema_check",
+    "secagg_update_bound",
     "train_report",
 ]

@@ -48,6 +48,7 @@ from fedinfra.config.wire import (
     DOC,
     HE_AGGREGATES,
     HE_UPDATE,
+    SECAGG_UPDATE,
     SiteHello,
     TrainInstruction,
     TrainReport,
@@ -477,8 +478,12 @@ class Coordinator:
                     )
                     self._log_update_rejected(rnd, name, code)
                     continue
-                if self.settings.he_public is not None:  # bounded before it is copied or parsed
+                # Binary payloads are bounded by the job's model before they are copied or parsed.
+                if self.settings.he_public is not None:
                     intake.bounded_blob(reply, HE_UPDATE, self._he_update_bound())
+                if self.job.secure_aggregation.mode == "secagg":
+                    bound = intake.secagg_update_bound(self.job.secure_aggregation, self.model_layout())
+                    intake.bounded_blob(reply, SECAGG_UPDATE, bound)
                 folded = agg.accept(
                     Reply(
                         site=name,

@@ -291,3 +291,37 @@ def test_an_encrypted_update_larger_than_the_model_allows_is_rejected_before_it_
     assert rejected == ["reply.he.update:too_long"] * 2
     assert all(size <= limit <= 4 * size for size in honest_sizes)  # an honest site fits; the bound is tight
     assert [e.type for e in out.entries][-2:] == ["run.completed", "checkpoint.published"]
+
+
+def test_a_masked_update_longer_than_the_model_allows_is_rejected_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SECAGG_UPDATE`` has an exact length from the job's model (``intake.secagg_update_bound``):
+    one byte over is refused by name at intake, and the round goes on with the other three.
+
+    On the old code the reply reached the aggregator, which copied it and then failed while
+    decoding: the audited check was ``encoding``, not ``reply.secagg.update:too_long``.
+    """
+    from fedinfra.aggregation.rounds import model_layout
+    from fedinfra.config.wire import SECAGG_UPDATE
+    from fedinfra.coordinator.intake import secagg_update_bound
+    from fedinfra.models import get_weights
+    from fedinfra.site.tasks import job_model
+
+    secure = {"mode": "secagg", "max_dropouts": 1, "max_colluders": 1, "example_cap": 1000}
+    job = _job().model_copy(update={"secure_aggregation": SecureAggSpec.model_validate(secure)})
+    limit = secagg_update_bound(job.secure_aggregation, model_layout(get_weights(job_model(job)[0])))
+    honest_sizes: list[int] = []
+
+    def oversize(msg: Message, reply: Message) -> Message:
+        blob = bytes(reply.content.config_records["config"][SECAGG_UPDATE])  # type: ignore[arg-type]
+        honest_sizes.append(len(blob))
+        return with_doc(reply, doc_of(reply), **{SECAGG_UPDATE: blob + b"\0"})
+
+    out = run_job(tmp_path, job, [honest, honest, honest, Malicious(oversize)], monkeypatch=monkeypatch)
+
+    assert out.error is None, repr(out.error)
+    rejected = [d["check"] for site, d in rejections(out) if site == "edge-3"]
+    assert rejected == ["reply.secagg.update:too_long"] * 2
+    assert honest_sizes == [limit] * 2  # the bound is the honest size, exactly
+    assert [e.type for e in out.entries].count("aggregation.completed") == 2

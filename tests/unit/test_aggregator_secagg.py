@@ -185,6 +185,36 @@ def test_a_masked_input_for_another_model_is_rejected_and_leaves_no_trace():
     assert np.allclose(mean["w"], 0.25, atol=1e-3)
 
 
+def test_an_oversized_masked_input_is_refused_before_it_is_copied():
+    """A hostile 64 MiB ``SECAGG_UPDATE`` costs the coordinator no allocation of its size.
+
+    The masked input's length is exact (from the model), so it is checked on the reply's
+    own buffer. The old code copied it first (``bytes(bytearray)``: a 64 MiB peak under
+    tracemalloc) and found the wrong length only while decoding.
+    """
+    import tracemalloc
+
+    job = _job()
+    agg = start_round(RoundSpec(run_id="run", round=1, layout=LAYOUT, job=job, sites=SITES))
+    sites = {n: _Site(n, job) for n in SITES}
+    for stage in agg.stages_before():
+        for name, doc in stage.payloads.items():
+            stage.collect(name, sites[name].answer(doc))
+        stage.close()
+    hostile = bytearray(64 << 20)
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(UpdateRejected, match=r"masked input of 67108864 bytes, expected \d+$") as info:
+            agg.accept(Reply(site="a", weight=1.0, config={SECAGG_UPDATE: hostile}))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert info.value.check == "encoding"
+    assert peak < 1 << 20
+
+
 def test_too_few_survivors_abandon_the_round_and_release_nothing():
     # The two survivors refuse to sign a survivor list below the floor: the round is
     # abandoned at the consistency wave, before any unmasking share is asked for.

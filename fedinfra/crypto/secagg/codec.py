@@ -71,6 +71,11 @@ def _nbytes(bits: int) -> int:
     return (bits + 7) // 8
 
 
+def wire_size(n_sizes: list[int], bits: list[int]) -> int:
+    """The exact length in bytes of :func:`to_wire`'s output for segments of these sizes and widths."""
+    return sum(n * _nbytes(b) for n, b in zip(n_sizes, bits, strict=True))
+
+
 def to_wire(segments: Segments, bits: list[int]) -> bytes:
     """Little-endian, ``ceil(bits / 8)`` bytes per value, segments back to back."""
     parts = []
@@ -89,7 +94,7 @@ def from_wire(data: bytes, n_sizes: list[int], bits: list[int]) -> list[npt.NDAr
     value's first bytes above them, which the reduction modulo ``2^bits`` drops
     (:class:`~fedinfra.crypto.secagg.protocol.Unmasker` sums them in uint32).
     """
-    expected = sum(n * _nbytes(b) for n, b in zip(n_sizes, bits, strict=True))
+    expected = wire_size(n_sizes, bits)
     if len(data) != expected:
         raise CryptoError(f"secure aggregation: masked input of {len(data)} bytes, expected {expected}")
     out: list[npt.NDArray[Any]] = []

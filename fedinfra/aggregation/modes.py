@@ -6,7 +6,7 @@ module for the two properties every one of them keeps (layout from the model, at
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from fedinfra.aggregation.rounds import (
 )
 from fedinfra.config.wire import COMPRESSED_UPDATE, HE_UPDATE
 from fedinfra.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedinfra.crypto import EncryptedSum
 
 
 @register
@@ -81,6 +84,29 @@ class CompressedAggregator(Aggregator):
         return RoundAggregate(sites=self.sites, mean=self._mean.result())
 
 
+#: The error for a job with HE but a coordinator kit without HE parameters.
+NO_HE_KIT = "secure_aggregation is on but the coordinator kit has no HE parameters"
+
+
+def encrypted_sum(spec: RoundSpec, mode: str, *, no_kit: str = NO_HE_KIT) -> EncryptedSum:
+    """An empty :class:`~fedinfra.crypto.EncryptedSum` for ``mode``, from the coordinator kit.
+
+    Refuses (:class:`ConfigError`, message ``no_kit``) a kit without HE parameters, and a
+    kit made for another mode: its parameters, or its packing, would not be the ones the
+    sites encrypt under. The layout is the job's model's (never a reply's).
+    """
+    from fedinfra.crypto import EncryptedSum
+
+    if spec.he_public is None:
+        raise ConfigError(no_kit)
+    if spec.he_public.params.spec.mode != mode:
+        raise ConfigError(
+            f"the coordinator kit is for {spec.he_public.params.spec.mode!r}, the job asks for {mode!r}; "
+            "use the kit made for this job's secure_aggregation.mode"
+        )
+    return EncryptedSum(spec.he_public, run_id=spec.run_id, round_id=spec.round, layout=list(spec.layout))
+
+
 class _EncryptedAggregator(Aggregator):
     """Adds signed HE ciphertexts (:class:`fedinfra.crypto.EncryptedSum`); sites decrypt."""
 
@@ -88,16 +114,7 @@ class _EncryptedAggregator(Aggregator):
 
     def __init__(self, spec: RoundSpec) -> None:
         super().__init__(spec)
-        from fedinfra.crypto import EncryptedSum
-
-        if spec.he_public is None:
-            raise ConfigError("secure_aggregation is on but the coordinator kit has no HE parameters")
-        if spec.he_public.params.spec.mode != self.name:
-            raise ConfigError(
-                f"the coordinator kit is for {spec.he_public.params.spec.mode!r}, the job asks for {self.name!r}; "
-                "use the kit made for this job's secure_aggregation.mode"
-            )
-        self._sum = EncryptedSum(spec.he_public, run_id=spec.run_id, round_id=spec.round, layout=list(spec.layout))
+        self._sum = encrypted_sum(spec, self.name)
 
     def _accept(self, reply: Reply) -> Folded:
         raw = reply.config.get(HE_UPDATE)
@@ -126,4 +143,4 @@ class CKKSAggregator(_EncryptedAggregator):
     name = "ckks"
 
 
-__all__ = ["BFVAggregator", "CKKSAggregator", "CompressedAggregator", "FedAvgAggregator"]
+__all__ = ["NO_HE_KIT", "BFVAggregator", "CKKSAggregator", "CompressedAggregator", "FedAvgAggregator", "encrypted_sum"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+from fedinfra.aggregation.modes import encrypted_sum
 from fedinfra.aggregation.rounds import Aggregator as _Base
 from fedinfra.aggregation.rounds import (
     Folded,
@@ -42,7 +43,7 @@ from fedinfra.config.wire_secagg import StageReply, StageRequest
 from fedinfra.crypto.quantize import unflatten
 from fedinfra.crypto.secagg import Roster, RosterEntry, SecAggAbandoned, Unmasker
 from fedinfra.crypto.secagg import codec as sa_codec
-from fedinfra.errors import ConfigError, CryptoError
+from fedinfra.errors import CryptoError
 
 
 def plan_for(job: JobSpec, n: int, roster: int | None = None) -> SecAggPlan:
@@ -267,16 +268,9 @@ class SecAggHEAggregator(SecAggAggregator):
 
     def __init__(self, spec: RoundSpec) -> None:
         super().__init__(spec)
-        from fedinfra.crypto import EncryptedSum
-
-        if spec.he_public is None:
-            raise ConfigError("secure_aggregation.mode = 'secagg+he' but the coordinator kit has no HE parameters")
-        if spec.he_public.params.spec.mode != self.name:
-            raise ConfigError(
-                f"the coordinator kit is for {spec.he_public.params.spec.mode!r}, the job asks for 'secagg+he'; "
-                "use the kit made for this job's secure_aggregation.mode"
-            )
-        self._sum = EncryptedSum(spec.he_public, run_id=spec.run_id, round_id=spec.round, layout=list(spec.layout))
+        self._sum = encrypted_sum(
+            spec, self.name, no_kit="secure_aggregation.mode = 'secagg+he' but the coordinator kit has no HE parameters"
+        )
         # The Unmasker only tracks U2/U3 and checks the shares: the values are ciphertexts.
         self.sizes, self.bits = [], []
 

@@ -305,3 +305,39 @@ def test_sites_refuse_when_the_contributors_are_not_the_signed_survivors():
 
     with pytest.raises(CryptoError, match="not the survivor list"):
         _material_attack(shrink)()
+
+
+@pytest.mark.parametrize(
+    ("mode", "with_kit", "message"),
+    [
+        ("secagg+he", False, "secure_aggregation.mode = 'secagg+he' but the coordinator kit has no HE parameters"),
+        ("bfv", False, "secure_aggregation is on but the coordinator kit has no HE parameters"),
+        (
+            "bfv",
+            True,
+            "the coordinator kit is for 'secagg+he', the job asks for 'bfv'; "
+            "use the kit made for this job's secure_aggregation.mode",
+        ),
+    ],
+)
+def test_an_encrypted_round_refuses_a_kit_without_he_or_for_another_mode(mode, with_kit, message):
+    """One kit check (``modes.encrypted_sum``) serves ``bfv`` and ``secagg+he``, messages unchanged.
+
+    A pin for the refactor of #13 (it passes on the code before it too): the two aggregators
+    had their own copies of this check; the messages users see must not move.
+    """
+    from fedinfra.config.secagg import SecureAggSpec
+    from fedinfra.errors import ConfigError
+
+    names = ("a", "b", "c", "d")
+    he_job = _job(4, 1)
+    public, _ = _kits(names, he_job)  # a secagg+he kit
+    job = he_job
+    if mode == "bfv":
+        job = he_job.model_copy(update={"secure_aggregation": SecureAggSpec.model_validate({"mode": "bfv"})})
+    spec = RoundSpec(run_id="run", round=1, layout=LAYOUT, job=job, sites=names, he_public=public if with_kit else None)
+
+    with pytest.raises(ConfigError) as info:
+        start_round(spec)
+
+    assert str(info.value) == message

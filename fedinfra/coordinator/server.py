@@ -60,7 +60,7 @@ from fedinfra.coordinator.events import NullReporter, Reporter, RoundResult
 from fedinfra.coordinator.identity import identity_refusal, node_identities
 from fedinfra.coordinator.persist import RunState, SiteBook, load_aggregate, load_state, save_state
 from fedinfra.coordinator.stages import run_stage
-from fedinfra.coordinator.trail import AuditTrail, codes, failed, sha256_hex
+from fedinfra.coordinator.trail import AuditTrail, RoundAbandoned, codes, failed, sha256_hex
 from fedinfra.coordinator.witnesses import Witnessing, cosign_close
 from fedinfra.errors import ConfigError, PolicyViolation, RuntimeLaunchError
 from fedinfra.models import get_weights, set_weights
@@ -957,14 +957,15 @@ def _abandon_on_failure(rnd: int) -> Iterator[None]:
     """A secure-aggregation round that cannot complete is abandoned: nothing is released.
 
     The run ends with ``run.failed`` naming the reason (too few survivors for the threshold
-    or for ``min_contributors``); the model is not updated and no aggregate leaves.
+    or for ``min_contributors``) and the round (:class:`RoundAbandoned`); the model is not
+    updated and no aggregate leaves.
     """
     from fedinfra.crypto.secagg import SecAggAbandoned
 
     try:
         yield
     except SecAggAbandoned as exc:
-        raise PolicyViolation(f"round {rnd} abandoned, nothing released: {exc}") from exc
+        raise RoundAbandoned(rnd, str(exc)) from exc
 
 
 def _finite(metrics: Mapping[str, float]) -> dict[str, float | None]:

@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from fedinfra.errors import PolicyViolation
+
 if TYPE_CHECKING:
     from fedinfra.audit import AuditLog, Checkpoint, Entry, EventType, Outcome
 
@@ -102,6 +104,21 @@ class AuditTrail:
         return self.log.receipt(seq, since=since or None).to_json()
 
 
+class RoundAbandoned(PolicyViolation):
+    """A secure-aggregation round that could not be unmasked: nothing of it was released.
+
+    Fewer than ``t`` (or ``min_contributors``) sites survived to unmasking, so no sum
+    was formed (Bonawitz et al., CCS 2017, figure 4: the server aborts below t). The sites
+    that trained had charged their ledgers write-ahead, before their masked input left
+    (:func:`fedinfra.site.user_dp.reserve_spend`); the charge stands and the audit entry
+    says the round released nothing.
+    """
+
+    def __init__(self, rnd: int, reason: str) -> None:
+        super().__init__(f"round {rnd} abandoned, nothing released: {reason}")
+        self.abandoned_round = rnd
+
+
 #: The ``run.failed`` reason of a run the operator stopped (``fedinfra runs stop``).
 STOPPED_REASON = "stopped by the operator (fedinfra runs stop)"
 
@@ -129,13 +146,16 @@ def failed(trail: AuditTrail, exc: BaseException, *, stopped: bool = False) -> N
 
     The entry is covered by a signed checkpoint so that an abnormal end is part of the
     tamper-evident record (RFC 9162 section 2.1), and a resumed run starts after it.
+    A secure-aggregation round abandoned below its threshold (:class:`RoundAbandoned`)
+    is named with ``abandoned_round`` and ``released = false``: the sites' write-ahead
+    charges for that round are then shown as reserved, not released (report ``budgets``).
     """
+    details: dict[str, Any] = {"reason": failure_reason(exc, stopped=stopped), "error": type(exc).__name__}
+    abandoned = getattr(exc, "abandoned_round", None)
+    if isinstance(abandoned, int):
+        details.update(abandoned_round=abandoned, released=False)
     try:
-        trail.event(
-            "run.failed",
-            outcome="failure",
-            details={"reason": failure_reason(exc, stopped=stopped), "error": type(exc).__name__},
-        )
+        trail.event("run.failed", outcome="failure", details=details)
         trail.checkpoint(None)
     except Exception:  # noqa: S110 - the original exception is what the caller re-raises
         pass

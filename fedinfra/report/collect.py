@@ -38,7 +38,9 @@ refused: an unsigned tail is not evidence.
 * ``evaluation.completed`` (HE: sites evaluate round ``evaluated_round``'s model in the
   next wave or the close wave): ``evaluated_round``, ``test_loss``, ``test_accuracy``;
   the last such entry for a round gives its figures when its aggregation has none.
-* ``run.completed`` / ``run.failed``: ``reason``.
+* ``run.completed`` / ``run.failed``: ``reason``; a secure-aggregation round abandoned below
+  its threshold adds ``abandoned_round`` and ``released = false`` to ``run.failed`` (its
+  ``budget.spent`` charges, made write-ahead, are reported with ``released = false``).
 """
 
 from __future__ import annotations
@@ -278,7 +280,19 @@ def _data_rows(sites: list[SiteView]) -> list[DataRow]:
     return rows
 
 
+def _unreleased_rounds(records: list[AuditRecord]) -> set[int]:
+    """Rounds abandoned below the secure-aggregation threshold and never completed (on resume)."""
+    abandoned = {
+        r.details["abandoned_round"]
+        for r in records
+        if r.type == "run.failed" and isinstance(r.details.get("abandoned_round"), int)
+    }
+    return abandoned - {r.round for r in records if r.type == "aggregation.completed"}
+
+
 def _budgets(records: list[AuditRecord], sites: list[SiteView]) -> list[SiteBudget]:
+    """Each site's spends; a write-ahead charge of an abandoned round is kept, marked unreleased."""
+    unreleased = _unreleased_rounds(records)
     out = []
     for view in sites:
         spends = [r for r in records if r.type == "budget.spent" and r.site == view.name and r.round is not None]
@@ -292,7 +306,11 @@ def _budgets(records: list[AuditRecord], sites: list[SiteView]) -> list[SiteBudg
             total = _num(r.details.get("epsilon_total"))
             points.append(
                 EpsilonPoint(
-                    round=r.round or 0, epsilon=eps, cumulative=total if total is not None else running, seq=r.seq
+                    round=r.round or 0,
+                    epsilon=eps,
+                    cumulative=total if total is not None else running,
+                    seq=r.seq,
+                    released=r.round not in unreleased,
                 )
             )
         cap_run, cap_life = view.caps()

@@ -117,12 +117,18 @@ class DataRow(_Model):
 
 
 class EpsilonPoint(_Model):
-    """Epsilon a site spent in one round, and its running total, citing the log entry."""
+    """Epsilon a site spent in one round, and its running total, citing the log entry.
+
+    ``released`` is false for a round abandoned below its secure-aggregation threshold:
+    the site charged it write-ahead (before its masked input left) and the charge stands,
+    but no sum of that round was released.
+    """
 
     round: int
     epsilon: float
     cumulative: float
     seq: int
+    released: bool = True
 
 
 class SiteBudget(_Model):

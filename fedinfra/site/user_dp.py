@@ -34,6 +34,17 @@ def reserve_spend(
     Write-ahead (the order of :mod:`fedinfra.site.round`): the spend is durable before any
     result leaves the site, so a crash can over-count but never under-count; a spend over
     the run, lifetime or delta caps raises :class:`~fedinfra.errors.PrivacyBudgetExceeded`.
+
+    The charge is never refunded, also not for a secure-aggregation round abandoned below
+    its threshold t (fewer survivors than t reached unmasking; nothing released). Once its
+    masked input has left, a site cannot tell from its own information whether that input
+    was unmasked: that depends on other sites' unmasking shares, which it never sees
+    (Bonawitz et al., CCS 2017, section 4), and only the coordinator says the round was
+    abandoned; a site never lowers a charge on the coordinator's word (DESIGN, privacy
+    figures). A resumed round re-sends the same release (:mod:`fedinfra.site.replay`)
+    against this charge. The coordinator's audit log names the abandoned round
+    (``run.failed``: ``abandoned_round``, ``released = false``) and the report shows these
+    charges as reserved, not released.
     """
     p, caps = ctx.job.privacy, ctx.manifest.budget
     ledger.reserve(

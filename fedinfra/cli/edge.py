@@ -155,7 +155,7 @@ def _kit(profile: Any, kit_dir: Path) -> Any:
 
 def _run(profile: Any, kit: Any, manifest: Path) -> None:
     from fedinfra.edge import EdgeRunner, EdgeState, RunnerHooks, check_server, make_probe
-    from fedinfra.edge.runner import holds_connection, supernode_argv
+    from fedinfra.edge.runner import ConnectionWatch, supernode_argv
     from fedinfra.runtime.edge_launch import check_release_pin, edge_supernode_argv
     from fedinfra.runtime.procs import flower_env, free_port
 
@@ -196,7 +196,7 @@ def _run(profile: Any, kit: Any, manifest: Path) -> None:
             check=lambda: check_server(server, ca_file=ca),
             probe=make_probe(profile.probe),
             log=log,
-            connected=lambda pid: holds_connection(pid, server),
+            connected=ConnectionWatch(server),  # signs of the server: liveness, not one socket
             forked_rounds=True,  # rounds are the launcher's forks; its SuperNode child is not one
         )
 

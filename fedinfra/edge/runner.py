@@ -11,13 +11,30 @@ One loop, every ``poll_s`` seconds:
    tight crash loop;
 3. while the SuperNode runs, a :class:`~fedinfra.edge.limits.ProcessWatchdog` kills any
    round that passes its CPU or memory limit; if the SuperNode exits (connection lost),
-   the loop backs off and starts it again. A SuperNode that is still running but has held
-   no connection to the server for :data:`DISCONNECTED_S` counts as lost too: Flower 1.41's
+   the loop backs off and starts it again. A SuperNode that is still running but shows no
+   sign of reaching the server for :data:`DISCONNECTED_S` counts as lost too: Flower 1.41's
    SuperNode, once it gives up reconnecting, can stay alive forever (its runtime-API server
-   thread keeps the process up), so the loop watches the connection itself - the kernel's
+   thread is not a daemon thread), so the loop judges liveness itself - from the kernel's
    socket table (``/proc/<pid>/net/tcp`` via psutil), no traffic - rather than trusting
    the exit. Ledger and receipts live in the state directory, which the loop never
    deletes, so nothing is lost across reconnects.
+
+What counts as a sign of the server (:class:`ConnectionWatch`): a connection to it that is
+established now, or one that was not there at the last look and completed its handshake
+(RFC 9293 §3.3.2: ESTABLISHED, or a closing state that only follows it - CLOSE_WAIT when
+the server closed an idle keep-alive connection). A persistent connection is not a sign
+the loop can rely on: Flower 1.41's SuperNode speaks protobuf over HTTP/1.1 (httpx), pulls
+every 3 s and heartbeats every 17.5-22.5 s, and a connection idle past a keep-alive limit
+(httpx's 5 s, uvicorn's 5 s on a SuperLink without the proxy) is replaced by a fresh one
+at the next request; on a busy host every pull can run on a new connection, with the old
+one sitting in CLOSE_WAIT in between. httpx closes an expired connection only when the
+next request starts (httpcore 1.0 ``ConnectionPool``), so every connection stays in the
+SuperNode's socket table until the next request: one look per step sees each of them.
+The SuperNode's log is no such sign: an idle, healthy SuperNode prints nothing (its pull
+loop and heartbeats are silent). A server that is gone leaves at most a stale socket seen
+before, or SYN_SENT ones, neither of which counts. TIME_WAIT entries are left out: the
+kernel ties them to no process, and another SuperNode on the host may talk to the same
+server.
 
 Time, sleeping, the probe, the launcher and the server check are injected for tests.
 """
@@ -51,9 +68,25 @@ from fedinfra.errors import CryptoError, FedinfraError, RuntimeLaunchError
 
 #: A SuperNode that stayed connected this long counts as healthy: the backoff starts afresh.
 STABLE_S = 60.0
-#: A running SuperNode without a connection to the server for this long is stopped and the
-#: loop backs off (covers start-up, Flower's own reconnection attempts, and a hung node).
+#: A running SuperNode that showed no sign of the server for this long after its last one
+#: is stopped and the loop backs off (covers Flower's own reconnection attempts and a hung
+#: node). Longer than Flower's heartbeat period (at most 22.5 s), so a node busy with a
+#: round, whose only traffic is heartbeats, stays up.
 DISCONNECTED_S = 30.0
+#: The same limit before the node's first sign of the server. check_server has just
+#: reached the server, and a SuperNode whose first connection fails exits by itself after
+#: ``--max-wait-time`` (120 s, :func:`supernode_argv`); this only bounds a start-up that
+#: hangs. Starting Flower (and the warm launcher's imports) on a loaded host can take
+#: longer than DISCONNECTED_S.
+STARTUP_S = 120.0
+#: After this long without a sign of the server, the loop says so (once) in its log.
+QUIET_S = DISCONNECTED_S / 2
+
+#: TCP states reached only after a completed handshake (RFC 9293 §3.3.2).
+_HANDSHAKE_DONE = frozenset({
+    psutil.CONN_ESTABLISHED, psutil.CONN_FIN_WAIT1, psutil.CONN_FIN_WAIT2,
+    psutil.CONN_CLOSE_WAIT, psutil.CONN_CLOSING, psutil.CONN_LAST_ACK,
+})
 
 
 class NodeProcess(Protocol):
@@ -109,38 +142,83 @@ def _plain_ip(text: str) -> str:
     return str(mapped or ip)
 
 
-def holds_connection(pid: int, address: str) -> bool:
-    """Whether process ``pid`` has an established TCP connection to ``address``.
+#: One socket of the node's process tree: (pid, fd, local address, TCP state).
+_Socket = tuple[int, int, tuple[str, int], str]
+
+
+def _server_sockets(pid: int, address: str) -> set[_Socket] | None:
+    """The TCP sockets of ``pid`` and its descendants whose remote end is ``address``.
 
     Read from the kernel's socket table: no packet is sent, and no DNS query either - for
-    a server named by DNS only the port is compared (the SuperNode's one outgoing
-    connection; its runtime API listens on its own loopback port). If the table cannot be
-    read (no permission), the answer is ``True`` so that only the process's exit counts.
-    The process's descendants count too: ``fedinfra edge start`` supervises the warm
-    launcher, whose child is the SuperNode that holds the connection.
+    a server named by DNS only the port is compared (the SuperNode's outgoing connections;
+    its runtime API listens on its own loopback port). ``None`` if the table cannot be read
+    (no permission). The descendants count: ``fedinfra edge start`` supervises the warm
+    launcher, whose child is the SuperNode that holds the connections.
     """
     host, port = split_address(address)
     try:
         ips: set[str] | None = {_plain_ip(host)}
     except ValueError:
         ips = None
+    found: set[_Socket] = set()
     try:
         root = psutil.Process(pid)
-        conns = list(root.net_connections(kind="tcp"))
-        for child in root.children(recursive=True):  # under the warm launcher: its SuperNode child
-            with contextlib.suppress(psutil.NoSuchProcess):
-                conns += child.net_connections(kind="tcp")
+        procs = [root, *root.children(recursive=True)]  # under the warm launcher: its SuperNode child
     except psutil.AccessDenied:
-        return True
+        return None
     except psutil.Error:
-        return False
-    return any(
-        c.status == psutil.CONN_ESTABLISHED
-        and c.raddr
-        and c.raddr.port == port
-        and (ips is None or _plain_ip(c.raddr.ip) in ips)
-        for c in conns
-    )
+        return found
+    for proc in procs:
+        try:
+            conns = proc.net_connections(kind="tcp")
+        except psutil.AccessDenied:
+            return None
+        except psutil.NoSuchProcess:
+            continue
+        found |= {
+            (proc.pid, c.fd, (c.laddr.ip, c.laddr.port), c.status)
+            for c in conns
+            if c.raddr and c.raddr.port == port and (ips is None or _plain_ip(c.raddr.ip) in ips)
+        }
+    return found
+
+
+def holds_connection(pid: int, address: str) -> bool:
+    """Whether process ``pid`` (or a descendant) has an established TCP connection to ``address``.
+
+    If the socket table cannot be read (no permission), the answer is ``True`` so that only
+    the process's exit counts. See :class:`ConnectionWatch` for what the loop judges by.
+    """
+    sockets = _server_sockets(pid, address)
+    return sockets is None or any(s[3] == psutil.CONN_ESTABLISHED for s in sockets)
+
+
+class ConnectionWatch:
+    """Whether a SuperNode showed a sign of reaching ``address`` since the last look.
+
+    A sign is a connection established now, or a connection absent at the last look whose
+    handshake completed (:data:`_HANDSHAKE_DONE`): with a fresh connection per request,
+    each request leaves one (see the module docstring). A stale socket - the same one as
+    at the last look, in CLOSE_WAIT because the server went away - is no sign. Call it
+    once per step, with the node's pid (the hook :attr:`RunnerHooks.connected`); a new
+    pid starts afresh. An unreadable socket table counts as a sign (only the exit counts).
+    """
+
+    def __init__(self, address: str) -> None:
+        split_address(address)  # a malformed address fails here, not at the first look
+        self.address = address
+        self._pid: int | None = None
+        self._seen: frozenset[tuple[int, int, tuple[str, int]]] = frozenset()
+
+    def __call__(self, pid: int) -> bool:
+        """Look once: ``True`` if the node reached the server since the previous look."""
+        sockets = _server_sockets(pid, self.address)
+        if sockets is None:
+            return True
+        done = frozenset((p, fd, laddr) for p, fd, laddr, status in sockets if status in _HANDSHAKE_DONE)
+        seen = self._seen if pid == self._pid else frozenset()
+        self._pid, self._seen = pid, done
+        return any(s[3] == psutil.CONN_ESTABLISHED for s in sockets) or bool(done - seen)
 
 
 def check_server(address: str, *, ca_file: Path | None, timeout: float = 10.0) -> None:
@@ -188,8 +266,8 @@ class RunnerHooks:
     log: Callable[[str], None]
     now: Callable[[], dt.datetime] = dt.datetime.now
     clock: Callable[[], float] = time.monotonic
-    #: Whether the SuperNode with this pid is connected to the server (see
-    #: :func:`holds_connection`); the default trusts the process's exit alone.
+    #: Whether the SuperNode with this pid showed a sign of reaching the server since the
+    #: previous call (a :class:`ConnectionWatch`); the default trusts the process's exit alone.
     connected: Callable[[int], bool] = lambda pid: True
     #: The launched process forks one child per round (fedinfra's warm launcher): only
     #: those forks are held to the round limits, not its long-lived SuperNode child.
@@ -218,7 +296,7 @@ class EdgeRunner:
         self.watchdog: ProcessWatchdog | None = None
         self._started_at = 0.0
         self._connected_at: float | None = None
-        self._disconnected_since: float | None = None
+        self._progress_at: float | None = None
         self._last_gate: str | None = None
         saved = state.read_json(STATUS_FILE) or {}
         self.status: dict[str, object] = {
@@ -248,7 +326,7 @@ class EdgeRunner:
         self.node = self.hooks.launch()
         self._started_at = self.hooks.clock()
         self._connected_at = None
-        self._disconnected_since = self._started_at
+        self._progress_at = None
         self.watchdog = ProcessWatchdog(self.node.pid, self.profile.limits, on_violation=self._violation,
                                         forks_only=self.hooks.forked_rounds)
         self.watchdog.start()
@@ -316,24 +394,29 @@ class EdgeRunner:
         self.hooks.stop.wait(min(self.profile.poll_s, 5.0))
 
     def _lost_connection(self) -> bool:
-        """Track the running node's connection; stop it and back off once it is lost."""
+        """Track the running node's signs of the server; stop it and back off once they stop.
+
+        The window runs from the last sign (:data:`DISCONNECTED_S`), or from the start
+        until the first one (:data:`STARTUP_S`).
+        """
         assert self.node is not None
         now = self.hooks.clock()
         if self.hooks.connected(self.node.pid):
             if self._connected_at is None:
                 self._connected_at = now
                 self.hooks.log("connected to the server")
-            self._disconnected_since = None
+            self._progress_at = now
             if now - self._connected_at > STABLE_S:
                 self.backoff.reset()
             return False
-        if self._disconnected_since is None:
-            self._disconnected_since = now
+        since, window = (
+            (self._started_at, STARTUP_S) if self._progress_at is None else (self._progress_at, DISCONNECTED_S)
+        )
+        gone = now - since
+        if self._connected_at is not None and gone > QUIET_S:
             self._connected_at = None
-            self.hooks.log("connection to the server lost; the SuperNode is retrying")
-            return False
-        gone = now - self._disconnected_since
-        if gone <= DISCONNECTED_S:
+            self.hooks.log(f"no sign of the server for {gone:.0f} s; the SuperNode is retrying")
+        if gone <= window:
             return False
         self._stop_node(f"no connection to the server for {gone:.0f} s")
         self._retry_later(f"no connection to server {self.profile.server} for {gone:.0f} s")

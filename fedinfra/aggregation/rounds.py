@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from fedinfra.aggregation.fedavg import StreamingFedAvg
 from fedinfra.aggregation.records import ArrayLike, arrays_from_record
@@ -76,6 +77,8 @@ class RoundSpec:
     he_public: Any = None
     #: Names of the sites sampled for this round (protocols that need the roster).
     sites: tuple[str, ...] = ()
+    #: Length of the evaluation sums summed with the update (masked modes; 0: none this round).
+    eval_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ class RoundAggregate:
     mean: NDArrays | None = None
     ciphertext: bytes | None = None
     details: dict[str, object] = field(default_factory=dict)
+    #: The survivors' total evaluation sums (``RoundSpec.eval_size`` values), when the mode carried them.
+    evaluation: npt.NDArray[np.float64] | None = None
 
 
 @dataclass

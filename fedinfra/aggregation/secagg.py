@@ -38,7 +38,7 @@ from fedinfra.aggregation.rounds import (
 )
 from fedinfra.config import JobSpec
 from fedinfra.config.secagg_plan import SecAggPlan, contributor_floor, plan, plan_for_roster
-from fedinfra.config.wire import HE_UPDATE, SECAGG, SECAGG_UPDATE
+from fedinfra.config.wire import HE_UPDATE, SECAGG, SECAGG_EVAL, SECAGG_UPDATE
 from fedinfra.config.wire_secagg import StageReply, StageRequest
 from fedinfra.crypto.quantize import unflatten
 from fedinfra.crypto.secagg import Roster, RosterEntry, SecAggAbandoned, Unmasker
@@ -77,8 +77,9 @@ class SecAggAggregator(_Base):
         super().__init__(spec)
         self.sa = spec.job.secure_aggregation
         self.n_values = sum(_prod(shape) for _, shape in spec.layout)
-        self.bits = sa_codec.widths(self.sa)
-        self.sizes = sa_codec.sizes(self.n_values)
+        # Evaluation sums ride as a third masked segment (issue 14): only their total is unmasked.
+        self.bits = sa_codec.widths(self.sa, spec.eval_size)
+        self.sizes = sa_codec.sizes(self.n_values, spec.eval_size)
         self.plan: SecAggPlan | None = None
         self.roster: Roster | None = None
         self._entries: dict[str, RosterEntry] = {}
@@ -240,7 +241,8 @@ class SecAggAggregator(_Base):
         if sites != len(u.u3):
             raise SecAggAbandoned("secure aggregation: the unmasked contribution count disagrees with the survivors")
         tensors = unflatten(mean, [(n, s) for n, s in self.spec.layout])
-        return RoundAggregate(sites=self.survivors, mean=tensors, details=self.audit_details())
+        evaluation = sa_codec.decode_eval(total[2], sites, self.sa) if self.spec.eval_size else None
+        return RoundAggregate(sites=self.survivors, mean=tensors, details=self.audit_details(), evaluation=evaluation)
 
     def audit_details(self) -> dict[str, object]:
         """Mode, n, t, k, the bounds, the survivors and the dropouts of this round."""
@@ -271,8 +273,11 @@ class SecAggHEAggregator(SecAggAggregator):
         self._sum = encrypted_sum(
             spec, self.name, no_kit="secure_aggregation.mode = 'secagg+he' but the coordinator kit has no HE parameters"
         )
-        # The Unmasker only tracks U2/U3 and checks the shares: the values are ciphertexts.
-        self.sizes, self.bits = [], []
+        # The Unmasker tracks U2/U3 and checks the shares: the update is ciphertext. Only the
+        # evaluation sums (third segment, masked modulo 2^64 in plaintext) are unmasked here.
+        n_eval = spec.eval_size
+        self.sizes = [0, 0, n_eval] if n_eval else []
+        self.bits = sa_codec.widths(self.sa, n_eval) if n_eval else []
 
     def _accept(self, reply: Reply) -> Folded:
         from fedinfra.crypto import envelope
@@ -292,11 +297,23 @@ class SecAggHEAggregator(SecAggAggregator):
             raise UpdateRejected("ciphertext", str(exc)) from exc
         if header.sites != (reply.site,):
             raise UpdateRejected("protocol", "the encrypted update names another site than the sender")
+        segments: list[Any] = []
+        if self.spec.eval_size:
+            raw_eval = reply.config.get(SECAGG_EVAL)
+            if not isinstance(raw_eval, bytes | bytearray):
+                raise UpdateRejected("missing", "reply carries no masked evaluation sums")
+            expected = sa_codec.wire_size(self.sizes, self.bits)
+            if len(raw_eval) != expected:  # exact, checked before the copy (issue 16)
+                raise UpdateRejected("encoding", f"masked evaluation sums: {len(raw_eval)} bytes, expected {expected}")
+            try:
+                segments = sa_codec.from_wire(bytes(raw_eval), self.sizes, self.bits)
+            except CryptoError as exc:
+                raise UpdateRejected("encoding", str(exc)) from exc
         try:
             self._sum.add(blob)  # header, signature and every ciphertext checked before adding
         except CryptoError as exc:
             raise UpdateRejected("ciphertext", str(exc)) from exc
-        u.add(reply.site, [])
+        u.add(reply.site, segments)  # lengths and site already checked: cannot fail after the add
         return Folded("update.ciphertext", blob)
 
     def finish(self) -> RoundAggregate:
@@ -308,7 +325,7 @@ class SecAggHEAggregator(SecAggAggregator):
         u = self._unmasker
         self.survivors = tuple(sorted(u.u3))
         self.dropped = tuple(sorted(set(self.spec.sites) - set(u.u3)))
-        u.finish(self._responses)  # rebuilds and checks every secret the sites will need
+        total = u.finish(self._responses)  # rebuilds and checks every secret the sites will need
         material = UnmaskMaterial(
             sampled=len(self.spec.sites),
             roster=self.roster,
@@ -319,7 +336,10 @@ class SecAggHEAggregator(SecAggAggregator):
             responses=self._responses,
         )
         aggregate = bundle(self._sum.to_bytes(), material)
-        return RoundAggregate(sites=self.survivors, ciphertext=aggregate, details=self.audit_details())
+        evaluation = sa_codec.decode_eval(total[2], len(u.u3), self.sa) if self.spec.eval_size else None
+        return RoundAggregate(
+            sites=self.survivors, ciphertext=aggregate, details=self.audit_details(), evaluation=evaluation
+        )
 
 
 def _reply(document: str, site: str, stage: str) -> StageReply:

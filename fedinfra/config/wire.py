@@ -31,6 +31,8 @@ HE_AGGREGATES = "he.aggregates"
 #: Secure aggregation (secagg): the stage document (JSON) and the masked update (bytes).
 SECAGG = "secagg"
 SECAGG_UPDATE = "secagg.update"
+#: ``secagg+he``: the site's evaluation sums, masked modulo 2^64 (the coordinator unmasks only their total).
+SECAGG_EVAL = "secagg.eval"
 
 # -- bounds on everything a site sends (issue 16) ----------------------------------------
 #: Largest finite float32: every float from a site must fit the model's dtype.
@@ -170,6 +172,16 @@ class TrainInstruction(StrictModel):
                 f"evaluate_round={self.evaluate_round} must be round - 1 ({self.round - 1}) of a train instruction"
             )
         return self
+
+
+def close_sum_round(rnd: int) -> int:
+    """The SecAgg round id of the close wave's evaluation-only secure sum after round ``rnd``.
+
+    ``rnd + 1``: every SecAgg session, mask label and signature names its round id, and a
+    site masks one input per id (Bonawitz et al., CCS 2017, section 4), so the close sum
+    must not reuse the last training round's id. No training round follows the close.
+    """
+    return rnd + 1
 
 
 #: Upper bound on a site's reported test-shard size: larger counts are treated as invalid.

@@ -147,18 +147,21 @@ def he_update_bound(params: HEParams, layout: tuple[tuple[str, tuple[int, ...]],
     return framing + params.ciphertext_count(n_values) * per_ciphertext + envelope.TRAILER_BYTES[envelope.KIND_UPDATE]
 
 
-def secagg_update_bound(spec: SecureAggSpec, layout: tuple[tuple[str, tuple[int, ...]], ...]) -> int:
+def secagg_update_bound(
+    spec: SecureAggSpec, layout: tuple[tuple[str, tuple[int, ...]], ...], n_eval: int = 0
+) -> int:
     """The exact length of a masked update (``SECAGG_UPDATE``) for this job's model.
 
     A masked input is ``ceil(L / 8)`` bytes per value of the model plus the 64-bit trailer
-    (:mod:`fedinfra.crypto.secagg.codec`), so the bound is exact and comes from the job's
+    (:mod:`fedinfra.crypto.secagg.codec`), and 8 bytes per evaluation sum when the round
+    carries ``n_eval`` of them (issue 14), so the bound is exact and comes from the job's
     model and secure-aggregation table, never from the reply. A longer reply is refused
     before it is copied or parsed, as ``HE_UPDATE`` is (:func:`he_update_bound`).
     """
     from fedinfra.crypto.secagg import codec
 
     n_values = sum(math.prod(shape) for _, shape in layout)
-    return codec.wire_size(codec.sizes(n_values), codec.widths(spec))
+    return codec.wire_size(codec.sizes(n_values, n_eval), codec.widths(spec, n_eval))
 
 
 def bounded_blob(reply: Message, key: str, limit: int) -> None:

@@ -11,6 +11,11 @@ get an EVALUATE message pushed and pulled with the train messages. Every wave co
 SuperNode poll (Flower 1.41: up to 3 s), so one wave per round instead of two. The last
 round is evaluated by the close wave. Round ``r``'s test figures are then recorded as
 ``evaluation.completed`` (audit) and filled into round ``r``'s result.
+
+Under ``secagg`` and ``secagg+he`` the evaluation sums never reach the coordinator one site
+at a time (issue 14): the sampled sites mask them with their round ``r + 1`` input and the
+coordinator unmasks only the survivors' total with the update; sites outside the sample are
+not asked; the close wave runs an evaluation-only secure sum (:meth:`_secure_close_eval`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from fedinfra.aggregation.rounds import (
     Layout,
     Reply,
     RoundSpec,
+    UpdateRejected,
     aggregator_class,
     model_layout,
     start_round,
@@ -48,10 +54,12 @@ from fedinfra.config.wire import (
     DOC,
     HE_AGGREGATES,
     HE_UPDATE,
+    SECAGG_EVAL,
     SECAGG_UPDATE,
     SiteHello,
     TrainInstruction,
     TrainReport,
+    close_sum_round,
 )
 from fedinfra.coordinator import intake
 from fedinfra.coordinator.admission import GateContext, evaluate_job, evaluate_site, record_evaluation, site_details
@@ -65,8 +73,9 @@ from fedinfra.coordinator.witnesses import Witnessing, cosign_close
 from fedinfra.errors import ConfigError, PolicyViolation, RuntimeLaunchError
 from fedinfra.models import get_weights, set_weights
 from fedinfra.site.data import load_split
-from fedinfra.site.tasks import job_model, job_task
+from fedinfra.site.tasks import eval_layout, job_model, job_task
 from fedinfra.site.weights import weights_to_arrays
+from fedinfra.task.metrics import unflatten_sums
 from fedinfra.types import NDArrays
 
 if TYPE_CHECKING:
@@ -130,6 +139,18 @@ class _EvalTally:
         if sums:
             self.sums.append(sums)
 
+    def add_total(self, sites: Iterable[str], sums: Mapping[str, Any]) -> None:
+        """The survivors' total sums from a secure aggregate: no site's own figures."""
+        flat = {k: [float(v) for v in np.asarray(a).reshape(-1)] for k, a in sums.items()}
+        count = flat.get("count", [0.0])[0]
+        if count <= 0:
+            return  # no site contributed figures (none had a test shard, or all had sent this model's)
+        self.loss_sum += flat.get("loss", [0.0])[0]
+        self.correct += round(flat.get("correct", [0.0])[0])
+        self.count += round(count)
+        self.sites.extend(sites)
+        self.sums.append(flat)
+
     def metrics(self, kind: Any) -> dict[str, float]:
         """The task's metrics from the sites' sums (fedinfra.task.metrics); {} when none agree."""
         from fedinfra.task.metrics import add_sums, finalize
@@ -178,6 +199,8 @@ class Coordinator:
         self.num_features = self.task.expected_features()
         # Without a reference set the sites evaluate each round's model, as under HE.
         self.sites_evaluate = self.he or self.reference is None
+        # SecAgg modes: evaluation sums travel masked, only their total is unmasked (issue 14).
+        self.masked = job.secure_aggregation.masked
         self._metrics: dict[str, float | None] = {}
         self.gate = GateContext(
             tls=settings.tls, in_process=settings.in_process, audit_retention_days=settings.audit_retention_days
@@ -409,6 +432,8 @@ class Coordinator:
         by_node = {s.node_id: s for s in sample}
         # HE: the previous round's federated evaluation joins this wave (module docstring).
         evaluate_round = rnd - 1 if self.sites_evaluate and rnd > 1 else None
+        # Masked modes: the sampled sites' evaluation sums ride in their masked input (issue 14).
+        secure_eval = self.masked and evaluate_round is not None
         agg = start_round(
             RoundSpec(
                 run_id=self.run_id,
@@ -417,6 +442,7 @@ class Coordinator:
                 job=self.job,
                 he_public=self.settings.he_public,
                 sites=tuple(s.hello.site for s in sample),
+                eval_size=self.eval_size() if secure_eval else 0,
             )
         )
         stage_doc = self._doc(rnd, "secagg").model_dump_json()
@@ -437,7 +463,8 @@ class Coordinator:
             if extras[s.node_id] is not None
         ]
         evaluators: dict[int, Site] = {}
-        if evaluate_round is not None:
+        if evaluate_round is not None and not self.masked:
+            # Masked modes: a site outside the sample has no masked input to carry its sums in.
             evaluators = {s.node_id: s for s in sites if s.node_id not in by_node}
             messages += self._eval_messages(state, evaluate_round, list(evaluators.values()), "evaluate")
         tally = _EvalTally()
@@ -461,7 +488,7 @@ class Coordinator:
                 self._delivered(state, name)
                 self.witnessing.accept(name, report.cosignature)
                 ev = report.evaluation
-                if evaluate_round is not None and ev is not None and ev.round == evaluate_round:
+                if evaluate_round is not None and ev is not None and ev.round == evaluate_round and not self.masked:
                     tally.add(name, ev.loss_sum, ev.correct, ev.count, ev.sums)
                 if report.status != "ok":
                     # The site's ``reason`` is its free text (paths, values): the log keeps the
@@ -481,9 +508,12 @@ class Coordinator:
                 # Binary payloads are bounded by the job's model before they are copied or parsed.
                 if self.settings.he_public is not None:
                     intake.bounded_blob(reply, HE_UPDATE, self._he_update_bound())
+                n_eval = agg.spec.eval_size
                 if self.job.secure_aggregation.mode == "secagg":
-                    bound = intake.secagg_update_bound(self.job.secure_aggregation, self.model_layout())
+                    bound = intake.secagg_update_bound(self.job.secure_aggregation, self.model_layout(), n_eval)
                     intake.bounded_blob(reply, SECAGG_UPDATE, bound)
+                if self.job.secure_aggregation.mode == "secagg+he":
+                    intake.bounded_blob(reply, SECAGG_EVAL, 8 * n_eval)  # 64-bit lanes, exact
                 folded = agg.accept(
                     Reply(
                         site=name,
@@ -549,18 +579,24 @@ class Coordinator:
                 details={"site": silent, "reason": check, "code": "timeout", "check": check},
             )
             self._log_update_rejected(rnd, silent, "timeout")
-        if evaluate_round is not None:
+        if evaluate_round is not None and not secure_eval:
             self._record_evaluation(state, rnd, evaluate_round, tally)
         with _abandon_on_failure(rnd):
             for stage in agg.stages_after():  # SecAgg: the unmasking wave
                 run_stage(lambda m: self._send(grid, m), trail, rnd=rnd, doc=stage_doc, nodes=nodes, stage=stage)
         train_loss = loss_sum / loss_n if loss_n else float("nan")  # NaN: withheld under DP
-        return self._finish_round(rnd, state, agg, received, refused, train_loss, max_eps, start)
+        return self._finish_round(
+            rnd, state, agg, received, refused, train_loss, max_eps, start, evaluate_round if secure_eval else None
+        )
 
     def _he_update_bound(self) -> int:
         """The largest ``HE_UPDATE`` a site may send for this job's model (intake.he_update_bound)."""
         assert self.settings.he_public is not None
         return intake.he_update_bound(self.settings.he_public.params, self.model_layout())
+
+    def eval_size(self) -> int:
+        """Length of the job's evaluation sums (:func:`fedinfra.site.tasks.eval_layout`), as the sites derive it."""
+        return sum(n for _, n in eval_layout(self.job))
 
     def model_layout(self) -> Layout:
         """The update layout every reply must have: the job's model's, never a reply's."""
@@ -579,6 +615,7 @@ class Coordinator:
         train_loss: float,
         max_eps: float,
         start: float,
+        secure_eval: int | None = None,
     ) -> RoundResult:
         assert self.trail is not None
         trail = self.trail
@@ -613,6 +650,12 @@ class Coordinator:
         aggregate: bytes | None = None
         with _abandon_on_failure(rnd):
             outcome = agg.finish()
+        if secure_eval is not None:
+            # Round ``secure_eval``'s evaluation: the survivors' total, unmasked with the update.
+            tally = _EvalTally()
+            if outcome.evaluation is not None:
+                tally.add_total(outcome.sites, unflatten_sums(outcome.evaluation, eval_layout(self.job)))
+            self._record_evaluation(state, rnd, secure_eval, tally)
         if outcome.ciphertext is not None:
             aggregate = outcome.ciphertext
             state.round = rnd
@@ -669,7 +712,7 @@ class Coordinator:
 
     def _eval_reply(
         self, reply: Message, site: Site, rnd: int, state: RunState, tally: _EvalTally, view: str
-    ) -> None:
+    ) -> bool:
         """Add one site's evaluation counts of round ``rnd``'s model to ``tally``."""
         name = site.hello.site
         assert self.trail is not None
@@ -686,10 +729,12 @@ class Coordinator:
                 outcome="denied",
                 details={"site": name, "reason": check, "code": "evaluation", "check": check},
             )
-            return
+            return False
         self._delivered(state, name)
         self.witnessing.accept(name, report.cosignature)
-        tally.add(name, report.loss_sum, report.correct, report.count, report.sums)
+        if not self.masked:  # masked modes: figures only inside a secure sum, never a report's
+            tally.add(name, report.loss_sum, report.correct, report.count, report.sums)
+        return True
 
     def _federated_eval(
         self, grid: Grid, rnd: int, sites: list[Site], state: RunState, phase: str = "evaluate"
@@ -702,6 +747,82 @@ class Coordinator:
             site = by_node.get(reply.metadata.src_node_id)
             if site is not None:
                 self._eval_reply(reply, site, rnd, state, tally, view)
+        return tally
+
+    def _secure_close_eval(self, grid: Grid, sites: list[Site], state: RunState) -> _EvalTally:
+        """The close wave with the final model's evaluation inside an evaluation-only secure sum.
+
+        SecAgg+ over an empty model layout (round id :func:`close_sum_round`): the key waves,
+        the close messages carrying each site's mask stage, the consistency and unmask waves.
+        The coordinator unmasks only the survivors' total sums (issue 14). If the secure sum
+        cannot complete (too few survivors) the final model's figures are not released; the
+        close wave itself (cosignatures, receipts, the sites' final model) still happens.
+        """
+        from fedinfra.aggregation.secagg import SecAggAggregator
+        from fedinfra.crypto.secagg import SecAggAbandoned
+
+        assert self.trail is not None
+        trail = self.trail
+        rnd, sum_id = state.round, close_sum_round(state.round)
+        names = tuple(s.hello.site for s in sites)
+        nodes = {s.hello.site: s.node_id for s in sites}
+        tally = _EvalTally()
+        view = self._view_digest(state)
+        doc = self._doc(sum_id, "secagg").model_dump_json()
+        agg: SecAggAggregator | None = None
+        try:
+            agg = SecAggAggregator(
+                RoundSpec(
+                    run_id=self.run_id, round=sum_id, layout=(), job=self.job, sites=names, eval_size=self.eval_size()
+                )
+            )
+            for stage in agg.stages_before():
+                run_stage(lambda m: self._send(grid, m), trail, rnd=rnd, doc=doc, nodes=nodes, stage=stage)
+        except (SecAggAbandoned, ValueError, ConfigError):
+            agg = None  # no secure sum: the close wave goes out without mask stages
+        messages = []
+        for s in sites:
+            extra = agg.train_extra(s.hello.site) if agg is not None else None
+            payload = self._payload(state, s, rnd, "close", 1, extra=extra)
+            messages.append(Message(payload, dst_node_id=s.node_id, message_type=MessageType.EVALUATE))
+        by_node = {s.node_id: s for s in sites}
+        for reply in self._send(grid, messages):
+            site = by_node.get(reply.metadata.src_node_id)
+            if site is None:
+                continue
+            ok = self._eval_reply(reply, site, rnd, state, tally, view)  # masked: no figures in the clear
+            if ok and agg is not None:
+                try:
+                    agg.accept(Reply(site=site.hello.site, weight=1.0, config=reply.content.config_records[CONFIG]))
+                except UpdateRejected as exc:
+                    trail.event(
+                        "update.rejected",
+                        round=rnd,
+                        site=site.hello.site,
+                        outcome="denied",
+                        details={
+                            "site": site.hello.site,
+                            "reason": exc.check,
+                            "code": "evaluation",
+                            "check": exc.check,
+                        },
+                    )
+        if agg is None:
+            return tally
+        try:
+            for stage in agg.stages_after():
+                run_stage(lambda m: self._send(grid, m), trail, rnd=rnd, doc=doc, nodes=nodes, stage=stage)
+            outcome = agg.finish()
+        except (SecAggAbandoned, ConfigError) as exc:
+            _log.warning(
+                "run %s: the close wave's secure evaluation sum did not complete (%s); "
+                "the final model's figures are not released",
+                self.run_id,
+                type(exc).__name__,
+            )
+            return tally
+        if outcome.evaluation is not None:
+            tally.add_total(outcome.sites, unflatten_sums(outcome.evaluation, eval_layout(self.job)))
         return tally
 
     def _record_evaluation(self, state: RunState, wave: int, rnd: int, tally: _EvalTally) -> None:
@@ -878,7 +999,10 @@ class Coordinator:
         from fedinfra.policy._facts import CloseFacts
         from fedinfra.privacy.release import privacy_summary
 
-        tally = self._federated_eval(grid, state.round, sites, state, phase="close")
+        if self.masked and self.sites_evaluate:
+            tally = self._secure_close_eval(grid, sites, state)
+        else:
+            tally = self._federated_eval(grid, state.round, sites, state, phase="close")
         loss, acc = tally.result()
         if not self.sites_evaluate and state.results:
             loss, acc = state.results[-1].test_loss, state.results[-1].test_accuracy
@@ -941,6 +1065,7 @@ class Coordinator:
                 epsilon_per_site={k: b.epsilon_total for k, b in sorted(state.books.items())},
                 spends=[dict(e.details) for e in trail.log.entries(run_id=self.run_id, type="budget.spent")],
                 rounds=state.round,
+                secure_aggregation=self.job.secure_aggregation.mode,
             ),
             "secure_aggregation": self.job.secure_aggregation.mode,
             "audit_store": str(self.settings.store),

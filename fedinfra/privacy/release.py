@@ -13,8 +13,10 @@ loss reveals the count of positive labels). So under DP:
   (RFC 2104), so knowing every record but one does not let anyone test membership;
 * the update norm before clipping stays at the site.
 
-:data:`RELEASES` is the list the report prints: every value, when it leaves and what
-covers it.
+:func:`releases` is the list the report prints for a job's ``secure_aggregation.mode``:
+every value, when it leaves and what covers it. Evaluation sums travel inside the secure
+aggregate under ``secagg`` and ``secagg+he`` (:mod:`fedinfra.site.evaluation`); in the other
+modes they are sent in the clear, and the list says so.
 """
 
 from __future__ import annotations
@@ -23,16 +25,50 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-#: (value, when, mechanism) for every value a site releases under DP.
-RELEASES: Final[tuple[tuple[str, str, str], ...]] = (
-    ("model update", "each round it is sampled", "DP (clip + Gaussian noise), charged in the site's ledger"),
-    ("example count", "admission; plaintext replies", "bucketed to the next power of two (not noised)"),
-    ("training loss", "never under DP", "withheld"),
-    ("dataset fingerprint", "admission", "HMAC-SHA256 under a site-held key (RFC 2104)"),
-    ("update norm", "never", "stays at the site"),
-    ("test-shard loss sum, correct and count", "federated evaluation", "NOT covered: released in the clear"),
-    ("privacy figures and caps", "admission; each reply", "public parameters (no data)"),
+#: The row of the evaluation sums (test loss sum, correct, count, the task's metric sums).
+EVALUATION = "test-shard loss sum, correct, count and the task's metric sums"
+
+#: How the evaluation sums leave a site, by ``secure_aggregation.mode`` (fedinfra.site.evaluation).
+_EVALUATION_BY_MODE: Final[dict[str, tuple[str, str]]] = {
+    "none": (
+        "federated evaluation",
+        "NOT covered: sent to the coordinator in the clear (the job has no secure aggregation)",
+    ),
+    "secagg": (
+        "with the next round's masked update; the final model's in the close wave's secure sum",
+        "inside the secure aggregate: SecAgg+ masks (Bonawitz et al. 2017), only the total over at least "
+        "max(t, min_contributors) sites is unmasked; one secure sum per model per site",
+    ),
+    "secagg+he": (
+        "with the next round's masked update; the final model's in the close wave's secure sum",
+        "inside the secure aggregate: SecAgg+ masks beside the BFV ciphertext, only the total over at least "
+        "max(t, min_contributors) sites is unmasked; one secure sum per model per site",
+    ),
+}
+#: HE without masks: the coordinator cannot decrypt a sum, and a site decrypting one for it
+#: would be a decryption oracle (it can forward one site's ciphertext as "the sum").
+_EVALUATION_HE = (
+    "federated evaluation",
+    "NOT covered: sent to the coordinator in the clear (it cannot decrypt an HE sum; use secagg+he)",
 )
+
+
+def releases(mode: str = "none") -> tuple[tuple[str, str, str], ...]:
+    """(value, when, mechanism) for every value a site releases under DP, for ``secure_aggregation.mode``."""
+    when, how = _EVALUATION_BY_MODE.get(mode, _EVALUATION_HE)
+    return (
+        ("model update", "each round it is sampled", "DP (clip + Gaussian noise), charged in the site's ledger"),
+        ("example count", "admission; plaintext replies", "bucketed to the next power of two (not noised)"),
+        ("training loss", "never under DP", "withheld"),
+        ("dataset fingerprint", "admission", "HMAC-SHA256 under a site-held key (RFC 2104)"),
+        ("update norm", "never", "stays at the site"),
+        (EVALUATION, when, how),
+        ("privacy figures and caps", "admission; each reply", "public parameters (no data)"),
+    )
+
+
+#: The release list of a job without secure aggregation (see :func:`releases`).
+RELEASES: Final[tuple[tuple[str, str, str], ...]] = releases("none")
 
 
 def bucket_count(n: int) -> int:
@@ -114,8 +150,9 @@ def privacy_summary(
     epsilon_per_site: Mapping[str, float],
     spends: Sequence[Mapping[str, object]],
     rounds: int = 0,
+    secure_aggregation: str = "none",
 ) -> dict[str, object]:
-    """The ``privacy`` block of ``metrics.json``: figures, delta, guarantee, releases."""
+    """The ``privacy`` block of ``metrics.json``: figures, delta, guarantee, releases (by mode)."""
     if mechanism == "none":
         return {"mechanism": "none", "guarantee": NO_GUARANTEE, "epsilon_per_site": None, "delta": None}
     out: dict[str, object] = {
@@ -123,7 +160,7 @@ def privacy_summary(
         "accountant": accountant,
         "delta": delta,
         "epsilon_per_site": dict(epsilon_per_site),
-        "releases": [{"value": v, "when": w, "mechanism": m} for v, w, m in RELEASES],
+        "releases": [{"value": v, "when": w, "mechanism": m} for v, w, m in releases(secure_aggregation)],
     }
     if mechanism == "user-dp":
         out["guarantee"] = user_level_statement(spends)

@@ -52,7 +52,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from fedinfra.errors import VerificationError
-from fedinfra.privacy.release import RELEASES, user_level_statement
+from fedinfra.privacy.release import releases, user_level_statement
 from fedinfra.report import regulation, verdict
 from fedinfra.report.model import (
     CheckpointRef,
@@ -363,7 +363,7 @@ def _controls(records: list[AuditRecord], config: RunConfig, budgets: list[SiteB
         dp_guarantee=_guarantee(
             mechanism, mode, budgets, [r.details for r in records if r.type == "budget.spent"]
         ),
-        site_releases=[list(row) for row in RELEASES] if mechanism not in ("none", "not recorded") else [],
+        site_releases=[list(row) for row in releases(mode)] if mechanism not in ("none", "not recorded") else [],
         noise_multiplier=sigma,
         noise_multiplier_source=source or None,
         max_grad_norm=_num(priv.get("max_grad_norm")),

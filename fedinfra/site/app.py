@@ -7,10 +7,13 @@ Message flow (Flower Message API):
   privacy budget) - never any records.
 * ``train`` - one round: verify audit receipts, check policy and budget, train, protect
   the update (DP, HE) and reply with it and a :class:`~fedinfra.config.wire.TrainReport`.
-  When asked (``evaluate_round``, HE mode) the report also carries the test-shard counts
-  of the model the site trained from: the previous round's federated evaluation, sent
-  in this round's wave.
-* ``evaluate`` - verify receipts, (HE) open the aggregate, evaluate on the local test shard.
+  When asked (``evaluate_round``) the site also evaluates the model it trained from: the
+  previous round's federated evaluation, sent in this round's wave - in the report's
+  ``evaluation``, or (``secagg``, ``secagg+he``) masked with the update so that only the
+  survivors' total is unmasked (:mod:`fedinfra.site.evaluation`).
+* ``evaluate`` - verify receipts, (HE) open the aggregate, evaluate on the local test shard;
+  in masked modes the report carries no figure and the close wave's sums go into an
+  evaluation-only secure sum.
 
 A site that refuses (its policy, budget or a receipt check fails) replies
 ``status="refused"`` with the reason and nothing else: fail closed.
@@ -34,6 +37,7 @@ from fedinfra.config.wire import (
     HE_AGGREGATES,
     HE_UPDATE,
     SECAGG,
+    SECAGG_UPDATE,
     EvalCounts,
     EvalReport,
     SiteHello,
@@ -44,6 +48,7 @@ from fedinfra.errors import CryptoError, FedinfraError, PolicyViolation, Privacy
 from fedinfra.models import set_weights
 from fedinfra.privacy.release import released_count
 from fedinfra.site.context import SiteContext, site_context
+from fedinfra.site.evaluation import close_sum, evaluation_lanes, secure_evaluation
 from fedinfra.site.receipts import cosigner_vkey, current_size, verify_and_store, witness
 from fedinfra.site.round import check_job, run_round
 from fedinfra.site.sync import current_model
@@ -84,11 +89,14 @@ def _tls(context: Context) -> bool | None:
     return True if str(context.node_config.get("tls", "")).lower() == "true" else None
 
 
-def _reply(msg: Message, doc: str, blob: bytes | None = None, key: str = HE_UPDATE) -> Message:
+def _reply(
+    msg: Message, doc: str, blob: bytes | None = None, key: str = HE_UPDATE, blobs: dict[str, bytes] | None = None
+) -> Message:
     values: dict[str, int | float | str | bytes | bool | list[int] | list[float] | list[str] | list[bytes] | list[bool]]
     values = {DOC: doc}
     if blob is not None:
         values[key] = blob
+    values.update(blobs or {})
     return Message(RecordDict({CONFIG: ConfigRecord(values)}), reply_to=msg)
 
 
@@ -210,21 +218,29 @@ def train(msg: Message, context: Context) -> Message:
         out.report = out.report.model_copy(
             update={"run_id": instruction.run_id, "model_digest": digest or instruction.model_digest}
         )
+        lanes = None
         if instruction.evaluate_round is not None:
             # Computed afresh, after run_round (receipts verified, policy checked), and not
             # part of a replayed release: counts only, never the model.
             loss_sum, correct, count, sums = _test_counts(ctx, weights)
-            evaluation = EvalCounts(
-                round=instruction.evaluate_round, loss_sum=max(0.0, loss_sum), correct=correct, count=count, sums=sums
-            )
-            out.report = out.report.model_copy(update={"evaluation": evaluation})
+            if secure_evaluation(ctx):  # summed with the update, never in the report
+                lanes = evaluation_lanes(ctx, instruction.run_id, weights, sums)
+            else:
+                evaluation = EvalCounts(
+                    round=instruction.evaluate_round,
+                    loss_sum=max(0.0, loss_sum),
+                    correct=correct,
+                    count=count,
+                    sums=sums,
+                )
+                out.report = out.report.model_copy(update={"evaluation": evaluation})
         if ctx.job.secure_aggregation.masked:
             from fedinfra.site.secagg import mask_update
 
             assert out.update is not None
             stage = msg.content.config_records[CONFIG].get(SECAGG)
-            masked, key = mask_update(context, ctx, instruction, out.update, stage)
-            return _reply(msg, out.report.model_dump_json(), masked, key=key)
+            records = mask_update(context, ctx, instruction, out.update, stage, evaluation=lanes)
+            return _reply(msg, out.report.model_dump_json(), blobs=records)
     except (FedinfraError, ValueError) as exc:
         refused = TrainReport(
             site=ctx.name,
@@ -264,6 +280,16 @@ def evaluate(msg: Message, context: Context) -> Message:
         loss_sum, correct, count, sums = _test_counts(ctx, weights)
         if instruction.phase == "close":
             ctx.home.save_weights(instruction.run_id, "final-model", weights)
+        blobs: dict[str, bytes] = {}
+        if secure_evaluation(ctx):
+            # The figures travel only inside a secure sum (the close wave's), never in the report.
+            stage = msg.content.config_records[CONFIG].get(SECAGG)
+            if instruction.phase == "close" and stage is not None:
+                from fedinfra.site.secagg import mask_evaluation
+
+                lanes = evaluation_lanes(ctx, instruction.run_id, weights, sums)
+                blobs[SECAGG_UPDATE] = mask_evaluation(context, ctx, close_sum(instruction), stage, lanes)
+            loss_sum, correct, count, sums = 0.0, 0, 0, {}
     except (FedinfraError, ValueError) as exc:
         refused = EvalReport(
             site=ctx.name, round=instruction.round, status="refused", reason=str(exc)[:240], run_id=instruction.run_id
@@ -281,4 +307,4 @@ def evaluate(msg: Message, context: Context) -> Message:
         run_id=instruction.run_id,
         model_digest=digest or instruction.model_digest,
     )
-    return _reply(msg, report.model_dump_json())
+    return _reply(msg, report.model_dump_json(), blobs=blobs)

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from flwr.app import ConfigRecord, Context
 
 from fedinfra.config.secagg_plan import SecAggPlan, contributor_floor, plan_for_roster
-from fedinfra.config.wire import HE_UPDATE, SECAGG_UPDATE, TrainInstruction
+from fedinfra.config.wire import HE_UPDATE, SECAGG_EVAL, SECAGG_UPDATE, TrainInstruction
 from fedinfra.config.wire_secagg import StageReply, StageRequest
 from fedinfra.crypto.quantize import flatten, secure_generator
 from fedinfra.crypto.secagg import Roster, SecAggAbandoned, SiteSession
@@ -179,12 +180,21 @@ def handle_stage(context: Context, ctx: SiteContext, instruction: TrainInstructi
 
 
 def mask_update(
-    context: Context, ctx: SiteContext, instruction: TrainInstruction, update: NDArrays, document: Any
-) -> tuple[bytes, str]:
+    context: Context,
+    ctx: SiteContext,
+    instruction: TrainInstruction,
+    update: NDArrays,
+    document: Any,
+    evaluation: npt.NDArray[np.uint64] | None = None,
+) -> dict[str, bytes]:
     """Quantize ``update`` like the BFV codec and mask it against the sharing neighbours.
 
-    Returns the reply bytes and the record key they travel under: the masked integers
-    (``secagg``), or the masked BFV slots encrypted and signed (``secagg+he``).
+    Returns the reply's binary records by key: the masked integers (``SECAGG_UPDATE``,
+    ``secagg``), or the masked BFV slots encrypted and signed (``HE_UPDATE``, ``secagg+he``).
+    ``evaluation`` (fixed-point sums, :func:`~fedinfra.crypto.secagg.codec.encode_eval`) is
+    masked with the same pairwise and self masks as a further segment - appended to the
+    masked update (``secagg``) or beside the ciphertext (``SECAGG_EVAL``, ``secagg+he``) - so
+    the coordinator unmasks only the survivors' total (issue 14, deliverable 4).
     """
     if not isinstance(document, str):
         raise CryptoError("secure aggregation: the train message carries no mask stage")
@@ -214,14 +224,25 @@ def mask_update(
             run_id=instruction.run_id,
             round_id=instruction.round,
         )
+        out = {HE_UPDATE: blob}
+        if evaluation is not None:
+            n_eval = int(evaluation.shape[0])
+            eval_bits = sa_codec.widths(sa, n_eval)
+            empty = np.zeros(0, dtype=np.uint64)
+            eval_segments = [empty, empty.copy(), evaluation]
+            session.mask(p, eval_segments, eval_bits, u2=request.u2, shares_for_me=shares)
+            out[SECAGG_EVAL] = sa_codec.to_wire(eval_segments, eval_bits)
         _save(context, session)
-        return blob, HE_UPDATE
+        return out
     values, _ = flatten(update)
     segments = sa_codec.encode(np.asarray(values, dtype=np.float64), weight, sa, secure_generator())
-    bits = sa_codec.widths(sa)
+    n = 0 if evaluation is None else int(evaluation.shape[0])
+    if evaluation is not None:
+        segments.append(evaluation)
+    bits = sa_codec.widths(sa, n)
     session.mask(p, segments, bits, u2=request.u2, shares_for_me=shares)
     _save(context, session)
-    return sa_codec.to_wire(segments, bits), SECAGG_UPDATE
+    return {SECAGG_UPDATE: sa_codec.to_wire(segments, bits)}
 
 
 def open_masked_aggregate(ctx: SiteContext, data: bytes, *, run_id: str, round_id: int) -> tuple[Any, int]:
@@ -241,3 +262,32 @@ def open_masked_aggregate(ctx: SiteContext, data: bytes, *, run_id: str, round_i
         run_id=run_id,
         round_id=round_id,
     )
+
+
+def mask_evaluation(
+    context: Context, ctx: SiteContext, instruction: TrainInstruction, document: Any, evaluation: npt.NDArray[np.uint64]
+) -> bytes:
+    """An evaluation-only SecAgg+ input (the close wave): no update, a trailer of one, the sums.
+
+    The same codec and masks as :func:`mask_update` with an empty update, so the
+    coordinator's :class:`~fedinfra.aggregation.secagg.SecAggAggregator` over an empty model
+    layout unmasks the survivors' total evaluation sums and nothing else.
+    """
+    if not isinstance(document, str):
+        raise CryptoError("secure aggregation: the close message carries no mask stage")
+    request = StageRequest.model_validate_json(document)
+    if request.stage != "mask":
+        raise CryptoError("secure aggregation: expected the mask stage with the close message")
+    session = _load(context, instruction)
+    if session.roster is None:
+        raise CryptoError("secure aggregation: mask before share")
+    if session.u2:
+        raise CryptoError("secure aggregation: this site already masked its input for this round")
+    p = _plan(ctx, session.sampled, len(session.roster.entries))
+    sa = ctx.job.secure_aggregation
+    segments = [*sa_codec.encode(np.zeros(0, dtype=np.float64), 1, sa, secure_generator()), evaluation]
+    bits = sa_codec.widths(sa, int(evaluation.shape[0]))
+    shares = {k: bytes.fromhex(v) for k, v in request.shares.items()}
+    session.mask(p, segments, bits, u2=request.u2, shares_for_me=shares)
+    _save(context, session)
+    return sa_codec.to_wire(segments, bits)

@@ -37,6 +37,21 @@ def _task(job_json: str) -> Task:
     return load_task(TABULAR_REF, config)
 
 
+def eval_layout(job: JobSpec) -> tuple[tuple[str, int], ...]:
+    """The layout of the job's evaluation sums, the same at the coordinator and every site."""
+    return _eval_layout(job.model_dump_json())
+
+
+@lru_cache(maxsize=16)
+def _eval_layout(job_json: str) -> tuple[tuple[str, int], ...]:
+    from fedinfra.task.metrics import sums_layout
+
+    job = JobSpec.model_validate_json(job_json)
+    task = job_task(job)
+    model, _ = job_model(job, task)
+    return sums_layout(task, model)
+
+
 def job_model(job: JobSpec, task: Task | None = None) -> tuple[nn.Module, tuple[str, ...]]:
     """The job's initial model and the layers changed to make it trainable under DP-SGD.
 

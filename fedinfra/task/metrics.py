@@ -133,6 +133,59 @@ def finalize(kind: Kind, sums: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+#: The names and lengths of a task's evaluation sums, in a fixed order (the secure-sum layout).
+SumsLayout = tuple[tuple[str, int], ...]
+
+
+def sums_layout(task: Any, model: Any) -> SumsLayout:
+    """The layout of ``task``'s evaluation sums for ``model``, fixed before any site reports.
+
+    Computed from an empty evaluation batch shaped by :meth:`Task.example_input`, so the
+    coordinator and every site derive the same layout from the job alone (a secure sum's
+    length must not come from a reply; Bonawitz et al. 2017 fix the vector length up
+    front). A task whose input shape is unknown (``example_input`` is ``None``) carries the
+    core sums only: example count and loss sum.
+    """
+    import torch
+
+    from fedinfra.task.training import predict
+
+    example = task.example_input(model)
+    if example is None:
+        return (("count", 1), ("loss", 1))
+    x = example.detach().cpu().numpy().astype(np.float32)
+    outputs = predict(task, model, x)[:0]
+    y = torch.zeros((0,), dtype=torch.float32 if task.kind == "regression" else torch.int64)
+    sums = metric_sums(task.kind, outputs, y, 0.0)
+    return tuple((name, int(np.asarray(v).size)) for name, v in sums.items())
+
+
+def flatten_sums(sums: Mapping[str, Any], layout: SumsLayout) -> npt.NDArray[np.float64]:
+    """``sums`` as one vector in ``layout``'s order; a name missing or of another length is refused."""
+    parts = []
+    for name, size in layout:
+        if name not in sums:
+            raise ValueError(f"evaluation sums lack {name!r}, which the task's layout has")
+        arr = np.asarray(sums[name], dtype=np.float64).reshape(-1)
+        if arr.size != size:
+            raise ValueError(f"evaluation sum {name!r} has {arr.size} values, the task's layout {size}")
+        parts.append(arr)
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def unflatten_sums(vector: npt.NDArray[Any], layout: SumsLayout) -> Sums:
+    """Inverse of :func:`flatten_sums`."""
+    v = np.asarray(vector, dtype=np.float64).reshape(-1)
+    if v.size != sum(size for _, size in layout):
+        raise ValueError(f"evaluation vector of {v.size} values does not match the layout")
+    out: Sums = {}
+    pos = 0
+    for name, size in layout:
+        out[name] = v[pos : pos + size].copy()
+        pos += size
+    return out
+
+
 def evaluate_sums(task: Any, model: Any, x: npt.NDArray[np.float32], y: npt.NDArray[Any]) -> Sums:
     """Evaluate ``model`` on ``(x, y)`` as additive sums (see :func:`metric_sums`)."""
     import torch

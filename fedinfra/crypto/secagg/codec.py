@@ -10,6 +10,14 @@ the number of contributions, masked like the rest: the coordinator learns only t
 
 On the wire each value takes ``ceil(L / 8)`` bytes (3 bytes for 20-bit values and up to 16
 sites: 3.0 bytes per parameter against float32's 4.0).
+
+An optional third segment carries the site's **evaluation sums** (test loss sum, counts, the
+task's metric sums; issue 14: "evaluation sums leave a site only inside the secure
+aggregate"): non-negative fixed-point integers ``round(v * 2^16)`` modulo ``2^64``, masked
+like the update, so the coordinator unmasks only their total over the survivors. A site
+refuses a value above half of ``(2^64 - 1) / max_sites / 2^16`` (:func:`eval_limit`; the half
+absorbs float rounding), so the sum of ``max_sites`` of them never wraps; the coordinator
+refuses a total above ``sites`` times that bound (:func:`decode_eval`).
 """
 
 from __future__ import annotations
@@ -29,14 +37,59 @@ from fedinfra.errors import ConfigError, CryptoError
 TRAILER_BITS = 64
 
 
-def widths(spec: SecureAggSpec) -> list[int]:
-    """Moduli (in bits) of the two segments: the update lanes and the trailer."""
-    return [lane_bits(spec.quant_bits, spec.max_sites), TRAILER_BITS]
+#: Bits of the evaluation segment, and the fixed-point scale of its values (2^-16 resolution).
+EVAL_BITS = 64
+EVAL_SCALE = 1 << 16
 
 
-def sizes(n_values: int) -> list[int]:
-    """Lengths of the two segments for an update of ``n_values`` values."""
-    return [n_values, 2]
+def widths(spec: SecureAggSpec, n_eval: int = 0) -> list[int]:
+    """Moduli (in bits) of the segments: update lanes, trailer, and (``n_eval > 0``) evaluation sums."""
+    return [lane_bits(spec.quant_bits, spec.max_sites), TRAILER_BITS] + ([EVAL_BITS] if n_eval else [])
+
+
+def sizes(n_values: int, n_eval: int = 0) -> list[int]:
+    """Lengths of the segments for an update of ``n_values`` values and ``n_eval`` evaluation sums."""
+    return [n_values, 2] + ([n_eval] if n_eval else [])
+
+
+def eval_bound(spec: SecureAggSpec) -> int:
+    """The largest encoded evaluation value one site may send: ``max_sites`` of them fit in 64 bits."""
+    return ((1 << EVAL_BITS) - 1) // spec.max_sites
+
+
+def eval_limit(spec: SecureAggSpec) -> float:
+    """The largest evaluation sum (before encoding) a site sends: half the bound, so rounding never crosses it."""
+    return eval_bound(spec) / 2 / EVAL_SCALE
+
+
+def encode_eval(
+    values: npt.NDArray[np.float64], spec: SecureAggSpec, names: list[str] | None = None
+) -> npt.NDArray[np.uint64]:
+    """Fixed-point encode one site's evaluation sums (``round(v * 2^16)``) for the eval segment.
+
+    Refuses, naming the value, a negative or non-finite sum or one above the range
+    ``max_sites`` of which still sum below ``2^64`` (an over-range sum must not wrap: a
+    wrapped total would be silently wrong, Bonawitz et al. 2017 sum modulo ``2^bits``).
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    limit = eval_limit(spec)
+    for i, x in enumerate(v):
+        if not (math.isfinite(float(x)) and 0.0 <= float(x) <= limit):
+            name = names[i] if names is not None and i < len(names) else f"#{i}"
+            raise ConfigError(
+                f"evaluation sum {name} = {float(x):.6g} is outside [0, {limit:.6g}], the range "
+                f"secure_aggregation.max_sites={spec.max_sites} sites can sum without overflow; "
+                "lower max_sites or evaluate a smaller test shard"
+            )
+    return np.rint(v * EVAL_SCALE).astype(np.uint64)
+
+
+def decode_eval(total: npt.NDArray[Any], sites: int, spec: SecureAggSpec) -> npt.NDArray[np.float64]:
+    """The unmasked evaluation total of ``sites`` contributions, as floats; refuses an impossible one."""
+    t = np.asarray(total, dtype=np.uint64)
+    if t.size and int(t.max()) > sites * eval_bound(spec):
+        raise CryptoError("secure aggregation: the unmasked evaluation sum is inconsistent (out of range)")
+    return t.astype(np.float64) / EVAL_SCALE
 
 
 def encode(
@@ -55,8 +108,12 @@ def encode(
 
 
 def decode(total: Segments, spec: SecureAggSpec) -> tuple[npt.NDArray[np.float32], int, int]:
-    """The unmasked sum -> ``(weighted mean as float32, total examples, contributions)``."""
-    lanes, trailer = total
+    """The unmasked sum -> ``(weighted mean as float32, total examples, contributions)``.
+
+    Reads the update lanes and the trailer; an evaluation segment, if any, is
+    :func:`decode_eval`'s.
+    """
+    lanes, trailer = total[0], total[1]
     examples, sites = int(trailer[0]), int(trailer[1])
     if not 1 <= sites <= spec.max_sites or not 1 <= examples <= sites * spec.example_cap:
         raise CryptoError("secure aggregation: the unmasked sum is inconsistent (trailer out of range)")

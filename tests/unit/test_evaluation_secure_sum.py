@@ -1,0 +1,326 @@
+"""Evaluation sums travel inside the secure aggregate: the coordinator learns only their total.
+
+Issue 14, deliverable 4 (and issue 17's "metric sums combined inside the secure aggregate").
+A whole run goes through the real coordinator (:class:`Coordinator.run`) and the real
+ClientApp of in-process sites (provisioned kits, SecAgg+ masks, SEAL under ``secagg+he``);
+the grid between them delivers messages and keeps every reply, which is exactly what a
+coordinator-side observer sees. Before this change each site's ``TrainReport.evaluation`` /
+``EvalReport`` carried its loss sum, correct and example count as JSON numbers in every
+mode, so the first assertion of each run test failed on the old code (the site's figures
+were in its reply) and the coordinator's ``evaluation.completed`` was their sum *because*
+it read them one by one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import runpy
+import shutil
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from uuid import uuid4
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message, RecordDict
+
+from fedinfra.config import JobSpec, load_job
+from fedinfra.config.wire import CONFIG, DOC
+from fedinfra.coordinator.server import Coordinator
+from fedinfra.crypto.secagg import codec as sa_codec
+from fedinfra.errors import ConfigError, CryptoError
+from fedinfra.runtime.coordinator_kit import settings_from_kit
+from fedinfra.runtime.simulation import provision_simulation, site_names
+from fedinfra.site.app import _test_counts
+from fedinfra.site.app import app as client_app
+from fedinfra.site.context import site_context
+from fedinfra.site.home import HOME_ENV, KIT_ROOT_ENV
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+class SiteGrid:
+    """A Flower grid over in-process sites running fedinfra's ClientApp; keeps every reply."""
+
+    def __init__(self, contexts: dict[int, Context]) -> None:
+        self.contexts = contexts
+        self.replies: dict[str, Message] = {}
+        self.observed: list[Message] = []
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def get_nodes(self) -> Iterable[Any]:
+        return [SimpleNamespace(node_id=n, name="", public_key=b"") for n in self.contexts]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid4())  # what Flower's grids do on push
+            reply = client_app(msg, self.contexts[msg.metadata.dst_node_id])
+            reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+            self.observed.append(reply)
+            self.replies[msg.metadata.message_id] = reply
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+
+
+@pytest.fixture(autouse=True)
+def _flower_run() -> Iterator[None]:
+    """What Flower's runtime sets before apps run: the run the messages belong to."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 4242, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def _run(job: JobSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[SiteGrid, Coordinator]:
+    run_id = "run-evalsum"
+    kits = provision_simulation(job, run_id, tmp_path)
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "site-homes"))
+    monkeypatch.setenv(KIT_ROOT_ENV, str(kits / "sites"))
+    n = job.sites.count
+    contexts = {
+        i + 1: Context(
+            run_id=4242,
+            node_id=i + 1,
+            node_config={"partition-id": i, "num-partitions": n},
+            state=RecordDict(),
+            run_config={},
+        )
+        for i in range(n)
+    }
+    settings = settings_from_kit(
+        kits / "coordinator",
+        store=str(tmp_path / "audit.sqlite"),
+        tls=False,
+        in_process=True,
+        he=job.secure_aggregation.encrypted,
+    )
+    settings = dataclasses.replace(settings, node_wait_s=1)
+    coordinator = Coordinator(job, run_id=run_id, run_dir=tmp_path / "run", settings=settings)
+    grid = SiteGrid(contexts)
+    coordinator.run(grid)  # type: ignore[arg-type]
+    return grid, coordinator
+
+
+def _site_figures(job: JobSpec, weights: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Each site's own evaluation of ``weights`` (loss sum, correct, count, sums), as the site computes it."""
+    out = {}
+    for i, name in enumerate(site_names(job)):
+        ctx = site_context({"partition-id": i, "num-partitions": job.sites.count}, job)
+        assert ctx.name == name
+        out[name] = _test_counts(ctx, weights)
+    return out
+
+
+def _evaluations(coordinator: Coordinator) -> dict[int, dict[str, Any]]:
+    from fedinfra.audit import AuditLog
+
+    log = AuditLog.open(coordinator.settings.store)
+    try:
+        entries = log.entries(run_id=coordinator.run_id, type="evaluation.completed")
+        return {int(e.details["evaluated_round"]): dict(e.details) for e in entries}
+    finally:
+        log.close()
+
+
+def _reply_bytes(reply: Message) -> bytes:
+    if reply.has_error():
+        return b""
+    parts = []
+    for record in reply.content.config_records.values():
+        for value in record.values():
+            parts.append(value if isinstance(value, bytes) else str(value).encode())
+    for record in reply.content.array_records.values():
+        for arr in record.values():
+            parts.append(bytes(arr.data))
+    return b"\x00".join(parts)
+
+
+def _reports(grid: SiteGrid) -> list[dict[str, Any]]:
+    out = []
+    for reply in grid.observed:
+        if reply.has_error() or CONFIG not in reply.content.config_records:
+            continue
+        doc = json.loads(str(reply.content.config_records[CONFIG][DOC]))
+        out.append(doc)
+    return out
+
+
+def _assert_no_site_figure_in_replies(grid: SiteGrid, figures: dict[str, Any], job: JobSpec) -> None:
+    """Not one reply names a site's loss sum, correct or count, in JSON or as encoded lanes."""
+    for doc in _reports(grid):
+        assert doc.get("evaluation") is None  # TrainReport: no figures beside the update
+        assert doc.get("loss_sum", 0.0) == 0.0
+        assert doc.get("count", 0) == 0
+        assert doc.get("correct", 0) == 0
+        assert not doc.get("sums")
+    blobs = b"\x01".join(_reply_bytes(r) for r in grid.observed)
+    for loss_sum, correct, count, _ in figures.values():
+        assert count > 0
+        lanes = sa_codec.encode_eval(np.array([loss_sum, float(count)]), job.secure_aggregation)
+        for value in lanes:  # the fixed-point encodings of the site's own figures
+            assert struct.pack("<Q", int(value)) not in blobs
+        assert repr(float(loss_sum)).encode() not in blobs
+        if correct > 1000:  # a short number may occur by chance in a ciphertext
+            assert str(correct).encode() not in blobs
+
+
+def _secagg_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> JobSpec:
+    """The diabetes example (a user task, so the sites evaluate), 2 rounds, no DP: fast."""
+    root = tmp_path / "diabetes"
+    shutil.copytree(EXAMPLES / "diabetes", root)
+    runpy.run_path(str(root / "prepare.py"), run_name="example")["main"](root)
+    monkeypatch.syspath_prepend(str(root))
+    job = load_job(root / "job.toml")
+    assert job.data.source is not None
+    source = job.data.source.model_copy(update={"path": str(root / job.data.source.path)})
+    return job.model_copy(
+        update={
+            "rounds": 2,
+            "data": job.data.model_copy(update={"source": source}),
+            "privacy": job.privacy.model_copy(update={"mechanism": "none", "epsilon": None}),
+        }
+    )
+
+
+def test_under_secagg_the_coordinator_sees_only_the_total_of_the_sites_evaluation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = _secagg_job(tmp_path, monkeypatch)
+
+    grid, coordinator = _run(job, tmp_path, monkeypatch)
+
+    evaluations = _evaluations(coordinator)
+    assert sorted(evaluations) == [1, 2]  # round 1 in round 2's masked inputs, round 2 in the close sum
+    from fedinfra.coordinator.persist import load_state
+
+    for rnd in (1, 2):
+        figures = _site_figures(job, load_state(coordinator.state_dir, rnd).weights)
+        _assert_no_site_figure_in_replies(grid, figures, job)
+        total_loss = sum(f[0] for f in figures.values())
+        total_count = sum(f[2] for f in figures.values())
+        got = evaluations[rnd]
+        assert got["examples"] == total_count
+        assert got["test_loss"] == pytest.approx(total_loss / total_count, rel=1e-6)
+        mse = sum(f[3]["sq_err"][0] for f in figures.values()) / total_count
+        assert got["metrics"]["mse"] == pytest.approx(mse, rel=1e-6)
+        assert sorted(got["sites"]) == sorted(site_names(job))
+
+
+def _he_job(mode: str) -> JobSpec:
+    return JobSpec.model_validate(
+        {
+            "scenario": "hospital",
+            "rounds": 2,
+            "data": {"dataset": "breast_cancer"},
+            "sites": {"count": 3, "min_sites": 3},
+            "secure_aggregation": {"mode": mode, "max_sites": 3, "max_dropouts": 0, "max_colluders": 1},
+        }
+    )
+
+
+def test_under_secagg_he_the_coordinator_sees_only_the_total_of_the_sites_evaluation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = _he_job("secagg+he")
+
+    grid, coordinator = _run(job, tmp_path, monkeypatch)
+
+    evaluations = _evaluations(coordinator)
+    assert sorted(evaluations) == [1, 2]
+    # Under HE only the sites hold the model: each site's final model (saved by the close
+    # wave) is the one the close sum evaluated; round 1's is not kept, its total is checked
+    # for consistency (every site, every example) below.
+    from fedinfra.site.home import resolve_home
+
+    names = site_names(job)
+    final = {}
+    for i, name in enumerate(names):
+        ctx = site_context({"partition-id": i, "num-partitions": 3}, job)
+        weights = resolve_home({}, name).load_weights(coordinator.run_id, "final-model")
+        assert weights is not None
+        final[name] = _test_counts(ctx, weights)
+    _assert_no_site_figure_in_replies(grid, final, job)
+    got = evaluations[2]
+    total_count = sum(f[2] for f in final.values())
+    assert got["examples"] == total_count
+    assert got["test_loss"] == pytest.approx(sum(f[0] for f in final.values()) / total_count, rel=1e-6)
+    assert got["test_accuracy"] == pytest.approx(sum(f[1] for f in final.values()) / total_count)
+    assert evaluations[1]["examples"] == total_count  # the same test shards, summed once each
+    assert sorted(got["sites"]) == sorted(names)
+
+
+def test_in_mode_none_the_evaluation_stays_in_the_clear_as_the_report_says() -> None:
+    from fedinfra.privacy.release import EVALUATION, releases
+
+    def row(mode: str) -> str:
+        return {value: mechanism for value, _, mechanism in releases(mode)}[EVALUATION]
+
+    assert row("none").startswith("NOT covered: sent to the coordinator in the clear")
+    assert row("bfv").startswith("NOT covered")
+    assert row("secagg").startswith("inside the secure aggregate")
+    assert row("secagg+he").startswith("inside the secure aggregate")
+
+
+# -- the encoding's range ------------------------------------------------------------------------
+
+
+def _spec(max_sites: int = 16) -> Any:
+    return _he_job("secagg").secure_aggregation.model_copy(update={"max_sites": max_sites})
+
+
+def test_an_evaluation_sum_beyond_the_range_is_refused_naming_it_not_wrapped() -> None:
+    spec = _spec(16)
+    limit = sa_codec.eval_limit(spec)
+
+    with pytest.raises(ConfigError, match=r"evaluation sum loss = .* secure_aggregation.max_sites=16"):
+        sa_codec.encode_eval(np.array([1.0, limit * 1.01]), spec, ["count", "loss"])
+    with pytest.raises(ConfigError, match="evaluation sum count"):
+        sa_codec.encode_eval(np.array([-1.0, 0.0]), spec, ["count", "loss"])
+    with pytest.raises(ConfigError, match="evaluation sum count"):
+        sa_codec.encode_eval(np.array([float("nan"), 0.0]), spec, ["count", "loss"])
+
+
+def test_max_sites_sums_at_the_limit_decode_exactly_and_an_impossible_total_is_refused() -> None:
+    spec = _spec(16)
+    top = sa_codec.encode_eval(np.array([sa_codec.eval_limit(spec)]), spec)
+    total = np.array([int(top[0]) * 16], dtype=np.uint64)  # no wrap modulo 2^64
+
+    assert sa_codec.decode_eval(total, 16, spec)[0] == pytest.approx(16 * sa_codec.eval_limit(spec))
+    with pytest.raises(CryptoError, match="evaluation sum is inconsistent"):
+        sa_codec.decode_eval(total, 1, spec)
+
+
+def test_a_site_puts_one_models_evaluation_into_one_secure_sum_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asked again for the same weights it sends zeros (two sums would differ by one site)."""
+    from fedinfra.site.evaluation import evaluation_lanes
+
+    job = _he_job("secagg")
+    ctx = site_context({"partition-id": 0, "num-partitions": 3, "state-dir": str(tmp_path / "home")}, job)
+    from fedinfra.models import get_weights
+    from fedinfra.site.tasks import job_model
+
+    weights = get_weights(job_model(job)[0])
+    _, _, _, sums = _test_counts(ctx, weights)
+
+    first = evaluation_lanes(ctx, "run-x", weights, sums)
+    again = evaluation_lanes(ctx, "run-x", weights, sums)
+    other_run = evaluation_lanes(ctx, "run-y", weights, sums)
+
+    assert first.any()
+    assert not again.any()
+    assert np.array_equal(first, other_run)
+

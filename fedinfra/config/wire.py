@@ -33,6 +33,9 @@ SECAGG = "secagg"
 SECAGG_UPDATE = "secagg.update"
 #: ``secagg+he``: the site's evaluation sums, masked modulo 2^64 (the coordinator unmasks only their total).
 SECAGG_EVAL = "secagg.eval"
+#: ``bfv``/``ckks``: the site's evaluation sums under zero-sum masks of the shared HE key
+#: (:mod:`fedinfra.crypto.secagg.group`); the coordinator learns only a whole roster's total.
+EVAL_MASKED = "eval.masked"
 
 # -- bounds on everything a site sends (issue 16) ----------------------------------------
 #: Largest finite float32: every float from a site must fit the model's dtype.
@@ -161,6 +164,11 @@ class TrainInstruction(StrictModel):
     sampled: int = Field(default=1, ge=1, description="sites sampled this round (checked, never trusted)")
     admitted: int = Field(default=0, ge=0, description="size of the admitted set the sample was drawn from")
     evaluate_round: int | None = Field(default=None, ge=1, description="also evaluate the model after this round")
+    eval_roster: list[SiteName] = Field(
+        default_factory=list,
+        max_length=100_000,
+        description="(bfv/ckks) the sites whose masked evaluation sums are summed together; empty: no evaluation",
+    )
     model_digest: Digest | None = Field(
         default=None, description="SHA-256 of the model (HE: the aggregate ciphertext) this instruction is built on"
     )

@@ -52,6 +52,7 @@ from fedinfra.config.wire import (
     ARRAYS,
     CONFIG,
     DOC,
+    EVAL_MASKED,
     HE_AGGREGATES,
     HE_UPDATE,
     SECAGG_EVAL,
@@ -70,7 +71,9 @@ from fedinfra.coordinator.persist import RunState, SiteBook, load_aggregate, loa
 from fedinfra.coordinator.stages import run_stage
 from fedinfra.coordinator.trail import AuditTrail, RoundAbandoned, codes, failed, sha256_hex
 from fedinfra.coordinator.witnesses import Witnessing, cosign_close
-from fedinfra.errors import ConfigError, PolicyViolation, RuntimeLaunchError
+from fedinfra.crypto.secagg import codec as sa_codec
+from fedinfra.crypto.secagg.group import GroupSum
+from fedinfra.errors import ConfigError, CryptoError, PolicyViolation, RuntimeLaunchError
 from fedinfra.models import get_weights, set_weights
 from fedinfra.site.data import load_split
 from fedinfra.site.tasks import eval_layout, job_model, job_task
@@ -201,6 +204,8 @@ class Coordinator:
         self.sites_evaluate = self.he or self.reference is None
         # SecAgg modes: evaluation sums travel masked, only their total is unmasked (issue 14).
         self.masked = job.secure_aggregation.masked
+        # bfv/ckks: they travel under zero-sum masks of the shared HE key (crypto.secagg.group).
+        self.group = self.he and not self.masked
         self._metrics: dict[str, float | None] = {}
         self.gate = GateContext(
             tls=settings.tls, in_process=settings.in_process, audit_retention_days=settings.audit_retention_days
@@ -360,6 +365,7 @@ class Coordinator:
         evaluate_round: int | None = None,
         extra: dict[str, Any] | None = None,
         admitted: int = 0,
+        eval_roster: list[str] | None = None,
     ) -> RecordDict:
         """The message to one site: receipts owed to it, and the model (or HE aggregates)."""
         assert self.trail is not None
@@ -387,6 +393,7 @@ class Coordinator:
             sampled=sampled,
             evaluate_round=evaluate_round,
             admitted=admitted,
+            eval_roster=eval_roster or [],
             cosign=cosign,
             model_digest=self._view_digest(state),
         )
@@ -451,10 +458,27 @@ class Coordinator:
             for stage in agg.stages_before():  # multi-stage protocols (SecAgg): key waves
                 run_stage(lambda m: self._send(grid, m), trail, rnd=rnd, doc=stage_doc, nodes=nodes, stage=stage)
         extras = {s.node_id: agg.train_extra(s.hello.site) for s in sample}
+        evaluators: dict[int, Site] = {}
+        if evaluate_round is not None and not self.masked:
+            # Masked modes: a site outside the sample has no masked input to carry its sums in.
+            evaluators = {s.node_id: s for s in sites if s.node_id not in by_node}
+        # bfv/ckks: every site evaluating in this wave is on one roster of zero-sum masks.
+        roster = [s.hello.site for s in sample if extras[s.node_id] is not None]
+        roster = sorted(roster + [s.hello.site for s in evaluators.values()])
+        group_sum = self._group_sum(roster) if self.group and evaluate_round is not None else None
+        eval_roster = roster if group_sum is not None else []
         messages = [
             Message(
                 self._payload(
-                    state, s, rnd, "train", len(sample), evaluate_round, extra=extras[s.node_id], admitted=len(sites)
+                    state,
+                    s,
+                    rnd,
+                    "train",
+                    len(sample),
+                    evaluate_round,
+                    extra=extras[s.node_id],
+                    admitted=len(sites),
+                    eval_roster=eval_roster,
                 ),
                 dst_node_id=s.node_id,
                 message_type=MessageType.TRAIN,
@@ -462,11 +486,9 @@ class Coordinator:
             for s in sample
             if extras[s.node_id] is not None
         ]
-        evaluators: dict[int, Site] = {}
-        if evaluate_round is not None and not self.masked:
-            # Masked modes: a site outside the sample has no masked input to carry its sums in.
-            evaluators = {s.node_id: s for s in sites if s.node_id not in by_node}
-            messages += self._eval_messages(state, evaluate_round, list(evaluators.values()), "evaluate")
+        if evaluators:
+            assert evaluate_round is not None
+            messages += self._eval_messages(state, evaluate_round, list(evaluators.values()), "evaluate", eval_roster)
         tally = _EvalTally()
         received: dict[str, int] = {}
         refused: dict[str, str] = {}
@@ -475,7 +497,9 @@ class Coordinator:
         for reply in self._send(grid, messages):
             if reply.metadata.src_node_id in evaluators:
                 assert evaluate_round is not None
-                self._eval_reply(reply, evaluators[reply.metadata.src_node_id], evaluate_round, state, tally, view)
+                evaluator = evaluators[reply.metadata.src_node_id]
+                if self._eval_reply(reply, evaluator, evaluate_round, state, tally, view) and group_sum is not None:
+                    self._group_add(group_sum, reply, evaluator.hello.site, rnd)
                 continue
             site = by_node.get(reply.metadata.src_node_id)
             if site is None:
@@ -488,8 +512,11 @@ class Coordinator:
                 self._delivered(state, name)
                 self.witnessing.accept(name, report.cosignature)
                 ev = report.evaluation
-                if evaluate_round is not None and ev is not None and ev.round == evaluate_round and not self.masked:
+                clear = not (self.masked or self.group)  # else the figures never come in a report
+                if evaluate_round is not None and ev is not None and ev.round == evaluate_round and clear:
                     tally.add(name, ev.loss_sum, ev.correct, ev.count, ev.sums)
+                if group_sum is not None and report.status == "ok":
+                    self._group_add(group_sum, reply, name, rnd)
                 if report.status != "ok":
                     # The site's ``reason`` is its free text (paths, values): the log keeps the
                     # bounded ``code`` only, as for any other rejection (GDPR Art. 5(1)(c)).
@@ -580,6 +607,8 @@ class Coordinator:
             )
             self._log_update_rejected(rnd, silent, "timeout")
         if evaluate_round is not None and not secure_eval:
+            if group_sum is not None:
+                tally = self._group_tally(group_sum)
             self._record_evaluation(state, rnd, evaluate_round, tally)
         with _abandon_on_failure(rnd):
             for stage in agg.stages_after():  # SecAgg: the unmasking wave
@@ -703,12 +732,54 @@ class Coordinator:
         )
         return result
 
-    def _eval_messages(self, state: RunState, rnd: int, sites: list[Site], phase: str) -> list[Message]:
+    def _eval_messages(
+        self, state: RunState, rnd: int, sites: list[Site], phase: str, eval_roster: list[str] | None = None
+    ) -> list[Message]:
         """EVALUATE messages bringing ``sites`` to the model after ``rnd`` (HE: encrypted)."""
         return [
-            Message(self._payload(state, s, rnd, phase, 1), dst_node_id=s.node_id, message_type=MessageType.EVALUATE)
+            Message(
+                self._payload(state, s, rnd, phase, 1, eval_roster=eval_roster or []),
+                dst_node_id=s.node_id,
+                message_type=MessageType.EVALUATE,
+            )
             for s in sites
         ]
+
+    def _group_sum(self, roster: list[str]) -> GroupSum:
+        """bfv/ckks: the sum of the roster's masked evaluation sums (and one count lane)."""
+        return GroupSum(roster, self.eval_size() + 1)
+
+    def _group_add(self, group_sum: GroupSum, reply: Message, site: str, rnd: int) -> None:
+        """Fold ``site``'s masked sums in; a missing or malformed one is audited (the sum then stays masked)."""
+        assert self.trail is not None
+        try:
+            raw = reply.content.config_records[CONFIG].get(EVAL_MASKED)
+            if not isinstance(raw, bytes | bytearray):
+                raise CryptoError("reply carries no masked evaluation sums")
+            group_sum.add(site, bytes(raw[: 8 * group_sum.size + 1]))
+        except CryptoError:
+            check = "reply.eval.masked"
+            self.trail.event(
+                "update.rejected",
+                round=rnd,
+                site=site,
+                outcome="denied",
+                details={"site": site, "reason": check, "code": "evaluation", "check": check},
+            )
+
+    def _group_tally(self, group_sum: GroupSum) -> _EvalTally:
+        """The roster's total, if every member's masked sums came in (else nothing is released)."""
+        tally = _EvalTally()
+        total = group_sum.total()
+        n = len(group_sum.roster)
+        if total is None or int(total[-1]) != n:
+            return tally
+        try:
+            values = sa_codec.decode_eval(total[:-1], n, self.job.secure_aggregation)
+        except CryptoError:
+            return tally
+        tally.add_total(group_sum.roster, unflatten_sums(values, eval_layout(self.job)))
+        return tally
 
     def _eval_reply(
         self, reply: Message, site: Site, rnd: int, state: RunState, tally: _EvalTally, view: str
@@ -732,7 +803,7 @@ class Coordinator:
             return False
         self._delivered(state, name)
         self.witnessing.accept(name, report.cosignature)
-        if not self.masked:  # masked modes: figures only inside a secure sum, never a report's
+        if not (self.masked or self.group):  # else figures only inside a secure sum, never a report's
             tally.add(name, report.loss_sum, report.correct, report.count, report.sums)
         return True
 
@@ -743,11 +814,14 @@ class Coordinator:
         by_node = {s.node_id: s for s in sites}
         tally = _EvalTally()
         view = self._view_digest(state)
-        for reply in self._send(grid, self._eval_messages(state, rnd, sites, phase)):
+        roster = sorted(s.hello.site for s in sites)
+        group_sum = self._group_sum(roster) if self.group and self.sites_evaluate else None
+        messages = self._eval_messages(state, rnd, sites, phase, roster if group_sum is not None else [])
+        for reply in self._send(grid, messages):
             site = by_node.get(reply.metadata.src_node_id)
-            if site is not None:
-                self._eval_reply(reply, site, rnd, state, tally, view)
-        return tally
+            if site is not None and self._eval_reply(reply, site, rnd, state, tally, view) and group_sum is not None:
+                self._group_add(group_sum, reply, site.hello.site, rnd)
+        return self._group_tally(group_sum) if group_sum is not None else tally
 
     def _secure_close_eval(self, grid: Grid, sites: list[Site], state: RunState) -> _EvalTally:
         """The close wave with the final model's evaluation inside an evaluation-only secure sum.

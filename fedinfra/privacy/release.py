@@ -15,8 +15,9 @@ loss reveals the count of positive labels). So under DP:
 
 :func:`releases` is the list the report prints for a job's ``secure_aggregation.mode``:
 every value, when it leaves and what covers it. Evaluation sums travel inside the secure
-aggregate under ``secagg`` and ``secagg+he`` (:mod:`fedinfra.site.evaluation`); in the other
-modes they are sent in the clear, and the list says so.
+aggregate under ``secagg`` and ``secagg+he``, under HE-keyed zero-sum masks under ``bfv`` and
+``ckks`` (:mod:`fedinfra.site.evaluation`); without secure aggregation they are sent in the
+clear, and the list says so.
 """
 
 from __future__ import annotations
@@ -45,11 +46,14 @@ _EVALUATION_BY_MODE: Final[dict[str, tuple[str, str]]] = {
         "max(t, min_contributors) sites is unmasked; one secure sum per model per site",
     ),
 }
-#: HE without masks: the coordinator cannot decrypt a sum, and a site decrypting one for it
-#: would be a decryption oracle (it can forward one site's ciphertext as "the sum").
+#: HE without SecAgg (bfv, ckks): the coordinator cannot decrypt a sum, and a site decrypting
+#: one for it would be a decryption oracle, so the sums travel under zero-sum masks keyed by
+#: the shared HE key (fedinfra.crypto.secagg.group).
 _EVALUATION_HE = (
-    "federated evaluation",
-    "NOT covered: sent to the coordinator in the clear (it cannot decrypt an HE sum; use secagg+he)",
+    "federated evaluation (every site evaluating a model in one wave is on one roster)",
+    "masked: zero-sum masks keyed by the shared HE key, only the whole roster's total (at least "
+    "min_contributors sites) is unmasked, nothing if one is missing; one secure sum per model per site; "
+    "a key-holding site colluding with the coordinator can unmask (as for HE itself)",
 )
 
 

@@ -34,6 +34,7 @@ from fedinfra.config.wire import (
     COMPRESSED_UPDATE,
     CONFIG,
     DOC,
+    EVAL_MASKED,
     HE_AGGREGATES,
     HE_UPDATE,
     SECAGG,
@@ -48,7 +49,7 @@ from fedinfra.errors import CryptoError, FedinfraError, PolicyViolation, Privacy
 from fedinfra.models import set_weights
 from fedinfra.privacy.release import released_count
 from fedinfra.site.context import SiteContext, site_context
-from fedinfra.site.evaluation import close_sum, evaluation_lanes, secure_evaluation
+from fedinfra.site.evaluation import close_sum, evaluation_lanes, group_evaluation, group_masked, secure_evaluation
 from fedinfra.site.receipts import cosigner_vkey, current_size, verify_and_store, witness
 from fedinfra.site.round import check_job, run_round
 from fedinfra.site.sync import current_model
@@ -219,12 +220,17 @@ def train(msg: Message, context: Context) -> Message:
             update={"run_id": instruction.run_id, "model_digest": digest or instruction.model_digest}
         )
         lanes = None
+        blobs: dict[str, bytes] = {}
         if instruction.evaluate_round is not None:
             # Computed afresh, after run_round (receipts verified, policy checked), and not
             # part of a replayed release: counts only, never the model.
             loss_sum, correct, count, sums = _test_counts(ctx, weights)
             if secure_evaluation(ctx):  # summed with the update, never in the report
                 lanes = evaluation_lanes(ctx, instruction.run_id, weights, sums)
+            elif group_evaluation(ctx):  # bfv/ckks: under the roster's zero-sum masks only
+                masked_sums = group_masked(ctx, instruction, instruction.evaluate_round, weights, sums)
+                if masked_sums is not None:
+                    blobs[EVAL_MASKED] = masked_sums
             else:
                 evaluation = EvalCounts(
                     round=instruction.evaluate_round,
@@ -253,7 +259,7 @@ def train(msg: Message, context: Context) -> Message:
         )
         return _reply(msg, refused.model_dump_json())
     if out.ciphertext is not None:
-        return _reply(msg, out.report.model_dump_json(), out.ciphertext)
+        return _reply(msg, out.report.model_dump_json(), out.ciphertext, blobs=blobs)
     if out.compressed is not None:
         return _reply(msg, out.report.model_dump_json(), out.compressed, key=COMPRESSED_UPDATE)
     assert out.update is not None
@@ -289,6 +295,11 @@ def evaluate(msg: Message, context: Context) -> Message:
 
                 lanes = evaluation_lanes(ctx, instruction.run_id, weights, sums)
                 blobs[SECAGG_UPDATE] = mask_evaluation(context, ctx, close_sum(instruction), stage, lanes)
+            loss_sum, correct, count, sums = 0.0, 0, 0, {}
+        elif group_evaluation(ctx):
+            masked_sums = group_masked(ctx, instruction, instruction.round, weights, sums)
+            if masked_sums is not None:
+                blobs[EVAL_MASKED] = masked_sums
             loss_sum, correct, count, sums = 0.0, 0, 0, {}
     except (FedinfraError, ValueError) as exc:
         refused = EvalReport(

@@ -225,15 +225,18 @@ def _he_job(mode: str) -> JobSpec:
             "rounds": 2,
             "data": {"dataset": "breast_cancer"},
             "sites": {"count": 3, "min_sites": 3},
-            "secure_aggregation": {"mode": mode, "max_sites": 3, "max_dropouts": 0, "max_colluders": 1},
+            "secure_aggregation": {"mode": mode, "max_sites": 3}
+            | ({"max_dropouts": 0, "max_colluders": 1} if mode.startswith("secagg") else {}),
         }
     )
 
 
-def test_under_secagg_he_the_coordinator_sees_only_the_total_of_the_sites_evaluation(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("mode", ["secagg+he", "bfv"])
+def test_under_an_he_mode_the_coordinator_sees_only_the_total_of_the_sites_evaluation(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = _he_job("secagg+he")
+    """secagg+he: masked beside the ciphertext; bfv: under zero-sum masks of the shared HE key."""
+    job = _he_job(mode)
 
     grid, coordinator = _run(job, tmp_path, monkeypatch)
 
@@ -268,7 +271,8 @@ def test_in_mode_none_the_evaluation_stays_in_the_clear_as_the_report_says() -> 
         return {value: mechanism for value, _, mechanism in releases(mode)}[EVALUATION]
 
     assert row("none").startswith("NOT covered: sent to the coordinator in the clear")
-    assert row("bfv").startswith("NOT covered")
+    assert row("bfv").startswith("masked: zero-sum masks keyed by the shared HE key")
+    assert row("ckks") == row("bfv")
     assert row("secagg").startswith("inside the secure aggregate")
     assert row("secagg+he").startswith("inside the secure aggregate")
 
@@ -324,3 +328,50 @@ def test_a_site_puts_one_models_evaluation_into_one_secure_sum_only(
     assert not again.any()
     assert np.array_equal(first, other_run)
 
+
+
+# -- bfv/ckks: zero-sum masks of the shared HE key ----------------------------------------------------
+
+
+def _masked(values: dict[str, int], roster: list[str], context: str = "run\x001\x00ab") -> dict[str, bytes]:
+    from fedinfra.crypto.secagg import group
+
+    key = group.group_key(b"the consortium's shared HE secret key")
+    return {
+        name: group.to_wire(
+            group.mask(np.array([v, 1], dtype=np.uint64), key, context=context, me=name, roster=roster, floor=2)
+        )
+        for name, v in values.items()
+    }
+
+
+def test_zero_sum_masks_hide_each_value_and_cancel_only_over_the_whole_roster() -> None:
+    from fedinfra.crypto.secagg.group import GroupSum
+
+    values = {"a": 11, "b": 22, "c": 33}
+    blobs = _masked(values, ["a", "b", "c"])
+    assert all(struct.pack("<Q", v) not in blob for v, blob in zip(values.values(), blobs.values(), strict=True))
+
+    whole = GroupSum(["a", "b", "c"], 2)
+    for name, blob in blobs.items():
+        whole.add(name, blob)
+    partial = GroupSum(["a", "b"], 2)  # the coordinator cannot unmask a sub-roster
+    partial.add("a", blobs["a"])
+    partial.add("b", blobs["b"])
+    total = whole.total()
+
+    assert total is not None
+    assert total.tolist() == [66, 3]
+    masked_pair = partial.total()
+    assert masked_pair is not None
+    assert masked_pair.tolist() != [33, 2]
+    missing = GroupSum(["a", "b", "c"], 2)
+    missing.add("a", blobs["a"])
+    assert missing.total() is None  # a roster member missing: nothing is released
+
+
+def test_a_site_refuses_a_roster_without_it_or_below_the_floor() -> None:
+    with pytest.raises(CryptoError, match="does not name this site"):
+        _masked({"a": 1}, ["b", "c"])
+    with pytest.raises(CryptoError, match="fewer than the floor 2"):
+        _masked({"a": 1}, ["a"])

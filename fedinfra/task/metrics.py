@@ -144,7 +144,7 @@ def sums_layout(task: Any, model: Any) -> SumsLayout:
     coordinator and every site derive the same layout from the job alone (a secure sum's
     length must not come from a reply; Bonawitz et al. 2017 fix the vector length up
     front). A task whose input shape is unknown (``example_input`` is ``None``) carries the
-    core sums only: example count and loss sum.
+    core sums only: example count, loss sum and (classification) correct.
     """
     import torch
 
@@ -152,7 +152,8 @@ def sums_layout(task: Any, model: Any) -> SumsLayout:
 
     example = task.example_input(model)
     if example is None:
-        return (("count", 1), ("loss", 1))
+        core: SumsLayout = (("count", 1), ("loss", 1))
+        return core if task.kind == "regression" else (*core, ("correct", 1))
     x = example.detach().cpu().numpy().astype(np.float32)
     outputs = predict(task, model, x)[:0]
     y = torch.zeros((0,), dtype=torch.float32 if task.kind == "regression" else torch.int64)

@@ -375,3 +375,41 @@ def test_a_site_refuses_a_roster_without_it_or_below_the_floor() -> None:
         _masked({"a": 1}, ["b", "c"])
     with pytest.raises(CryptoError, match="fewer than the floor 2"):
         _masked({"a": 1}, ["a"])
+
+
+# -- the layout both ends derive from the job ----------------------------------------------------------
+
+
+def test_the_sums_layout_from_the_job_matches_a_real_evaluation_and_refuses_another_shape() -> None:
+    from fedinfra.task.builtin import TabularTask
+    from fedinfra.task.metrics import evaluate_sums, flatten_sums, sums_layout, unflatten_sums
+
+    task = TabularTask({"features": 4, "classes": 3, "model": "logreg", "hidden": []})
+    from fedinfra.task import new_model
+
+    model = new_model(task, seed=1)
+    x = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    y = np.arange(20) % 3
+    sums = evaluate_sums(task, model, x, y)
+
+    layout = sums_layout(task, model)
+
+    assert layout == tuple((k, v.size) for k, v in sums.items())
+    back = unflatten_sums(flatten_sums(sums, layout), layout)
+    assert all(np.array_equal(back[k], sums[k]) for k in sums)
+    with pytest.raises(ValueError, match="evaluation sum 'tp' has 2 values, the task's layout 3"):
+        flatten_sums({**sums, "tp": np.zeros(2)}, layout)
+
+
+def test_a_task_without_an_input_shape_sums_count_loss_and_correct_only() -> None:
+    from fedinfra.task import new_model
+    from fedinfra.task.builtin import TabularTask
+    from fedinfra.task.metrics import sums_layout
+
+    class NoShape(TabularTask):
+        def example_input(self, model: Any) -> None:
+            return None
+
+    task = NoShape({"features": 4, "classes": 3, "model": "logreg", "hidden": []})
+
+    assert sums_layout(task, new_model(task, seed=1)) == (("count", 1), ("loss", 1), ("correct", 1))

@@ -109,21 +109,24 @@ def group_masked(
 ) -> bytes | None:
     """The site's sums (and a count of one) masked for the instruction's roster; None: send nothing.
 
-    Nothing when there is no roster, or when these weights were already evaluated into a
+    Nothing when there is no roster, when the roster does not name this site or is below the
+    contributor floor (``secure_aggregation.min_contributors``; a smaller sum is not released,
+    and the round's training goes on), or when these weights were already evaluated into a
     secure sum (a second masking under the same label would reveal the difference).
     """
     from fedinfra.config.secagg_plan import contributor_floor
     from fedinfra.crypto.secagg import group
 
-    if not instruction.eval_roster:
-        return None
     sa = ctx.job.secure_aggregation
-    lanes = evaluation_lanes(ctx, instruction.run_id, weights, sums, zeros_if_repeated=False)
-    if lanes is None:
-        return None
     floor = contributor_floor(
         sa.min_contributors, min_sites=ctx.job.sites.min_sites, distributed_noise=ctx.job.privacy.mechanism == "user-dp"
     )
+    roster = set(instruction.eval_roster)
+    if ctx.name not in roster or len(roster) < max(2, floor) or len(roster) != len(instruction.eval_roster):
+        return None
+    lanes = evaluation_lanes(ctx, instruction.run_id, weights, sums, zeros_if_repeated=False)
+    if lanes is None:
+        return None
     context = f"{instruction.run_id}\x00{evaluated_round}\x00{instruction.model_digest or ''}"
     values = np.concatenate([lanes, np.ones(1, dtype=np.uint64)])  # the trailer counts contributions
     key = group.group_key(ctx.he_keys().he_secret_key)

@@ -218,13 +218,13 @@ def test_under_secagg_the_coordinator_sees_only_the_total_of_the_sites_evaluatio
         assert sorted(got["sites"]) == sorted(site_names(job))
 
 
-def _he_job(mode: str) -> JobSpec:
+def _he_job(mode: str, sites: int = 3) -> JobSpec:
     return JobSpec.model_validate(
         {
             "scenario": "hospital",
             "rounds": 2,
             "data": {"dataset": "breast_cancer"},
-            "sites": {"count": 3, "min_sites": 3},
+            "sites": {"count": sites, "min_sites": sites},
             "secure_aggregation": {"mode": mode, "max_sites": 3}
             | ({"max_dropouts": 0, "max_colluders": 1} if mode.startswith("secagg") else {}),
         }
@@ -328,6 +328,20 @@ def test_a_site_puts_one_models_evaluation_into_one_secure_sum_only(
     assert not again.any()
     assert np.array_equal(first, other_run)
 
+
+
+def test_under_bfv_a_roster_below_min_contributors_releases_no_evaluation_and_training_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = _he_job("bfv", sites=2)  # min_contributors defaults to 3
+
+    grid, coordinator = _run(job, tmp_path, monkeypatch)
+
+    evaluations = _evaluations(coordinator)
+    assert sorted(evaluations) == [1, 2]
+    assert all(e["examples"] == 0 and e["test_loss"] is None for e in evaluations.values())
+    assert all("eval.masked" not in r.content.config_records.get(CONFIG, {}) for r in grid.observed)
+    assert [r["status"] for r in _reports(grid) if r.get("round") == 2 and "num_examples" in r] == ["ok", "ok"]
 
 
 # -- bfv/ckks: zero-sum masks of the shared HE key ----------------------------------------------------

@@ -156,4 +156,16 @@ class FlowerProcess:
         forget(self.proc)
 
 
-__all__ = ["FlowerProcess", "can_connect", "flower_bin", "flower_env", "free_port", "port_in_use"]
+def stop_all(processes: Sequence[FlowerProcess], timeout: float = 10.0) -> None:
+    """Stop several daemons within one grace period (a federation's SuperNodes and SuperLink)."""
+    from fedinfra.runtime.signals import forget, stop_trees
+
+    started = [p.proc for p in processes if p.proc is not None]
+    stop_trees([proc.pid for proc in started], timeout=timeout)
+    for proc in started:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=1)
+        forget(proc)
+
+
+__all__ = ["FlowerProcess", "can_connect", "flower_bin", "flower_env", "free_port", "port_in_use", "stop_all"]

@@ -89,9 +89,18 @@ def _frozen_tree(pid: int) -> list[Any]:
 
 def stop_tree(pid: int, *, timeout: float = 10.0) -> None:
     """Terminate ``pid`` and every descendant (frozen first; SIGTERM, then SIGKILL after ``timeout``)."""
+    stop_trees([pid], timeout=timeout)
+
+
+def stop_trees(pids: Sequence[int], *, timeout: float = 10.0) -> None:
+    """:func:`stop_tree` for several roots at once: one shared ``timeout``, not one per root.
+
+    Every tree is frozen and sent SIGTERM before any is waited for, so a federation of
+    N daemons stops in one grace period instead of N.
+    """
     import psutil
 
-    procs = _frozen_tree(pid)
+    procs = [p for pid in pids for p in _frozen_tree(pid)]
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.send_signal(signal.SIGTERM)

@@ -69,7 +69,9 @@ def test_fewer_survivors_than_t_release_nothing_and_the_reserved_charge_is_repor
         finally:
             ledger.close()
         assert charges == [("run-1", 1)], site
-    files = generate_report(str(out.run_dir / AUDIT_STORE), "run-1", out_dir=tmp_path / "report", formats=["json", "html"])
+    files = generate_report(
+        str(out.run_dir / AUDIT_STORE), "run-1", out_dir=tmp_path / "report", formats=["json", "html"]
+    )
     report = json.loads(files.paths["json"].read_text())
     points = [p for b in report["controls"]["budgets"] for p in b["points"]]
     assert points  # the survivors' round-1 charges are in the report ...

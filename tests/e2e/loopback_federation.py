@@ -23,7 +23,7 @@ from fedinfra.config.server import load_server
 from fedinfra.runtime.deploy import SuperLink, start_superlink, start_supernode
 from fedinfra.runtime.kit import load_coordinator_transport, load_site_transport
 from fedinfra.runtime.preflight import preflight
-from fedinfra.runtime.procs import FlowerProcess, free_port
+from fedinfra.runtime.procs import FlowerProcess, free_port, stop_all
 from fedinfra.runtime.provision import provision
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,6 +94,4 @@ def loopback_federation(
                 nodes[site] = fut.result()
         yield LoopbackFederation(root, kits, link, nodes, server_toml)
     finally:
-        for node in nodes.values():
-            node.stop()
-        link.stop()
+        stop_all([*nodes.values(), link])

@@ -40,7 +40,7 @@ from fedinfra.runtime.deploy import (
 from fedinfra.runtime.kit import load_coordinator_transport, load_site_transport
 from fedinfra.runtime.loopback import write_demo_sites
 from fedinfra.runtime.preflight import preflight
-from fedinfra.runtime.procs import FlowerProcess, flower_bin, flower_env, free_port
+from fedinfra.runtime.procs import FlowerProcess, flower_bin, flower_env, free_port, stop_all
 from fedinfra.runtime.provision import provision
 from fedinfra.runtime.warm import write_secret
 from fedinfra.site.simulated import simulated_manifest
@@ -137,9 +137,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
             ))
         yield Federation(root, link, nodes, server_toml)
     finally:
-        for node in nodes:
-            node.stop()
-        link.stop()
+        stop_all([*nodes, link])
 
 
 def _start_hostile(fed: Federation) -> FlowerProcess:

@@ -200,6 +200,7 @@ def test_demo_rejects_bad_flags_with_one_line_and_writes_nothing(
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("privacy", "max_bytes"),
     [
@@ -254,6 +255,7 @@ def test_edge_demo_federates_devices_with_user_level_dp_and_compressed_updates(
     assert all(e.details["mechanism"] == "user-dp" for e in spent)
 
 
+@pytest.mark.slow
 def test_mixed_federation_of_hospitals_and_bedside_devices_reports_both_kinds(
     fedinfra_bin: str, tmp_path: Path
 ) -> None:

@@ -32,7 +32,7 @@ from fedinfra.runtime.deploy import SuperLink, start_superlink, start_supernode
 from fedinfra.runtime.kit import SiteKit, load_coordinator_transport, load_site_transport
 from fedinfra.runtime.loopback import write_demo_sites
 from fedinfra.runtime.preflight import preflight
-from fedinfra.runtime.procs import FlowerProcess, free_port
+from fedinfra.runtime.procs import FlowerProcess, free_port, stop_all
 from fedinfra.runtime.provision import provision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
@@ -112,9 +112,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
                 nodes.append(f.result())
         yield Federation(root, kits, link, nodes, manifests, server_toml)
     finally:
-        for node in nodes:
-            node.stop()
-        link.stop()
+        stop_all([*nodes, link])
 
 
 def _wait_for(predicate: object, *, timeout: float, what: str) -> None:
@@ -138,6 +136,7 @@ def _serverapps(link: SuperLink) -> list[psutil.Process]:
     return [p for p in tree if any("flwr-serverapp" in part for part in p.cmdline())]
 
 
+@pytest.mark.slow
 def test_full_stack_run_survives_a_coordinator_kill_and_resumes(federation: Federation) -> None:
     runs = federation.root / "runs"
     env = {**os.environ, "FLWR_HOME": str(federation.root / "flwr-home")}

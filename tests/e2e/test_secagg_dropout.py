@@ -32,10 +32,12 @@ from fedinfra.runtime.deploy import SuperLink, start_superlink, start_supernode
 from fedinfra.runtime.kit import load_coordinator_transport, load_site_transport
 from fedinfra.runtime.loopback import write_demo_sites
 from fedinfra.runtime.preflight import preflight
-from fedinfra.runtime.procs import FlowerProcess, free_port
+from fedinfra.runtime.procs import FlowerProcess, free_port, stop_all
 from fedinfra.runtime.provision import provision
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+# Two loopback federations with killed sites: `make e2e` (marked slow); `make test` covers
+# secagg on loopback with tests/e2e/test_task_deploy.py.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -102,9 +104,7 @@ def federation(tmp_path: Path) -> Iterator[Federation]:
                 nodes[name] = fut.result()
         yield Federation(root, link, nodes, server_toml)
     finally:
-        for node in nodes.values():
-            node.stop()
-        link.stop()
+        stop_all([*nodes.values(), link])
 
 
 def _rounds_done(run_dir: Path) -> int:

@@ -41,7 +41,7 @@ from fedinfra.runtime.env import hardened_env
 from fedinfra.runtime.kit import load_coordinator_transport, load_site_transport
 from fedinfra.runtime.loopback import write_demo_sites
 from fedinfra.runtime.preflight import preflight
-from fedinfra.runtime.procs import FlowerProcess, flower_env, free_port
+from fedinfra.runtime.procs import FlowerProcess, flower_env, free_port, stop_all
 from fedinfra.runtime.provision import provision
 from fedinfra.runtime.release import record_name, sign_app, write_record
 
@@ -188,9 +188,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         ))
         yield Federation(root, kits, link, nodes, server_toml, port)
     finally:
-        for node in nodes:
-            node.stop()
-        link.stop()
+        stop_all([*nodes, link])
 
 
 def _attacker_home(fed: Federation) -> Path:

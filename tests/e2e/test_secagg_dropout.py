@@ -5,7 +5,8 @@ Real SuperLink (TLS + SuperNode auth) and four real SuperNodes; ``secure_aggrega
 SuperNode and its ClientApp processes are killed with SIGKILL: round 2 completes with the
 three survivors and its ``aggregation.completed`` entry names the dropout. In the second
 test two sites are killed: three survivors are needed, so round 2 is abandoned, nothing is
-released (no ``aggregation.completed`` for it) and ``run.failed`` says why.
+released (no ``aggregation.completed`` for it) and ``run.failed`` says why and names the
+round (``released = false``).
 """
 
 from __future__ import annotations
@@ -208,3 +209,5 @@ def test_two_sites_killed_leave_fewer_than_t_and_nothing_is_released(federation:
     assert completed == [1]
     (failed,) = _entries(federation, run_dir, "run.failed")
     assert "abandoned" in str(failed["details"]["reason"])
+    assert failed["details"]["abandoned_round"] == 2
+    assert failed["details"]["released"] is False

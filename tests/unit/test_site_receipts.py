@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from fedinfra.audit import Actor, AuditLog, Event, Signer, Subject
+from fedinfra.audit import Actor, AuditLog, Event, Signer, Subject, Verifier
+from fedinfra.audit.cosign import Cosigner, CosignReply, CosignRequest
 from fedinfra.errors import VerificationError
-from fedinfra.site.receipts import current_size, verify_and_store
+from fedinfra.site.receipts import (
+    ALERTS_FILE,
+    COSIGNER_KEY,
+    cosign_checkpoint,
+    cosigner,
+    cosigner_name,
+    current_size,
+    verify_and_store,
+)
 
 ORIGIN = "fedinfra.test/log"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -106,3 +117,207 @@ def test_a_split_view_is_refused_once_the_site_holds_a_checkpoint(tmp_path: Path
 
 def test_without_a_key_the_site_holds_no_checkpoint(tmp_path: Path) -> None:
     assert current_size(tmp_path, None) == 0
+
+
+# -- witnessing: cosign_checkpoint fails closed in every branch ---------------------------
+# Found by mutation testing (issue 20): the witness path was only reached through a whole
+# simulated federation. Each branch of cosign_checkpoint (RFC 9162 §2.1.4 consistency,
+# §8.2 split views) is checked here on real signed checkpoints, with the whole message.
+
+NOW = 1_767_225_600.9  # the injected clock; the cosignature carries int(NOW)
+
+
+def _request(log: AuditLog, old: int, *, size: int | None = None) -> str:
+    head = log.latest_checkpoint if size is None else log.checkpoint(size)
+    assert head is not None
+    proof = log.consistency_proof(old, head.size) if old < head.size else []
+    return CosignRequest(
+        checkpoint=head.note, old_size=old, consistency=[base64.b64encode(h).decode() for h in proof]
+    ).model_dump_json()
+
+
+def _cosign(request: str, tmp_path: Path, key: Verifier | None, kit: Path | None = None) -> str:
+    return cosign_checkpoint(
+        request,
+        directory=tmp_path / "r",
+        verifier_key=None if key is None else key.vkey,
+        home=tmp_path / "home",
+        site="s1",
+        kit=kit,
+        clock=lambda: NOW,
+    )
+
+
+def _alerts(tmp_path: Path) -> list[str]:
+    path = tmp_path / "r" / ALERTS_FILE
+    return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+
+
+def test_nothing_asked_is_nothing_signed(tmp_path: Path) -> None:
+    assert _cosign("", tmp_path, None) == ""
+    assert not (tmp_path / "home").exists()
+
+
+def test_a_cosign_request_without_a_coordinator_log_key_is_refused(tmp_path: Path, signer: Signer) -> None:
+    log = _log(tmp_path / "a.db", signer)
+
+    with pytest.raises(
+        VerificationError, match=r"^asked to cosign a checkpoint but the site kit holds no coordinator log key$"
+    ):
+        _cosign(_request(log, 0), tmp_path, None)
+    assert not (tmp_path / "home").exists()
+    log.close()
+
+
+def test_the_first_checkpoint_is_kept_and_cosigned_with_the_sites_own_key_at_the_clocks_time(
+    tmp_path: Path, signer: Signer
+) -> None:
+    log = _log(tmp_path / "a.db", signer)
+
+    reply = CosignReply.model_validate_json(_cosign(_request(log, 0), tmp_path, signer.verifier))
+
+    own = Cosigner.load_or_create(tmp_path / "home" / COSIGNER_KEY, "fedinfra-site.s1")
+    assert reply.tree_size == log.size == 7
+    assert own.witness.verify_line(log.latest_checkpoint, reply.line) == int(NOW)  # type: ignore[arg-type]
+    assert reply.line.split(" ")[1] == cosigner_name("s1") == "fedinfra-site.s1"
+    assert current_size(tmp_path / "r", signer.verifier) == 7
+    log.close()
+
+
+def test_a_kits_cosigner_key_is_used_instead_of_one_in_home(tmp_path: Path, signer: Signer) -> None:
+    log = _log(tmp_path / "a.db", signer)
+    kit = tmp_path / "kit"
+    kit.mkdir()
+    ceremony = Cosigner.load_or_create(kit / COSIGNER_KEY, cosigner_name("s1"))
+
+    reply = CosignReply.model_validate_json(_cosign(_request(log, 0), tmp_path, signer.verifier, kit=kit))
+
+    assert ceremony.witness.verify_line(log.latest_checkpoint, reply.line) == int(NOW)  # type: ignore[arg-type]
+    assert not (tmp_path / "home" / COSIGNER_KEY).exists()
+    assert cosigner(tmp_path / "home", "s1", tmp_path / "no-kit").vkey != ceremony.vkey
+    log.close()
+
+
+def test_a_checkpoint_extending_the_held_one_is_cosigned_and_becomes_the_held_one(
+    tmp_path: Path, signer: Signer
+) -> None:
+    log = _log(tmp_path / "a.db", signer)
+    _cosign(_request(log, 0, size=4), tmp_path, signer.verifier)
+
+    reply = CosignReply.model_validate_json(_cosign(_request(log, 4), tmp_path, signer.verifier))
+
+    assert reply.tree_size == 7
+    assert current_size(tmp_path / "r", signer.verifier) == 7
+    assert _alerts(tmp_path) == []
+    log.close()
+
+
+def test_the_held_checkpoint_shown_again_is_cosigned_again(tmp_path: Path, signer: Signer) -> None:
+    log = _log(tmp_path / "a.db", signer)
+    _cosign(_request(log, 0), tmp_path, signer.verifier)
+
+    reply = CosignReply.model_validate_json(_cosign(_request(log, 7), tmp_path, signer.verifier))
+
+    assert reply.tree_size == 7
+    assert _alerts(tmp_path) == []
+    log.close()
+
+
+@pytest.mark.parametrize("break_it", ["not json", "foreign key", "bad base64"])
+def test_a_malformed_or_foreign_request_is_refused(tmp_path: Path, signer: Signer, break_it: str) -> None:
+    log = _log(tmp_path / "a.db", signer if break_it != "foreign key" else Signer.generate(ORIGIN))
+    request = json.loads(_request(log, 0, size=4) if break_it != "not json" else "{}")
+    if break_it == "bad base64":
+        request = json.loads(_request(log, 4))
+        request["consistency"][0] = "*" + request["consistency"][0][1:]
+
+    with pytest.raises(
+        VerificationError, match=r"^the checkpoint to cosign is malformed or not signed by the log key$"
+    ):
+        _cosign(json.dumps(request), tmp_path, signer.verifier)
+    assert current_size(tmp_path / "r", signer.verifier) == 0
+    log.close()
+
+
+def test_an_older_checkpoint_than_the_held_one_is_a_split_view_recorded_in_the_alerts(
+    tmp_path: Path, signer: Signer
+) -> None:
+    log = _log(tmp_path / "a.db", signer)
+    _cosign(_request(log, 0), tmp_path, signer.verifier)
+    message = (
+        "split view: the coordinator shows an older checkpoint than one held "
+        "(site holds tree size 7, coordinator showed 4); refusing to train"
+    )
+
+    with pytest.raises(VerificationError, match=f"^{re.escape(message)}$"):
+        _cosign(_request(log, 0, size=4), tmp_path, signer.verifier)
+    (alert,) = _alerts(tmp_path)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ " + re.escape(message), alert)
+    assert current_size(tmp_path / "r", signer.verifier) == 7
+    log.close()
+
+
+def test_two_checkpoints_of_one_size_that_differ_are_a_split_view(tmp_path: Path, signer: Signer) -> None:
+    honest = _log(tmp_path / "a.db", signer)
+    fork = _log(tmp_path / "b.db", signer, site="site-z")  # same key and size, another history
+    _cosign(_request(honest, 0), tmp_path, signer.verifier)
+    message = (
+        "split view: two signed checkpoints of one tree size differ "
+        "(site holds tree size 7, coordinator showed 7); refusing to train"
+    )
+
+    with pytest.raises(VerificationError, match=f"^{re.escape(message)}$"):
+        _cosign(_request(fork, 7), tmp_path, signer.verifier)
+    assert [a.split(" ", 1)[1] for a in _alerts(tmp_path)] == [message]
+    honest.close()
+    fork.close()
+
+
+def test_a_proof_from_another_size_than_the_held_one_is_refused(tmp_path: Path, signer: Signer) -> None:
+    log = _log(tmp_path / "a.db", signer, rounds=3)
+    _cosign(_request(log, 0, size=4), tmp_path, signer.verifier)
+
+    with pytest.raises(
+        VerificationError, match=r"^consistency proof starts at tree size 7, the site holds 4$"
+    ):
+        _cosign(_request(log, 7), tmp_path, signer.verifier)
+    assert current_size(tmp_path / "r", signer.verifier) == 4
+    log.close()
+
+
+def test_a_larger_checkpoint_that_does_not_extend_the_held_one_is_a_split_view(
+    tmp_path: Path, signer: Signer
+) -> None:
+    honest = _log(tmp_path / "a.db", signer)
+    fork = _log(tmp_path / "b.db", signer, rounds=3, site="site-z")
+    _cosign(_request(honest, 0, size=4), tmp_path, signer.verifier)
+    _cosign(_request(honest, 4), tmp_path, signer.verifier)
+    message = (
+        "split view: the new checkpoint does not extend the held one "
+        "(site holds tree size 7, coordinator showed 10); refusing to train"
+    )
+
+    with pytest.raises(VerificationError, match=f"^{re.escape(message)}$"):
+        _cosign(_request(fork, 7), tmp_path, signer.verifier)
+    assert len(_alerts(tmp_path)) == 1
+    assert current_size(tmp_path / "r", signer.verifier) == 7
+    honest.close()
+    fork.close()
+
+
+def test_a_receipt_that_does_not_verify_names_its_entry(tmp_path: Path, signer: Signer) -> None:
+    log = _log(tmp_path / "a.db", Signer.generate(ORIGIN))
+
+    with pytest.raises(VerificationError, match=r"^audit receipt for entry 1 did not verify$"):
+        verify_and_store([log.receipt(1).to_json()], directory=tmp_path / "r", verifier_key=signer.verifier)
+    log.close()
+
+
+def test_receipts_without_a_key_are_refused_with_the_whole_message(tmp_path: Path, signer: Signer) -> None:
+    log = _log(tmp_path / "a.db", signer)
+
+    with pytest.raises(
+        VerificationError, match=r"^received audit receipts but the site kit holds no coordinator log key$"
+    ):
+        verify_and_store([log.receipt(1).to_json()], directory=tmp_path / "r", verifier_key=None)
+    log.close()

@@ -92,11 +92,15 @@ class SuperLink:
     proxy: FlowerProcess | None = None
     public: str = ""
 
+    def daemons(self) -> list[FlowerProcess]:
+        """The processes :meth:`stop` stops: the proxy (if any) and the SuperLink."""
+        return [p for p in (self.proxy, self.process) if p is not None]
+
     def stop(self) -> None:
         """Stop the proxy, the SuperLink and everything it started; remove the status file."""
-        if self.proxy is not None:
-            self.proxy.stop()
-        self.process.stop()
+        from fedinfra.runtime.procs import stop_all
+
+        stop_all(self.daemons())
         self.status_path.unlink(missing_ok=True)
 
 

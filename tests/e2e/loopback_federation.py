@@ -94,4 +94,5 @@ def loopback_federation(
                 nodes[site] = fut.result()
         yield LoopbackFederation(root, kits, link, nodes, server_toml)
     finally:
-        stop_all([*nodes.values(), link])
+        stop_all([*nodes.values(), *link.daemons()])
+        link.stop()  # its status file

@@ -137,7 +137,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
             ))
         yield Federation(root, link, nodes, server_toml)
     finally:
-        stop_all([*nodes, link])
+        stop_all([*nodes, *link.daemons()])
+        link.stop()  # its status file
 
 
 def _start_hostile(fed: Federation) -> FlowerProcess:

@@ -112,7 +112,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
                 nodes.append(f.result())
         yield Federation(root, kits, link, nodes, manifests, server_toml)
     finally:
-        stop_all([*nodes, link])
+        stop_all([*nodes, *link.daemons()])
+        link.stop()  # its status file
 
 
 def _wait_for(predicate: object, *, timeout: float, what: str) -> None:

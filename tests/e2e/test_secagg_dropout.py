@@ -105,7 +105,8 @@ def federation(tmp_path: Path) -> Iterator[Federation]:
                 nodes[name] = fut.result()
         yield Federation(root, link, nodes, server_toml)
     finally:
-        stop_all([*nodes.values(), link])
+        stop_all([*nodes.values(), *link.daemons()])
+        link.stop()  # its status file
 
 
 def _rounds_done(run_dir: Path) -> int:

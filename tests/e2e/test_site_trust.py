@@ -188,7 +188,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         ))
         yield Federation(root, kits, link, nodes, server_toml, port)
     finally:
-        stop_all([*nodes, link])
+        stop_all([*nodes, *link.daemons()])
+        link.stop()  # its status file
 
 
 def _attacker_home(fed: Federation) -> Path:

@@ -162,3 +162,16 @@ def test_a_delta_above_the_curve_at_zero_costs_no_epsilon() -> None:
 def test_a_delta_lost_to_rounding_is_zero_not_negative() -> None:
     # At epsilon 1000, mu 0.01 both log-terms round to the same float: delta underflows to 0.
     assert gaussian_delta(epsilon=1000.0, mu=0.01) == 0.0
+
+
+@pytest.mark.parametrize("z", [3.0, 3.2, 3.4, 3.6, 3.8, 4.0, 4.2, 4.4, 4.6, 4.8, 5.0])
+def test_epsilon_near_one_is_within_one_billionth_of_the_exact_figure(z: float) -> None:
+    """Below epsilon 2 the bracket is 1e-9 wide (absolute below 1): the figure over-states by at most that.
+
+    A bracket twice as wide (``max(2.0, high)``, mutant 46 of issue 20) still never under-states,
+    but over-states by up to 1.9e-9 here; five of these eleven noise levels then fail.
+    """
+    eps = gaussian_epsilon(noise_multiplier=z, releases=1, delta=1e-5)
+
+    assert gaussian_delta(epsilon=eps, mu=1 / z) <= 1e-5
+    assert gaussian_delta(epsilon=eps - 1e-9 * max(1.0, eps), mu=1 / z) > 1e-5

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,8 +22,10 @@ from fedinfra.site.receipts import (
     cosign_checkpoint,
     cosigner,
     cosigner_name,
+    cosigner_vkey,
     current_size,
     verify_and_store,
+    witness,
 )
 
 ORIGIN = "fedinfra.test/log"
@@ -320,4 +325,77 @@ def test_receipts_without_a_key_are_refused_with_the_whole_message(tmp_path: Pat
         VerificationError, match=r"^received audit receipts but the site kit holds no coordinator log key$"
     ):
         verify_and_store([log.receipt(1).to_json()], directory=tmp_path / "r", verifier_key=None)
+    log.close()
+
+
+@pytest.mark.parametrize("with_kit", [False, True])
+def test_witness_cosigns_for_a_site_context_with_its_log_key_receipts_dir_and_own_key(
+    tmp_path: Path, signer: Signer, with_kit: bool
+) -> None:
+    """The site context supplies the directory, the pinned log key, the home and the kit key.
+
+    A stand-in context (the five attributes ``witness`` reads) replaces the site's data and job,
+    not the witnessing under test.
+    """
+    log = _log(tmp_path / "a.db", signer)
+    kit = tmp_path / "kit" if with_kit else None
+    if kit is not None:
+        kit.mkdir()
+        Cosigner.load_or_create(kit / COSIGNER_KEY, cosigner_name("s1"))
+    ctx = SimpleNamespace(
+        name="s1",
+        home=SimpleNamespace(root=tmp_path / "home", kit=kit),
+        receipts_dir=lambda run_id: tmp_path / "receipts" / run_id,
+        audit_key=lambda: signer.verifier.vkey,
+    )
+
+    reply = CosignReply.model_validate_json(witness(ctx, _request(log, 0), "run-9"))  # type: ignore[arg-type]
+
+    key = Cosigner.load_or_create((kit or tmp_path / "home") / COSIGNER_KEY, cosigner_name("s1"))
+    assert abs(key.witness.verify_line(log.latest_checkpoint, reply.line) - time.time()) < 60  # type: ignore[arg-type]
+    assert cosigner_vkey(ctx) == key.vkey  # type: ignore[arg-type]
+    assert current_size(tmp_path / "receipts" / "run-9", signer.verifier) == 7
+    assert (tmp_path / "home" / COSIGNER_KEY).exists() is not with_kit
+    log.close()
+
+
+def test_a_split_view_is_logged_as_an_error_and_stamped_in_utc_whatever_the_local_zone(
+    tmp_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The alert's ``Z`` stamp is compared with other sites' logs and the coordinator's (UTC)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    log = _log(tmp_path / "a.db", signer)
+    _cosign(_request(log, 0), tmp_path, signer.verifier)
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="fedinfra.site.audit"), pytest.raises(VerificationError):
+            _cosign(_request(log, 0, size=4), tmp_path, signer.verifier)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "split view: the coordinator shows an older checkpoint than one held "
+        "(site holds tree size 7, coordinator showed 4); refusing to train"
+    )
+    stamp = datetime.strptime(_alerts(tmp_path)[0].split(" ")[0], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert abs(stamp - datetime.now(UTC)) < timedelta(minutes=5)
+    log.close()
+
+
+def test_receipts_and_the_cosigning_key_go_into_directories_made_with_their_parents(
+    tmp_path: Path, signer: Signer
+) -> None:
+    """A fresh site home has neither its receipts directory nor its parents yet."""
+    log = _log(tmp_path / "a.db", signer)
+    receipts = tmp_path / "home" / "receipts" / "log-1"
+
+    assert verify_and_store([log.receipt(1).to_json()], directory=receipts, verifier_key=signer.verifier) == 1
+    key = cosigner(tmp_path / "fresh" / "home", "s1")
+
+    assert current_size(receipts, signer.verifier) == log.size
+    assert (tmp_path / "fresh" / "home" / COSIGNER_KEY).is_file()
+    assert key.vkey.startswith("fedinfra-site.s1+")
     log.close()

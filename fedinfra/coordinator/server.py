@@ -67,6 +67,7 @@ from fedinfra.coordinator.admission import GateContext, evaluate_job, evaluate_s
 from fedinfra.coordinator.artifacts import RunArtifacts
 from fedinfra.coordinator.events import NullReporter, Reporter, RoundResult
 from fedinfra.coordinator.identity import identity_refusal, node_identities
+from fedinfra.coordinator.inbox import receive
 from fedinfra.coordinator.persist import RunState, SiteBook, load_aggregate, load_state, save_state
 from fedinfra.coordinator.stages import run_stage
 from fedinfra.coordinator.trail import AuditTrail, RoundAbandoned, codes, failed, sha256_hex
@@ -84,10 +85,6 @@ from fedinfra.types import NDArrays
 if TYPE_CHECKING:
     from fedinfra.audit import Signer
     from fedinfra.crypto import PublicParams
-
-
-#: How often the coordinator asks the SuperLink for replies (one cheap loopback request).
-PULL_INTERVAL_S = 0.2
 
 
 #: The round loop's log (issue 18): ids, counts, codes and durations, never data, model or
@@ -230,24 +227,16 @@ class Coordinator:
             **extra,
         )
 
-    def _send(self, grid: Grid, messages: list[Message]) -> Iterable[Message]:
-        """Push ``messages``; pull replies until all are in or ``job.timeout_s`` has passed.
+    def _send(self, grid: Grid, messages: list[Message], *, collect: bool = False) -> Iterable[Message]:
+        """Push ``messages``; yield each reply as it lands until all are in or ``job.timeout_s`` has passed.
 
-        What ``Grid.send_and_receive`` does, polling every :data:`PULL_INTERVAL_S` instead
+        What ``Grid.send_and_receive`` does, polling every :data:`~fedinfra.coordinator.inbox.PULL_INTERVAL_S` instead
         of its fixed 3 s (Flower 1.41): a wave ends when its last reply lands, not up to 3 s
-        later. Replies after the timeout are ignored as there.
+        later. Replies are handed over one at a time (:func:`~fedinfra.coordinator.inbox.receive`),
+        so a wave of big updates is folded reply by reply, never held all at once (issue 17);
+        ``collect`` (the train wave) frees each folded reply before the next is pulled.
         """
-        pending = set(grid.push_messages(messages))
-        deadline = time.monotonic() + self.job.timeout_s
-        replies: list[Message] = []
-        while pending:
-            got = list(grid.pull_messages(pending))
-            replies.extend(got)
-            pending.difference_update(m.metadata.reply_to_message_id for m in got)
-            if not pending or time.monotonic() >= deadline:
-                break
-            time.sleep(PULL_INTERVAL_S)
-        return replies
+        return receive(grid, grid.push_messages(messages), timeout_s=self.job.timeout_s, collect=collect)
 
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
         deadline = time.monotonic() + self.settings.node_wait_s
@@ -494,7 +483,7 @@ class Coordinator:
         refused: dict[str, str] = {}
         loss_sum, loss_n = 0.0, 0
         max_eps = 0.0
-        for reply in self._send(grid, messages):
+        for reply in self._send(grid, messages, collect=True):  # big replies: freed one by one
             if reply.metadata.src_node_id in evaluators:
                 assert evaluate_round is not None
                 evaluator = evaluators[reply.metadata.src_node_id]

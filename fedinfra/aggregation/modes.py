@@ -121,7 +121,7 @@ class _EncryptedAggregator(Aggregator):
         if not isinstance(raw, bytes | bytearray):
             raise UpdateRejected("missing", "reply carries no encrypted update")
         blob = bytes(raw)
-        self._sum.add(blob)  # validates header, signature and every ciphertext before adding
+        self._sum.add(blob)  # signature first; each ciphertext checked before it is added, undone if one is refused
         return Folded("update.ciphertext", blob)
 
     def finish(self) -> RoundAggregate:

@@ -260,6 +260,10 @@ def start_round(spec: RoundSpec) -> Aggregator:
 # -- plaintext validation shared by the float modes ---------------------------------------------------
 
 
+#: Values :func:`check_update` squares at a time (a 2 MiB float64 temporary).
+_CHECK_SLICE = 1 << 18
+
+
 def check_update(update: NDArrays, layout: Layout, *, max_norm: float = math.inf) -> None:
     """Raise :class:`UpdateRejected` unless ``update`` has exactly ``layout`` and bounded numbers.
 
@@ -278,9 +282,13 @@ def check_update(update: NDArrays, layout: Layout, *, max_norm: float = math.inf
             raise UpdateRejected("shape", f"update tensor {name!r} has shape {value.shape}, the model {shape}")
         if value.dtype != np.float32:
             raise UpdateRejected("dtype", f"update tensor {name!r} is not float32 like the model")
-        if not bool(np.all(np.isfinite(value))):
-            raise UpdateRejected("finite", f"update tensor {name!r} has non-finite values")
-        sq += float(np.sum(np.square(value, dtype=np.float64)))
+        flat = value.ravel(order="K")  # a view, whatever the memory order
+        # In slices: a float64 square of a whole 8M-value tensor is a 64 MiB temporary (issue 17).
+        for start in range(0, flat.shape[0], _CHECK_SLICE):
+            part = flat[start : start + _CHECK_SLICE]
+            if not bool(np.all(np.isfinite(part))):
+                raise UpdateRejected("finite", f"update tensor {name!r} has non-finite values")
+            sq += float(np.sum(np.square(part, dtype=np.float64)))
     if not math.sqrt(sq) <= max_norm:
         raise UpdateRejected("bound", "update norm exceeds the job's aggregation.max_update_norm")
 

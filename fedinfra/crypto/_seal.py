@@ -156,30 +156,58 @@ class SealContext:
 
     def load_ciphertexts(self, blobs: list[bytes]) -> list[Any]:
         """Parse ciphertexts; any malformed, foreign or truncated one raises :class:`CryptoError`."""
-        s = self._s
-        first = list(self._ctx.first_parms_id())
-        cts: list[Any] = []
         with _memfile() as (fd, path):
-            for blob in blobs:
-                if not 0 < len(blob) <= MAX_CT_BYTES:
-                    raise CryptoError(REJECTED)
-                ct = s.Ciphertext(self._ctx)
-                try:
-                    _write_all(fd, blob)
-                    ct.load(self._ctx, path)
-                except (RuntimeError, ValueError) as exc:
-                    raise CryptoError(REJECTED) from exc
-                if ct.size() != 2 or list(ct.parms_id()) != first:
-                    raise CryptoError(REJECTED)
-                if self.scheme == "ckks" and ct.scale != self.scale:
-                    raise CryptoError(REJECTED)
-                # Fresh BFV ciphertexts are in coefficient form, CKKS ones in NTT form. A BFV
-                # ciphertext in NTT form loads but makes Evaluator.add fail (issue 13: it was
-                # half-added to the sum before the failure).
-                if bool(ct.is_ntt_form()) != (self.scheme == "ckks") or ct.is_transparent():
-                    raise CryptoError(REJECTED)
-                cts.append(ct)
-        return cts
+            return [self._load_one(fd, path, blob) for blob in blobs]
+
+    def _load_one(self, fd: int, path: str, blob: bytes) -> Any:
+        s = self._s
+        if not 0 < len(blob) <= MAX_CT_BYTES:
+            raise CryptoError(REJECTED)
+        ct = s.Ciphertext(self._ctx)
+        try:
+            _write_all(fd, blob)
+            ct.load(self._ctx, path)
+        except (RuntimeError, ValueError) as exc:
+            raise CryptoError(REJECTED) from exc
+        if ct.size() != 2 or list(ct.parms_id()) != list(self._ctx.first_parms_id()):
+            raise CryptoError(REJECTED)
+        if self.scheme == "ckks" and ct.scale != self.scale:
+            raise CryptoError(REJECTED)
+        # Fresh BFV ciphertexts are in coefficient form, CKKS ones in NTT form. A BFV
+        # ciphertext in NTT form loads but makes Evaluator.add fail (issue 13: it was
+        # half-added to the sum before the failure).
+        if bool(ct.is_ntt_form()) != (self.scheme == "ckks") or ct.is_transparent():
+            raise CryptoError(REJECTED)
+        return ct
+
+    def add_blobs_inplace(self, acc: list[Any], blobs: list[bytes]) -> None:
+        """``acc[i] += parse(blobs[i])``, one ciphertext parsed at a time, all or nothing.
+
+        Parsing a whole update first (:meth:`load_ciphertexts` then :meth:`add_inplace`) held
+        it twice over in SEAL's memory pool, which never shrinks: a seeded ciphertext expands
+        to both polynomials when loaded, so 80 MB for a 10M-parameter update (issue 17,
+        ``bench/big_model.py``). Here each ciphertext passes every check of
+        :meth:`load_ciphertexts` before it is added; if one is refused, those already added
+        are parsed again from the same bytes and subtracted (exact: coefficient-wise additions
+        modulo q), so a refused update leaves no trace (Bonawitz et al., CCS 2017, section 2:
+        the sum holds accepted inputs only).
+        """
+        if len(acc) != len(blobs):
+            raise CryptoError(REJECTED)
+        done = 0
+        with _memfile() as (fd, path):
+            try:
+                for a, blob in zip(acc, blobs, strict=True):
+                    ct = self._load_one(fd, path, blob)
+                    try:
+                        self._evaluator.add_inplace(a, ct)
+                    except (RuntimeError, ValueError) as exc:
+                        raise CryptoError(REJECTED) from exc
+                    done += 1
+            except CryptoError:
+                for a, blob in zip(acc[:done], blobs[:done], strict=True):
+                    self._evaluator.sub_inplace(a, self._load_one(fd, path, blob))
+                raise
 
     def add_inplace(self, acc: list[Any], cts: list[Any]) -> None:
         """``acc[i] += cts[i]`` homomorphically, all or nothing.

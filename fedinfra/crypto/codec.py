@@ -298,11 +298,12 @@ class EncryptedSum:
             raise CryptoError(REJECTED)
         digest = envelope.digest(envelope.KIND_UPDATE, prefix)
         _sign.verify(self._public.site_keys[site], digest, signature)
-        cts = self._ctx.load_ciphertexts(blobs)
         if self._acc is None:
-            self._acc, self._n_values, self._layout = cts, header.n_values, header.layout
+            self._acc = self._ctx.load_ciphertexts(blobs)
+            self._n_values, self._layout = header.n_values, header.layout
         else:
-            self._ctx.add_inplace(self._acc, cts)  # all or nothing (see SealContext.add_inplace)
+            # One ciphertext parsed at a time, all or nothing (SealContext.add_blobs_inplace).
+            self._ctx.add_blobs_inplace(self._acc, blobs)
         self._sites.append(site)
         self._nonces.add(header.nonce)
         return site

@@ -22,6 +22,7 @@ A site that refuses (its policy, budget or a receipt check fails) replies
 from __future__ import annotations
 
 import json
+import logging
 from typing import Literal
 
 import numpy as np
@@ -56,6 +57,7 @@ from fedinfra.site.sync import current_model
 from fedinfra.site.weights import arrays_to_weights, weights_to_arrays
 from fedinfra.types import NDArrays
 
+_log = logging.getLogger("fedinfra.site")
 app = ClientApp()
 
 
@@ -248,6 +250,10 @@ def train(msg: Message, context: Context) -> Message:
             records = mask_update(context, ctx, instruction, out.update, stage, evaluation=lanes)
             return _reply(msg, out.report.model_dump_json(), blobs=records)
     except (FedinfraError, ValueError) as exc:
+        # The site's own record of why it refused (its operator reads it in the SuperNode's
+        # log); the coordinator gets the bounded code, and audits only that (issue 16).
+        _log.warning("run %s round %d: refused (%s): %s", instruction.run_id, instruction.round,
+                     refusal_code(exc), str(exc)[:240])
         refused = TrainReport(
             site=ctx.name,
             round=instruction.round,

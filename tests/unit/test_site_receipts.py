@@ -234,7 +234,7 @@ def test_a_malformed_or_foreign_request_is_refused(tmp_path: Path, signer: Signe
     request = json.loads(_request(log, 0, size=4) if break_it != "not json" else "{}")
     if break_it == "bad base64":
         request = json.loads(_request(log, 4))
-        request["consistency"][0] = "*" + request["consistency"][0][1:]
+        request["consistency"][0] = "*" + request["consistency"][0]  # a lax decoder would skip the "*"
 
     with pytest.raises(
         VerificationError, match=r"^the checkpoint to cosign is malformed or not signed by the log key$"
@@ -399,3 +399,16 @@ def test_receipts_and_the_cosigning_key_go_into_directories_made_with_their_pare
     assert (tmp_path / "fresh" / "home" / COSIGNER_KEY).is_file()
     assert key.vkey.startswith("fedinfra-site.s1+")
     log.close()
+
+
+def test_a_split_view_inside_one_batch_of_receipts_is_refused(tmp_path: Path, signer: Signer) -> None:
+    """Each receipt of a batch is checked against the one before it, not only against the disk."""
+    honest = _log(tmp_path / "a.db", signer)
+    fork = _log(tmp_path / "b.db", signer, rounds=3, site="site-z")
+    batch = [honest.receipt(3).to_json(), fork.receipt(5, since=honest.size).to_json()]
+
+    with pytest.raises(VerificationError, match=r"^audit receipt for entry 5 did not verify$"):
+        verify_and_store(batch, directory=tmp_path / "r", verifier_key=signer.verifier)
+    assert current_size(tmp_path / "r", signer.verifier) == honest.size
+    honest.close()
+    fork.close()

@@ -368,3 +368,13 @@ def test_by_default_a_reservation_is_stamped_in_utc(tmp_path: Path) -> None:
 
     assert stamp.utcoffset() is not None
     assert stamp.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+
+
+def test_a_run_ids_delta_on_another_dataset_is_not_credited_against_this_datasets_lifetime_delta(
+    ledger: PrivacyLedger,
+) -> None:
+    _spend(ledger, "a", delta=1e-6, delta_lifetime_cap=1.5e-6)
+    _spend(ledger, "r", delta=1.4e-6, dataset_fingerprint=OTHER_FP, delta_lifetime_cap=1.5e-6)
+
+    with pytest.raises(PrivacyBudgetExceeded, match="lifetime delta of dataset sha256:abababababab would reach 2e-06"):
+        _spend(ledger, "r", delta=1e-6, delta_lifetime_cap=1.5e-6)

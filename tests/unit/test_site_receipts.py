@@ -412,3 +412,17 @@ def test_a_split_view_inside_one_batch_of_receipts_is_refused(tmp_path: Path, si
     assert current_size(tmp_path / "r", signer.verifier) == honest.size
     honest.close()
     fork.close()
+
+
+def test_the_held_checkpoint_shown_again_with_a_proof_from_an_older_size_is_cosigned(
+    tmp_path: Path, signer: Signer
+) -> None:
+    """The coordinator's idea of what the site holds can lag; the same signed tree is still the same tree."""
+    log = _log(tmp_path / "a.db", signer)
+    _cosign(_request(log, 0), tmp_path, signer.verifier)
+
+    reply = CosignReply.model_validate_json(_cosign(_request(log, 4), tmp_path, signer.verifier))
+
+    assert reply.tree_size == 7
+    assert _alerts(tmp_path) == []
+    log.close()

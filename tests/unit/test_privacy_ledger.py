@@ -378,3 +378,55 @@ def test_a_run_ids_delta_on_another_dataset_is_not_credited_against_this_dataset
 
     with pytest.raises(PrivacyBudgetExceeded, match="lifetime delta of dataset sha256:abababababab would reach 2e-06"):
         _spend(ledger, "r", delta=1e-6, delta_lifetime_cap=1.5e-6)
+
+
+def test_reserve_returns_the_record_it_stored(ledger: PrivacyLedger) -> None:
+    record = _spend(ledger, "r", 3, 0.5, mechanism="gaussian", accountant="gdp", params={"z": 1.5})
+
+    assert record == ledger.entries()[0]
+    assert (record.run_id, record.mechanism, record.accountant, record.params) == ("r", "gaussian", "gdp", {"z": 1.5})
+    assert record.dataset_fingerprint == FP
+
+
+def test_params_are_stored_as_sorted_json_with_other_values_as_text(ledger: PrivacyLedger, tmp_path: Path) -> None:
+    """The stored text is the same for the same parameters (sorted keys); a Path or a date is kept as text."""
+    _spend(ledger, params={"b": 2, "a": Path("kit/x"), "when": FIXED})
+
+    db = sqlite3.connect(tmp_path / "ledger.db")
+    try:
+        (stored,) = db.execute("SELECT params FROM privacy_spend").fetchone()
+    finally:
+        db.close()
+
+    assert stored == '{"a": "kit/x", "b": 2, "when": "2025-01-02 03:04:05+00:00"}'
+
+
+def test_a_spend_exactly_at_the_float_tolerance_above_a_cap_passes(ledger: PrivacyLedger) -> None:
+    """The only tolerance is the documented one: cap + 1e-12 for epsilon, cap * (1 + 1e-9) for delta."""
+    third = "sha256:" + "ef" * 32
+    _spend(ledger, "r1", eps=1.0 + 1e-12, run_cap=1.0, lifetime_cap=10.0)  # the run cap's edge
+    _spend(ledger, "r2", eps=2.0 + 1e-12, run_cap=5.0, lifetime_cap=2.0, dataset_fingerprint=OTHER_FP)  # lifetime
+    _spend(ledger, "r3", delta=1e-6 * (1 + 1e-9), delta_lifetime_cap=1e-6, dataset_fingerprint=third)  # delta
+
+    assert len(ledger.entries()) == 3
+
+
+def test_a_ledger_opened_read_only_reads_its_spends_and_refuses_a_file_without_a_schema_version(
+    tmp_path: Path,
+) -> None:
+    book = PrivacyLedger(tmp_path / "l.db")
+    _spend(book, eps=0.5)
+    book.close()
+
+    reader = PrivacyLedger(tmp_path / "l.db", readonly=True)
+    try:
+        assert reader.spent(dataset_fingerprint=FP) == 0.5
+    finally:
+        reader.close()
+    db = sqlite3.connect(tmp_path / "l.db")
+    db.execute("DELETE FROM ledger_meta")
+    db.commit()
+    db.close()
+
+    with pytest.raises(StoreError, match=r"^privacy ledger has no schema version; not a ledger fedinfra wrote$"):
+        PrivacyLedger(tmp_path / "l.db", readonly=True)

@@ -430,3 +430,34 @@ def test_a_ledger_opened_read_only_reads_its_spends_and_refuses_a_file_without_a
 
     with pytest.raises(StoreError, match=r"^privacy ledger has no schema version; not a ledger fedinfra wrote$"):
         PrivacyLedger(tmp_path / "l.db", readonly=True)
+
+
+def test_a_ledger_named_by_an_sqlalchemy_url_is_the_file_the_url_names(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'by-url.db'}"
+    book = PrivacyLedger(url)
+    _spend(book, eps=0.25)
+    book.close()
+
+    reader = PrivacyLedger(url, readonly=True)
+    try:
+        assert reader.spent(dataset_fingerprint=FP) == 0.25
+    finally:
+        reader.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["by-url.db"]
+
+
+def test_opening_a_missing_ledger_read_only_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(StoreError):
+        PrivacyLedger(tmp_path / "missing.db", readonly=True)
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_ledger_connection_waits_for_writers_and_syncs_fully(ledger: PrivacyLedger) -> None:
+    """The write-ahead promise: a reservation is on disk (synchronous FULL) before the update leaves,
+    and a second process waits for the write lock (busy_timeout) instead of failing."""
+    with ledger._engine.connect() as conn:
+        synchronous = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+        busy = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+
+    assert (synchronous, busy) == (2, 10000)

@@ -461,3 +461,26 @@ def test_every_ledger_connection_waits_for_writers_and_syncs_fully(ledger: Priva
         busy = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
 
     assert (synchronous, busy) == (2, 10000)
+
+
+def test_each_unreadable_ledger_is_named_with_what_is_wrong(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not sqlite" * 100)
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).execute("CREATE TABLE other (x INTEGER)").connection.close()
+    future = tmp_path / "future.db"
+    PrivacyLedger(future).close()
+    db = sqlite3.connect(future)
+    db.execute("UPDATE ledger_meta SET value = '2' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+
+    cannot_open = f"^{re.escape(str(garbage))}: cannot open privacy ledger \\(DatabaseError\\); check the path$"
+    not_a_ledger = f"^{re.escape(str(empty))}: not a privacy ledger \\(no privacy_spend table\\)$"
+
+    with pytest.raises(StoreError, match=cannot_open):
+        PrivacyLedger(garbage)
+    with pytest.raises(StoreError, match=not_a_ledger):
+        PrivacyLedger(empty, readonly=True)
+    with pytest.raises(StoreError, match=r"^privacy ledger schema 2 is not supported \(expected 1\)$"):
+        PrivacyLedger(future)

@@ -13,13 +13,15 @@ checks nothing new here - its copy was checked when it was received.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedinfra.aggregation.digest import blob_digest, model_digest
-from fedinfra.config.secagg import SecureAggSpec
 from fedinfra.config.wire import TrainInstruction
 from fedinfra.errors import VerificationError
 from fedinfra.types import NDArrays
+
+if TYPE_CHECKING:
+    from fedinfra.crypto.params import HEParams
 
 
 def received_digest(*, encrypted: bool, base: NDArrays | None, aggregates: list[bytes]) -> str | None:
@@ -45,14 +47,27 @@ def check_view(instruction: TrainInstruction, received: str | None) -> None:
         raise VerificationError("the model received is not the one the instruction names (digest mismatch); refused")
 
 
-def check_mean_bound(mean: Any, spec: SecureAggSpec) -> None:
+def check_mean_bound(mean: Any, params: HEParams, *, total_examples: int, sites: int | None = None) -> None:
     """Refuse a decrypted mean outside what the sites' clipped updates can produce.
 
     Under secure aggregation the coordinator cannot inspect updates, so every site clips
     before encrypting (BFV: ``|value| <= clip`` per coordinate; CKKS: ``|value| <=
-    ckks_max_abs``) and checks the decrypted mean against the same bound - any weighted
-    mean of clipped values lies within it, up to one quantization step - before using it
+    ckks_max_abs``) and checks the decrypted mean against the same bound before using it
     (issue 16; Bonawitz et al. 2017 leave input validation to the protocol around SecAgg).
+    Any weighted mean of clipped values lies within that bound *up to the codec's error*,
+    which is not one quantization step: a site sends ``(n_i / example_cap) * x_i`` rounded
+    stochastically, so each site errs by up to ``clip / M`` *before* the division by
+    ``total / example_cap`` - the mean's error is ``sites * (clip / M) * example_cap /
+    total`` plus float32 rounding (:meth:`fedinfra.crypto.HEParams.mean_error_bound`). With
+    every site's update at the clip (a saturated coordinate) the mean exceeds ``clip`` by up
+    to that much; a tolerance of two steps refused such rounds (issue 13's ``secagg+he``
+    e2e: 4 sites, 363 examples, a coordinate at 1.0000726 for clip 1).
+
+    ``params`` are the kit's (what the codec used), ``total_examples`` the aggregate's
+    decrypted example total and ``sites`` its contribution count; without it the bound
+    takes ``min(max_sites, total_examples)`` sites - an upper bound, since the codec
+    refuses more than ``max_sites`` contributions and every site weighs in with at least
+    one example.
 
     Raises
     ------
@@ -61,10 +76,10 @@ def check_mean_bound(mean: Any, spec: SecureAggSpec) -> None:
     """
     import numpy as np
 
-    if spec.mode == "ckks":
-        bound = spec.ckks_max_abs * (1 + 1e-6) + 1e-6
-    else:
-        bound = spec.clip * (1 + 2.0 / 2 ** (spec.quant_bits - 1)) + 1e-9
+    spec = params.spec
+    count = min(spec.max_sites, total_examples) if sites is None else sites
+    magnitude = spec.ckks_max_abs if params.scheme == "ckks" else spec.clip
+    bound = magnitude + params.mean_error_bound(sites=max(1, count), total_examples=max(1, total_examples))
     values = np.asarray(mean, dtype=np.float64)
     if values.size and not (np.all(np.isfinite(values)) and float(np.max(np.abs(values))) <= bound):
         raise VerificationError("the decrypted aggregate exceeds the job's clip bound; refused")

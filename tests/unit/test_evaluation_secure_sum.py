@@ -427,3 +427,25 @@ def test_a_task_without_an_input_shape_sums_count_loss_and_correct_only() -> Non
     task = NoShape({"features": 4, "classes": 3, "model": "logreg", "hidden": []})
 
     assert sums_layout(task, new_model(task, seed=1)) == (("count", 1), ("loss", 1), ("correct", 1))
+
+
+def test_under_secagg_he_sites_accept_a_round_whose_updates_sit_at_the_clip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13: in the loopback e2e every site refused round 1's ``secagg+he`` aggregate.
+
+    The sites clip each coordinate to ``clip`` before encrypting; when all of them sit at the
+    clip, the decrypted mean exceeds it by the codec's rounding error, which grows with
+    ``example_cap / total examples`` (``HEParams.mean_error_bound``). The site's check
+    allowed two quantization steps only, so in round 2 each site refused ("the decrypted
+    aggregate exceeds the job's clip bound") and the run failed with 0 valid replies. A
+    small clip makes every update saturate here; on the old code this run fails in round 2.
+    """
+    job = _he_job("secagg+he")
+    job = job.model_copy(
+        update={"secure_aggregation": job.secure_aggregation.model_copy(update={"clip": 0.01})}
+    )
+
+    _, coordinator = _run(job, tmp_path, monkeypatch)
+
+    assert sorted(_evaluations(coordinator)) == [1, 2]  # round 2 trained on round 1's aggregate

@@ -298,3 +298,68 @@ def test_a_site_error_reply_is_audited_as_a_code_without_the_sites_exception_tex
     stored += Path(coordinator.settings.store).read_bytes()  # the database file itself, every page
     for fragment in (b"cosigner.key", b"/srv/kits", b"4711", b"John Doe"):
         assert fragment not in stored
+
+
+# -- what admission writes to the audit log (issue 20: found by mutation testing) --------
+
+
+def test_site_details_keep_the_sites_declared_facts_for_the_auditor() -> None:
+    """A known answer: the simulated hospital's manifest and hello, as the admission entry keeps them."""
+    from fedinfra.coordinator.admission import GateContext, evaluate_site, site_details
+
+    job = _job()
+    hello = _hello(job, "site-a", epsilon_spent_lifetime=1.5)
+    _, manifest = evaluate_site(job, list(load_packs(["gdpr"])), GateContext(True, True, 2190), hello)
+
+    details = site_details(hello, manifest)
+
+    assert details == {
+        "site": "site-a",
+        "organisation": "Simulated hospital 0",
+        "role": "controller",
+        "jurisdiction": "DE",
+        "sector": "health",
+        "lawful_basis": "public-task",
+        "art9_condition": "research-statistics",
+        "transfer_safeguard": "none",
+        "consent_status": None,
+        "consent_reference": None,
+        "purposes": ["medical-research"],
+        "data_categories": ["health"],
+        "data_subjects": ["patients"],
+        "retention_days": 3650,
+        "dataset_fingerprint": "hmac-sha256:" + "ab" * 32,
+        "num_examples": 100,
+        "budget": {"epsilon_per_run": 8.0, "epsilon_lifetime": 40.0},
+        "epsilon_spent_lifetime": 1.5,
+        "scan": {"rows": 3, "k_anonymity": None},
+        "dpia": {"reference": "DPIA-SIM-001", "sha256": "0" * 64, "date": "2025-03-01"},
+        "agreements": [{"kind": "dpa", "reference": "DPA-SIM-001", "signed": "2025-02-10"}],
+    }
+    assert site_details(_hello(job, "site-a", scan=None), manifest)["scan"] is None
+
+
+def test_a_site_gate_evaluation_is_audited_with_packs_counts_findings_and_evidence(setup) -> None:  # type: ignore[no-untyped-def]
+    from fedinfra.coordinator.admission import GateContext, evaluate_site, record_evaluation
+
+    _, trail, packs = setup
+    job = _job()
+    evaluation, _ = evaluate_site(job, packs, GateContext(True, True, 2190), _hello(job, "site-a"))
+
+    record_evaluation(trail, evaluation, gate="site", round=3, site="site-a")
+
+    entry = trail.log.entries(run_id="run-1", type="policy.evaluated")[-1]
+    details = entry.details
+    first = evaluation.findings[0]
+    assert (entry.outcome, entry.round) == ("success", 3)
+    assert (details["gate"], details["site"], details["passed"]) == ("site", "site-a", True)
+    assert details["packs"] == [{"name": n, "sha256": h} for n, h in sorted(evaluation.pack_hashes.items())]
+    assert [p["name"] for p in details["packs"]] == ["gdpr", "hipaa"]
+    assert details["counts"] == evaluation.counts() == {"pass": 17, "fail": 0, "warn": 0, "manual": 0}
+    assert details["not_applicable"] == []
+    assert len(details["findings"]) == 17
+    assert details["findings"][0] == {
+        **first.to_dict(),
+        "evidence": [{"name": k, "value": v} for k, v in (first.evidence or {}).items()],
+    }
+    assert details["findings"][0]["evidence"][0] == {"name": "site.lawful_basis", "value": "public-task"}

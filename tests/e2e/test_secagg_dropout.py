@@ -1,7 +1,8 @@
 """SecAgg on loopback: a site SIGKILLed mid-run drops out; the round completes with the rest.
 
 Real SuperLink (TLS + SuperNode auth) and four real SuperNodes; ``secure_aggregation.mode =
-"secagg"`` with max_dropouts = 1, max_colluders = 1 (n = 4, t = 3). After round 1 one site's
+"secagg"`` (the first test also ``"secagg+he"``) with max_dropouts = 1, max_colluders = 1
+(n = 4, t = 3). After round 1 one site's
 SuperNode and its ClientApp processes are killed with SIGKILL: round 2 completes with the
 three survivors and its ``aggregation.completed`` entry names the dropout. In the second
 test two sites are killed: three survivors are needed, so round 2 is abandoned, nothing is
@@ -43,6 +44,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SITES = ["site0", "site1", "site2", "site3"]
+MODES = ["secagg", pytest.param("secagg+he", marks=pytest.mark.slow)]
 JOB = """name = "e2e-secagg"
 rounds = 3
 timeout_s = 25
@@ -55,7 +57,7 @@ min_sites = 2
 local_epochs = 1
 
 [secure_aggregation]
-mode = "secagg"
+mode = "{mode}"
 max_dropouts = 1
 max_colluders = 1
 min_contributors = 3
@@ -71,12 +73,13 @@ class Federation:
 
 
 @pytest.fixture
-def federation(tmp_path: Path) -> Iterator[Federation]:
+def federation(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Federation]:
+    mode = getattr(request, "param", "secagg")  # the kits' HE parameters follow the mode
     root = tmp_path
     os.environ["FLWR_HOME"] = str(root / "flwr-home")
     port = free_port()
     consortium = ConsortiumConfig(
-        name="e2e", sites=SITES, coordinator={"address": f"127.0.0.1:{port}"}, secure_aggregation={"mode": "secagg"}
+        name="e2e", sites=SITES, coordinator={"address": f"127.0.0.1:{port}"}, secure_aggregation={"mode": mode}
     )
     kits = root / "kits"
     provision(consortium, kits, app_dir=REPO / "server")  # the sites approve this release (issue 12)
@@ -86,7 +89,7 @@ def federation(tmp_path: Path) -> Iterator[Federation]:
         f'host = "127.0.0.1"\nport = {port}\nstate_dir = "state"\nruns_dir = "runs"\n'
         f'app_dir = "{REPO / "server"}"\nkit = "kits/coordinator"\n'
     )
-    (root / "job.toml").write_text(JOB)
+    (root / "job.toml").write_text(JOB.format(mode=mode))
     link = start_superlink(load_server(server_toml), load_coordinator_transport(kits / "coordinator"))
     nodes: dict[str, FlowerProcess] = {}
 
@@ -187,6 +190,7 @@ def _entries(fed: Federation, run_dir: Path, kind: str) -> list[dict[str, object
     return list(json.loads(shown.stdout))
 
 
+@pytest.mark.parametrize("federation", MODES, indirect=True)
 def test_a_site_killed_mid_run_drops_out_and_the_round_completes_with_the_survivors(federation: Federation) -> None:
     done, run_dir = _run_and_kill(federation, ["site2"])
 

@@ -29,18 +29,31 @@ def _allocate(mb: int) -> int:
     return int(block.size)
 
 
+def _above_this_process(mb: int) -> int:
+    """A memory limit ``mb`` above this process's resident size.
+
+    The forked round starts with the parent's resident pages (copy-on-write, counted in its
+    RSS): after a full test session the pytest process held 516 MB and a fixed 512 MB limit
+    stopped a round that allocated nothing (CI rehearsal, 12:44).
+    """
+    import psutil
+
+    return int(psutil.Process().memory_info().rss / (1024 * 1024)) + mb
+
+
 def test_a_round_within_limits_returns_its_result():
-    assert run_limited(_burn, 0.05, limits=LimitsSpec(max_cpu_seconds=5, max_memory_mb=512)) == 7
+    limits = LimitsSpec(max_cpu_seconds=5, max_memory_mb=_above_this_process(512))
+    assert run_limited(_burn, 0.05, limits=limits) == 7
 
 
 def test_a_round_over_its_cpu_limit_is_stopped():
     with pytest.raises(ResourceLimitExceeded, match="CPU"):
-        run_limited(_burn, 30.0, limits=LimitsSpec(max_cpu_seconds=0.5, max_memory_mb=512))
+        run_limited(_burn, 30.0, limits=LimitsSpec(max_cpu_seconds=0.5, max_memory_mb=_above_this_process(512)))
 
 
 def test_a_round_over_its_memory_limit_is_stopped():
     with pytest.raises(ResourceLimitExceeded, match="memory"):
-        run_limited(_allocate, 400, limits=LimitsSpec(max_cpu_seconds=30, max_memory_mb=128))
+        run_limited(_allocate, 400, limits=LimitsSpec(max_cpu_seconds=30, max_memory_mb=_above_this_process(128)))
 
 
 def test_round_guard_refuses_a_round_whose_peak_memory_was_too_high():

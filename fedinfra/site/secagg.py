@@ -179,6 +179,29 @@ def handle_stage(context: Context, ctx: SiteContext, instruction: TrainInstructi
     raise CryptoError(f"secure aggregation: stage {request.stage!r} does not come as a query")
 
 
+def _mask_stage(
+    context: Context, ctx: SiteContext, instruction: TrainInstruction, document: Any, carrier: str
+) -> tuple[StageRequest, SiteSession, SecAggPlan, dict[str, bytes]]:
+    """The checked mask-stage request the ``carrier`` ("train" or "close") message brings.
+
+    Refused unless it is a mask stage, this site has shared (a roster) and has not masked
+    an input for this round yet (one input per round: Bonawitz et al. CCS 2017, round 2).
+    Returns the request, the session, the round's plan and the shares sent to this site.
+    """
+    if not isinstance(document, str):
+        raise CryptoError(f"secure aggregation: the {carrier} message carries no mask stage")
+    request = StageRequest.model_validate_json(document)
+    if request.stage != "mask":
+        raise CryptoError(f"secure aggregation: expected the mask stage with the {carrier} message")
+    session = _load(context, instruction)
+    if session.roster is None:
+        raise CryptoError("secure aggregation: mask before share")
+    if session.u2:
+        raise CryptoError("secure aggregation: this site already masked its input for this round")
+    p = _plan(ctx, session.sampled, len(session.roster.entries))
+    return request, session, p, {k: bytes.fromhex(v) for k, v in request.shares.items()}
+
+
 def mask_update(
     context: Context,
     ctx: SiteContext,
@@ -196,20 +219,9 @@ def mask_update(
     masked update (``secagg``) or beside the ciphertext (``SECAGG_EVAL``, ``secagg+he``) - so
     the coordinator unmasks only the survivors' total (issue 14, deliverable 4).
     """
-    if not isinstance(document, str):
-        raise CryptoError("secure aggregation: the train message carries no mask stage")
-    request = StageRequest.model_validate_json(document)
-    if request.stage != "mask":
-        raise CryptoError("secure aggregation: expected the mask stage with the train message")
-    session = _load(context, instruction)
-    if session.roster is None:
-        raise CryptoError("secure aggregation: mask before share")
-    if session.u2:
-        raise CryptoError("secure aggregation: this site already masked its input for this round")
-    p = _plan(ctx, session.sampled, len(session.roster.entries))
+    request, session, p, shares = _mask_stage(context, ctx, instruction, document, "train")
     sa = ctx.job.secure_aggregation
     weight = 1 if ctx.job.privacy.mechanism == "user-dp" else len(ctx.data.y)
-    shares = {k: bytes.fromhex(v) for k, v in request.shares.items()}
     if sa.encrypted:
         from fedinfra.crypto.secagg.he import seal_masked
 
@@ -273,21 +285,10 @@ def mask_evaluation(
     coordinator's :class:`~fedinfra.aggregation.secagg.SecAggAggregator` over an empty model
     layout unmasks the survivors' total evaluation sums and nothing else.
     """
-    if not isinstance(document, str):
-        raise CryptoError("secure aggregation: the close message carries no mask stage")
-    request = StageRequest.model_validate_json(document)
-    if request.stage != "mask":
-        raise CryptoError("secure aggregation: expected the mask stage with the close message")
-    session = _load(context, instruction)
-    if session.roster is None:
-        raise CryptoError("secure aggregation: mask before share")
-    if session.u2:
-        raise CryptoError("secure aggregation: this site already masked its input for this round")
-    p = _plan(ctx, session.sampled, len(session.roster.entries))
+    request, session, p, shares = _mask_stage(context, ctx, instruction, document, "close")
     sa = ctx.job.secure_aggregation
     segments = [*sa_codec.encode(np.zeros(0, dtype=np.float64), 1, sa, secure_generator()), evaluation]
     bits = sa_codec.widths(sa, int(evaluation.shape[0]))
-    shares = {k: bytes.fromhex(v) for k, v in request.shares.items()}
     session.mask(p, segments, bits, u2=request.u2, shares_for_me=shares)
     _save(context, session)
     return sa_codec.to_wire(segments, bits)

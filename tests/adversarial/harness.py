@@ -97,6 +97,22 @@ class LocalGrid(Grid):
         return self.pull_messages(ids)
 
 
+def adversarial_job(**changes: Any) -> JobSpec:
+    """Four edge sites, two rounds, plaintext FedAvg, no DP, 2-s replies; ``changes`` override fields."""
+    return JobSpec.model_validate(
+        {
+            "name": "adversarial",
+            "scenario": "edge",
+            "purpose": "on-device-model-improvement",
+            "rounds": 2,
+            "sites": {"count": 4, "min_sites": 2},
+            "training": {"local_epochs": 1},
+            "timeout_s": 2.0,
+            **changes,
+        }
+    )
+
+
 def honest(msg: Message, context: Context) -> Message | None:
     """The real fedinfra ClientApp."""
     from fedinfra.site.app import app

@@ -18,7 +18,7 @@ from fedinfra.config import JobSpec
 from fedinfra.config.job import CompressionSpec
 from fedinfra.config.secagg import SecureAggSpec
 from fedinfra.runtime.simulation import AUDIT_STORE
-from tests.adversarial.harness import Malicious, doc_of, honest, rejections, run_job, silent, with_doc
+from tests.adversarial.harness import Malicious, adversarial_job, doc_of, honest, rejections, run_job, silent, with_doc
 
 
 def _doc_attack(**changes: Any) -> Malicious:
@@ -120,17 +120,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def _job() -> JobSpec:
-    return JobSpec.model_validate(
-        {
-            "name": "adversarial",
-            "scenario": "edge",
-            "purpose": "on-device-model-improvement",
-            "rounds": 2,
-            "sites": {"count": 4, "min_sites": 2},
-            "training": {"local_epochs": 1},
-            "timeout_s": 2.0,
-        }
-    )
+    return adversarial_job()
 
 
 #: In the default run: the five ways one reply used to abort the run, and the poisoning ones.

@@ -10,22 +10,11 @@ import pytest
 from flwr.app import Context, Message
 
 from fedinfra.config import JobSpec
-from tests.adversarial.harness import Malicious, doc_of, honest, rejections, run_job, silent, with_doc
+from tests.adversarial.harness import Malicious, adversarial_job, doc_of, honest, rejections, run_job, silent, with_doc
 
 
 def _job(**changes: Any) -> JobSpec:
-    return JobSpec.model_validate(
-        {
-            "name": "adversarial",
-            "scenario": "edge",
-            "purpose": "on-device-model-improvement",
-            "rounds": 2,
-            "sites": {"count": 4, "min_sites": 2},
-            "training": {"local_epochs": 1},
-            "timeout_s": 2.0,
-            **changes,
-        }
-    )
+    return adversarial_job(**changes)
 
 
 def _set(**changes: Any) -> Any:

@@ -15,22 +15,14 @@ from fedinfra.config import JobSpec
 from fedinfra.privacy import PrivacyLedger
 from fedinfra.report import generate_report
 from fedinfra.runtime.simulation import AUDIT_STORE
-from tests.adversarial.harness import Malicious, honest, run_job
+from tests.adversarial.harness import Malicious, adversarial_job, honest, run_job
 
 
 def _job() -> JobSpec:
-    return JobSpec.model_validate(
-        {
-            "name": "abandoned",
-            "scenario": "edge",
-            "purpose": "on-device-model-improvement",
-            "rounds": 2,
-            "sites": {"count": 4, "min_sites": 2},
-            "training": {"local_epochs": 1},
-            "timeout_s": 2.0,
-            "privacy": {"mechanism": "user-dp", "epsilon": 8.0, "max_grad_norm": 1.0},
-            "secure_aggregation": {"mode": "secagg", "example_cap": 1, "max_dropouts": 1, "max_colluders": 1},
-        }
+    return adversarial_job(
+        name="abandoned",
+        privacy={"mechanism": "user-dp", "epsilon": 8.0, "max_grad_norm": 1.0},
+        secure_aggregation={"mode": "secagg", "example_cap": 1, "max_dropouts": 1, "max_colluders": 1},
     )
 
 

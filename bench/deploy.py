@@ -267,7 +267,7 @@ def main() -> None:
     from fedinfra.config import JobSpec
     from fedinfra.config.consortium import ConsortiumConfig
     from fedinfra.config.server import ServerConfig
-    from fedinfra.coordinator.server import PULL_INTERVAL_S
+    from fedinfra.coordinator.inbox import PULL_INTERVAL_S
     from fedinfra.runtime.deploy import start_superlink, start_supernode
     from fedinfra.runtime.env import harden
     from fedinfra.runtime.kit import load_coordinator_transport, load_site_transport
@@ -306,9 +306,11 @@ def main() -> None:
                                                warm=warm, superlink=superlink, verify_apps=verify,
                                                connect_timeout=300)  # a loaded shared machine
                     except RuntimeLaunchError as exc:
-                        if "2004" not in str(exc) or time.monotonic() > deadline:
+                        # free_port() can race with another start (port taken between pick and bind)
+                        retryable = "2004" in str(exc) or "is in use" in str(exc)
+                        if not retryable or time.monotonic() > deadline:
                             raise
-                        time.sleep(10)
+                        time.sleep(10 if "2004" in str(exc) else 0.5)
 
             with ThreadPoolExecutor(max_workers=len(SITES)) as pool:
                 futures = [pool.submit(one, name) for name in SITES]

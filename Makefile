@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedinfra-installed
 # The default run (`make test`, CI) skips what is marked slow: the long fuzz/property runs
 # (10,000 cases per decoder) and the long loopback federations (outages, kill/resume, killed
-# sites, every signal at every stage, hostile site, slim install). `make slow` runs those;
+# sites, every signal at every stage, hostile site, slim install, deploy refusals, the HE
+# evaluation run, the digits-CNN simulation). `make slow` runs those;
 # `make e2e` runs every end-to-end test, slow or not. One short federation per area stays in
 # `make test`: the guides' ceremony (DP+HE), the site-trust attacks, a task job under secagg.
 PYTEST_ARGS ?= -m "not slow"

@@ -35,7 +35,9 @@ from fedinfra.runtime.preflight import preflight
 from fedinfra.runtime.procs import FlowerProcess, free_port, stop_all
 from fedinfra.runtime.provision import provision
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
+# slow (make e2e): a 3-site federation just for refusals; in make test, tests/e2e/test_site_trust.py
+# covers the network attacker (no CA-only registration, a spoofing node refused) on its own federation.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.e2e
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
+@pytest.mark.slow  # ~90 s of Flower simulation; tests/unit/test_examples.py trains the same task in-process
 def test_digits_cnn_on_png_images_federates_with_dp_sgd_and_secure_aggregation(
     fedinfra_bin: str, tmp_path: Path
 ) -> None:

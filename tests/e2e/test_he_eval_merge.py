@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+# slow (make e2e): tests/unit/test_evaluation_secure_sum.py runs the same HE evaluation through the
+# real coordinator and site app in-process; this is its 3-round Flower run.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROUNDS = 3
 

@@ -107,9 +107,10 @@ def _weights(msg: Message, ctx: SiteContext, instruction: TrainInstruction) -> t
     """The global model: sent in plaintext, or (HE) rebuilt from encrypted aggregates.
 
     Also returns the digest of what was received, checked against the one the instruction
-    names (:mod:`fedinfra.site.views`).
+    names (:mod:`fedinfra.site.views`). Under ``secagg`` the model is also checked against
+    what clipped means allow (:func:`fedinfra.site.views.check_secagg_model`).
     """
-    from fedinfra.site.views import check_view, received_digest
+    from fedinfra.site.views import check_secagg_model, check_view, received_digest
 
     base = arrays_to_weights(msg.content.array_records[ARRAYS]) if ARRAYS in msg.content.array_records else None
     encrypted = ctx.job.secure_aggregation.encrypted
@@ -122,6 +123,8 @@ def _weights(msg: Message, ctx: SiteContext, instruction: TrainInstruction) -> t
     if not encrypted:
         if base is None:
             raise ValueError("plaintext round without the global model")
+        if ctx.job.secure_aggregation.mode == "secagg":
+            check_secagg_model(ctx, instruction, base)
         return base, digest
     return current_model(ctx, instruction, base, aggregates), digest
 

@@ -97,15 +97,25 @@ def cosigner(home: Path, site: str, kit: Path | None = None) -> Cosigner:
     return Cosigner.load_or_create(home / COSIGNER_KEY, cosigner_name(site))
 
 
-def _alert(directory: Path, problem: str, held: int, shown: int) -> VerificationError:
-    """Record a split view in the site's own log, and return the refusal to raise."""
-    message = f"split view: {problem} (site holds tree size {held}, coordinator showed {shown}); refusing to train"
+def record_alert(directory: Path, message: str) -> VerificationError:
+    """Append ``message`` to the site's own ``alerts.log`` (and its log); return the refusal to raise.
+
+    The site's record of what the coordinator did wrong: it stays at the site, the
+    coordinator gets only the bounded refusal code (issue 16).
+    """
     _log.error("%s", message)
     directory.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with (directory / ALERTS_FILE).open("a", encoding="utf-8") as fh:
         fh.write(f"{stamp} {message}\n")
     return VerificationError(message)
+
+
+def _alert(directory: Path, problem: str, held: int, shown: int) -> VerificationError:
+    """Record a split view in the site's own log, and return the refusal to raise."""
+    return record_alert(
+        directory, f"split view: {problem} (site holds tree size {held}, coordinator showed {shown}); refusing to train"
+    )
 
 
 def cosign_checkpoint(

@@ -80,7 +80,13 @@ def evaluate_job(job: JobSpec, packs: list[Pack], gate: GateContext) -> Evaluati
 def evaluate_site(
     job: JobSpec, packs: list[Pack], gate: GateContext, hello: SiteHello
 ) -> tuple[Evaluation, SiteManifest]:
-    """Run the site gate on a site's hello (its manifest, scan summary and budget)."""
+    """Run the site gate on a site's hello (its manifest, scan summary and budget).
+
+    The lifetime spend is the site's own ledger total as it reports it. A site that reports
+    none under a DP job is not taken to have spent nothing: the ``site-lifetime-budget``
+    rule then fails closed on missing evidence (GDPR Art. 25 data protection by default),
+    and the audit log records the spend as unknown, not as 0.
+    """
     from fedinfra.policy import Facts, evaluate
     from fedinfra.policy.scan import ScanSummary
 
@@ -90,7 +96,7 @@ def evaluate_site(
         job=job_facts(job, gate),
         site=manifest,
         scan=scan,
-        site_epsilon_spent=hello.epsilon_spent_lifetime if hello.epsilon_spent_lifetime is not None else 0.0,
+        site_epsilon_spent=hello.epsilon_spent_lifetime,
     )
     return evaluate(packs, "site", facts), manifest
 

@@ -363,3 +363,159 @@ def test_a_site_gate_evaluation_is_audited_with_packs_counts_findings_and_eviden
         "evidence": [{"name": k, "value": v} for k, v in (first.evidence or {}).items()],
     }
     assert details["findings"][0]["evidence"][0] == {"name": "site.lawful_basis", "value": "public-task"}
+
+
+# -- the site gate's budget, scan and the job gate (issue 20: admission's mutation survivors) --
+
+
+def _dp_job() -> JobSpec:
+    """The hospital job under DP-SGD at epsilon 8: the simulated hospitals' per-run cap (lifetime cap 40)."""
+    return _job().model_copy(
+        update={"privacy": _job().privacy.model_copy(update={"mechanism": "dp-sgd", "epsilon": 8.0})}
+    )
+
+
+def _coordinator(tmp_path: Path, job: JobSpec) -> tuple[Coordinator, AuditTrail]:
+    signer = Signer.generate("fedinfra.test/coordinator")
+    settings = CoordinatorSettings(store=str(tmp_path / "audit.db"), signer=signer, in_process=True, node_wait_s=1)
+    coordinator = Coordinator(job, run_id="run-1", run_dir=tmp_path / "run", settings=settings)
+    return coordinator, coordinator._open()
+
+
+def _site_evaluations(trail: AuditTrail) -> dict[str, tuple[str, dict[str, dict[str, object]]]]:
+    """Per site: the outcome of its ``policy.evaluated`` entry and its findings by rule id."""
+    out = {}
+    for entry in trail.log.entries(run_id="run-1", type="policy.evaluated"):
+        if entry.details["gate"] == "site":
+            findings = {str(f["rule_id"]): f for f in entry.details["findings"]}
+            out[str(entry.details["site"])] = (entry.outcome, findings)
+    return out
+
+
+def test_a_sites_recorded_lifetime_spend_decides_its_admission_at_the_cap(tmp_path: Path) -> None:
+    """Spent + the job's epsilon <= the lifetime cap (basic composition, Dwork & Roth 2014 Thm 3.16).
+
+    Each site's own preflight passes; only the spend its ledger reports differs, so the
+    coordinator's own site gate decides: 32 + 8 = 40 is at the cap, 32.5 + 8 is over it.
+    """
+    job = _dp_job()
+    coordinator, trail = _coordinator(tmp_path, job)
+    spent = {1: 0.0, 2: 32.0, 3: 32.5}
+    grid = FakeGrid({n: _answers(_hello(job, f"hospital-{n}", epsilon_spent_lifetime=spent[n])) for n in (1, 2, 3)})
+
+    admitted = coordinator.admit(grid, trail, list(load_packs(["gdpr"])))  # type: ignore[arg-type]
+
+    assert [s.hello.site for s in admitted] == ["hospital-1", "hospital-2"]
+    assert "gdpr.site-lifetime-budget" in _rejections(trail)["hospital-3"]
+    evaluations = _site_evaluations(trail)
+    assert [evaluations[f"hospital-{n}"][0] for n in (1, 2, 3)] == ["success", "success", "denied"]
+    for n, status in ((1, "pass"), (2, "pass"), (3, "fail")):
+        finding = evaluations[f"hospital-{n}"][1]["gdpr.site-lifetime-budget"]
+        assert finding["status"] == status
+        assert {"name": "site.epsilon_spent", "value": spent[n]} in finding["evidence"]  # type: ignore[operator]
+    assert evaluations["hospital-3"][1]["gdpr.site-lifetime-budget"]["message"] == (
+        "spent 32.5 + job 8 > lifetime cap 40"
+    )
+
+
+def test_a_site_that_withholds_its_lifetime_spend_under_dp_is_not_taken_to_have_spent_nothing(tmp_path: Path) -> None:
+    """Fail closed (issue 20): the gate once read a missing spend as 0.0 and admitted the site."""
+    job = _dp_job()
+    coordinator, trail = _coordinator(tmp_path, job)
+    grid = FakeGrid(
+        {
+            1: _answers(_hello(job, "hospital-1", epsilon_spent_lifetime=0.0)),
+            2: _answers(_hello(job, "hospital-2", epsilon_spent_lifetime=1.0)),
+            3: _answers(_hello(job, "hospital-3")),  # no epsilon_spent_lifetime in its hello
+        }
+    )
+
+    admitted = coordinator.admit(grid, trail, list(load_packs(["gdpr"])))  # type: ignore[arg-type]
+
+    assert [s.hello.site for s in admitted] == ["hospital-1", "hospital-2"]
+    outcome, findings = _site_evaluations(trail)["hospital-3"]
+    assert outcome == "denied"
+    assert findings["gdpr.site-lifetime-budget"]["status"] == "fail"
+    assert "the site's lifetime epsilon spent is not known" in str(findings["gdpr.site-lifetime-budget"]["message"])
+
+
+def test_a_site_without_a_scan_summary_is_refused_by_the_site_gate_not_by_a_crash(setup) -> None:  # type: ignore[no-untyped-def]
+    """The scan rules fail closed on missing evidence; the refusal is a policy evaluation on record."""
+    coordinator, trail, packs = setup
+    job = coordinator.job
+    grid = FakeGrid(
+        {
+            1: _answers(_hello(job, "hospital-1")),
+            2: _answers(_hello(job, "hospital-2", scan=None)),
+            3: _answers(_hello(job, "hospital-3")),
+        }
+    )
+
+    admitted = coordinator.admit(grid, trail, packs)  # type: ignore[arg-type]
+
+    assert [s.hello.site for s in admitted] == ["hospital-1", "hospital-3"]
+    outcome, findings = _site_evaluations(trail)["hospital-2"]
+    assert outcome == "denied"
+    failed = {rule: f["message"] for rule, f in findings.items() if f["status"] == "fail"}
+    assert failed
+    assert all("no PHI/PII scan summary" in str(m) for m in failed.values())
+    assert "no PHI/PII scan summary" in _rejections(trail)["hospital-2"]
+
+
+def test_site_details_keep_consent_k_anonymity_and_an_absent_dpia() -> None:
+    """A consent-based site without a DPIA, whose scan found a quasi-identifier (k = 2)."""
+    from fedinfra.coordinator.admission import GateContext, evaluate_site, site_details
+
+    job = _job()
+    manifest = simulated_manifest(job, "site-b").model_dump(mode="json")
+    manifest.update(lawful_basis="consent", consent={"reference": "CONSENT-FORM-v3", "status": "withdrawn"}, dpia=None)
+    table = {
+        "age": ["34", "34", "35", "35", "35"],
+        "x": ["1.5", "2.5", "3.5", "1", "2"],
+        "label": ["0", "1", "0", "1", "1"],
+    }
+    hello = _hello(job, "site-b", manifest=manifest, scan=scan_table(table).model_dump(mode="json"))
+    _, parsed = evaluate_site(job, list(load_packs(["gdpr"])), GateContext(True, True, 2190), hello)
+
+    details = site_details(hello, parsed)
+
+    assert (details["lawful_basis"], details["consent_status"], details["consent_reference"]) == (
+        "consent",
+        "withdrawn",
+        "CONSENT-FORM-v3",
+    )
+    assert details["dpia"] is None
+    assert details["scan"] == {"rows": 5, "k_anonymity": 2}
+    assert details["epsilon_spent_lifetime"] is None
+
+
+@pytest.mark.parametrize(
+    ("gate", "failed"),
+    [
+        ((True, False, 2190), set()),  # a deployment with TLS, logs kept six years
+        ((False, True, 183), set()),  # in-process on loopback: no network link; retention exactly six months
+        ((False, False, 182), {"gdpr.security-of-transfer", "ai-act.art19"}),  # a network link without TLS
+    ],
+)
+def test_the_job_gate_judges_the_deployments_tls_audit_log_and_retention(
+    gate: tuple[bool, bool, int], failed: set[str]
+) -> None:
+    """GDPR Art. 32(1)(a) TLS on every network link; AI Act Art. 12 logging and Art. 19(1) six months' retention."""
+    from fedinfra.coordinator.admission import GateContext, evaluate_job
+
+    tls, _, days = gate
+    evaluation = evaluate_job(_dp_job(), list(load_packs(["gdpr", "eu-ai-act"])), GateContext(*gate))
+
+    statuses = {f.rule_id: f.status for f in evaluation.findings}
+    assert {r for r, s in statuses.items() if s == "fail"} == failed
+    assert {f.rule_id for f in evaluation.blocking} == failed
+    assert {"gdpr.security-of-transfer", "ai-act.art12", "ai-act.art19"} <= set(statuses)
+    assert {f.gate for f in evaluation.findings} == {"job"}
+    evidence = {k: v for f in evaluation.findings for k, v in (f.evidence or {}).items()}
+    assert (evidence["job.tls"], evidence["job.audit_enabled"], evidence["job.audit_retention_days"]) == (
+        tls,
+        True,
+        days,
+    )
+    assert statuses["ai-act.art12"] == "pass"
+    assert evaluation.pack_hashes.keys() == {"gdpr", "eu-ai-act"}

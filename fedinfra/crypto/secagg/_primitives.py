@@ -16,7 +16,7 @@ from __future__ import annotations
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -24,7 +24,7 @@ from fedinfra.errors import CryptoError
 
 KEY_BYTES = 32
 _ZERO_NONCE = bytes(16)
-_ZEROS = bytes(1 << 20)
+_ZEROS = memoryview(bytes(1 << 20))
 
 
 def new_keypair() -> tuple[bytes, bytes]:
@@ -57,16 +57,34 @@ def hkdf(secret: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
 
 
+class Keystream:
+    """One ChaCha20 keystream (RFC 8439, section 2.4; nonce zero: a fresh key per stream), read in order.
+
+    :meth:`read_into` writes the next bytes of the stream into a caller's buffer (OpenSSL's
+    ``update_into`` over zeros), so a long mask can be expanded block by block into one
+    reused, cache-sized buffer; the bytes are the same however the stream is cut.
+    """
+
+    __slots__ = ("_enc",)
+
+    def __init__(self, key: bytes) -> None:
+        self._enc: CipherContext = Cipher(algorithms.ChaCha20(key, _ZERO_NONCE), mode=None).encryptor()
+
+    def read_into(self, out: memoryview) -> None:
+        """Fill ``out`` (a writable, contiguous byte buffer) with the next ``out.nbytes`` keystream bytes."""
+        n = out.nbytes
+        pos = 0
+        while pos < n:
+            step = min(n - pos, len(_ZEROS))
+            self._enc.update_into(_ZEROS[:step], out[pos : pos + step])
+            pos += step
+
+
 def keystream(key: bytes, nbytes: int) -> bytes:
-    """``nbytes`` of ChaCha20 keystream under ``key`` (a fresh key per stream: nonce zero)."""
-    enc = Cipher(algorithms.ChaCha20(key, _ZERO_NONCE), mode=None).encryptor()
-    parts = []
-    left = nbytes
-    while left > 0:
-        step = min(left, len(_ZEROS))
-        parts.append(enc.update(_ZEROS[:step]))
-        left -= step
-    return b"".join(parts)
+    """``nbytes`` of ChaCha20 keystream under ``key`` (the start of :class:`Keystream`)."""
+    buf = bytearray(nbytes)
+    Keystream(key).read_into(memoryview(buf))
+    return bytes(buf)
 
 
 def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:

@@ -219,6 +219,10 @@ def train(msg: Message, context: Context) -> Message:
     instruction, ctx = _context(msg, context)
     try:
         weights, digest = _weights(msg, ctx, instruction)
+        if ctx.job.secure_aggregation.masked:  # refused before training charges the ledger
+            from fedinfra.site.secagg import check_mask_stage
+
+            check_mask_stage(context, ctx, instruction, msg.content.config_records[CONFIG].get(SECAGG), "train")
         out = run_round(ctx, instruction, weights, tls=_tls(context), sampled=instruction.sampled)
         # The coordinator checks both: the reply is for this run and built on the model it sent.
         out.report = out.report.model_copy(

@@ -202,6 +202,23 @@ def _mask_stage(
     return request, session, p, {k: bytes.fromhex(v) for k, v in request.shares.items()}
 
 
+def check_mask_stage(
+    context: Context, ctx: SiteContext, instruction: TrainInstruction, document: Any, carrier: str
+) -> None:
+    """Refuse, before the site trains, charges or records anything, a mask stage it would refuse later.
+
+    Every check of the mask stage that does not depend on the update (:func:`_mask_stage`,
+    :meth:`~fedinfra.crypto.secagg.SiteSession.check_mask_request`: U2 at or above the
+    floor, the shares from the sharing neighbours, one input per round) runs on the stored
+    session without changing it. The privacy charge is write-ahead and never refunded
+    (:func:`fedinfra.site.user_dp.reserve_spend`), so a coordinator sending a train message
+    with U2 below the floor must get its refusal with nothing spent (issue 13).
+    :func:`mask_update` checks them again when it masks.
+    """
+    request, session, p, shares = _mask_stage(context, ctx, instruction, document, carrier)
+    session.check_mask_request(p, request.u2, shares)
+
+
 def mask_update(
     context: Context,
     ctx: SiteContext,

@@ -10,12 +10,14 @@ import json
 from pathlib import Path
 
 import pytest
+from flwr.app import Context, Message
 
 from fedinfra.config import JobSpec
+from fedinfra.config.wire import SECAGG
 from fedinfra.privacy import PrivacyLedger
 from fedinfra.report import generate_report
 from fedinfra.runtime.simulation import AUDIT_STORE
-from tests.adversarial.harness import Malicious, adversarial_job, honest, run_job
+from tests.adversarial.harness import Handler, Malicious, adversarial_job, honest, run_job
 
 
 def _job() -> JobSpec:
@@ -69,3 +71,50 @@ def test_fewer_survivors_than_t_release_nothing_and_the_reserved_charge_is_repor
     assert points  # the survivors' round-1 charges are in the report ...
     assert all(p["round"] == 1 and p["released"] is False for p in points)  # ... as unreleased
     assert "reserved, round abandoned: nothing released" in files.paths["html"].read_text()
+
+
+def _u2_below_the_floor(site: str) -> Handler:
+    """The real site, fed train messages whose mask stage names only it and one other site in U2.
+
+    What a dishonest coordinator would send to learn more from the unmasking; the shares are
+    cut to match, so the floor is the check that fails.
+    """
+
+    def handler(msg: Message, context: Context) -> Message | None:
+        cfg = msg.content.config_records.get("config")
+        raw = cfg.get(SECAGG) if cfg is not None and msg.metadata.message_type == "train" else None
+        if isinstance(raw, str):
+            doc = json.loads(raw)
+            if doc.get("stage") == "mask":
+                doc["u2"] = sorted({site, next(n for n in doc["u2"] if n != site)})
+                doc["shares"] = {k: v for k, v in doc["shares"].items() if k in doc["u2"]}
+                cfg[SECAGG] = json.dumps(doc)
+        return honest(msg, context)
+
+    return handler
+
+
+def test_a_mask_stage_with_u2_below_the_floor_is_refused_before_anything_is_charged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The site refuses the train message and its ledger holds no charge for it.
+
+    On the old code the site trained and reserved its user-level DP spend first and only then
+    ran the mask stage's checks: the refusal came with the round charged (issue 13's note).
+    """
+    out = run_job(tmp_path, _job(), [honest, honest, honest, _u2_below_the_floor("edge-3")], monkeypatch=monkeypatch)
+
+    refusals = [e.details["check"] for e in out.entries if e.actor.id == "edge-3" and e.type == "update.rejected"]
+    assert refusals == ["site.refused:crypto"] * 2  # both rounds (SecAggAbandoned is a CryptoError)
+    ledger = PrivacyLedger(out.run_dir / "site-homes" / "edge-3" / "ledger.sqlite")
+    try:
+        charges = [(e.run_id, e.round) for e in ledger.entries()]
+    finally:
+        ledger.close()
+    assert charges == []
+    for site in ("edge-0", "edge-1", "edge-2"):  # the honest sites trained and were charged
+        ledger = PrivacyLedger(out.run_dir / "site-homes" / site / "ledger.sqlite")
+        try:
+            assert [e.round for e in ledger.entries()][:1] == [1], site
+        finally:
+            ledger.close()

@@ -174,3 +174,21 @@ def test_provisioned_site_kits_pin_every_sites_identity_key(tmp_path: Path):
     assert dict(directory1)["s1"] == _sign.public_of(key1)
     with pytest.raises(ConfigError, match="not the identity key the kit pins for site 's3'"):
         _identity(str(tmp_path / "kits" / "sites" / "s1"), "s3")
+
+
+def test_a_mask_request_below_the_floor_is_refused_by_the_check_alone_and_changes_nothing():
+    # The site runs this check before it trains or charges its ledger (site.secagg.check_mask_stage).
+    p = _p()
+    ids, sessions, roster = _round(p)
+    boxes = {n: s.share(p, roster, ids.public)[0] for n, s in sessions.items()}
+    mine = {m: b["a"] for m, b in boxes.items()}
+    before = sessions["a"].to_bytes()
+
+    with pytest.raises(SecAggAbandoned, match=r"only 2 sites shared keys, fewer than max\(t=3"):
+        sessions["a"].check_mask_request(p, ["a", "b"], {m: mine[m] for m in ("a", "b")})
+    with pytest.raises(CryptoError, match="shares received do not match"):
+        sessions["a"].check_mask_request(p, list(NAMES), {m: mine[m] for m in ("a", "b", "c")})
+
+    assert sessions["a"].to_bytes() == before
+    assert sessions["a"].check_mask_request(p, list(NAMES), mine) == set(NAMES)
+    assert sessions["a"].to_bytes() == before

@@ -336,9 +336,15 @@ class SiteSession:
         prg.apply_masks_mod(values, modulus, [(s, label + MOD_LABEL, sub) for s, label, sub in seeds])
         return values
 
-    def _mask_seeds(
-        self, p: SecAggPlan, u2: Sequence[str], shares_for_me: Mapping[str, bytes]
-    ) -> list[tuple[bytes, str, bool]]:
+    def check_mask_request(self, p: SecAggPlan, u2: Sequence[str], shares_for_me: Mapping[str, bytes]) -> set[str]:
+        """Refuse a stage-3 request this site must not mask for; returns its neighbours. Changes nothing.
+
+        Shared before share, ``u2`` naming this site and only roster members, at least
+        ``max(t, min_contributors)`` sites in ``u2`` (fewer would let the coordinator learn
+        too much from the unmasking: Bonawitz et al., CCS 2017, figure 4, round 2), and the
+        shares received exactly from the sharing neighbours. None of this depends on the
+        input, so a site checks it before it trains or charges its privacy ledger.
+        """
         if self.roster is None:
             raise CryptoError("secure aggregation: mask before share")
         roster = self.roster
@@ -352,6 +358,14 @@ class SiteSession:
         holders = {roster.entries[j].name for j in self._neighbourhood(p, roster)}
         if set(shares_for_me) != holders & set(u2):
             raise CryptoError("secure aggregation: shares received do not match the sharing neighbours")
+        return holders
+
+    def _mask_seeds(
+        self, p: SecAggPlan, u2: Sequence[str], shares_for_me: Mapping[str, bytes]
+    ) -> list[tuple[bytes, str, bool]]:
+        holders = self.check_mask_request(p, u2, shares_for_me)
+        roster = self.roster
+        assert roster is not None  # checked above
         self.u2 = tuple(sorted(set(u2)))
         self.received = dict(shares_for_me)
         seeds = [(self.b_seed, _self_label(self.run_id, self.round_id, self.name), False)]

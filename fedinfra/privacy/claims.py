@@ -19,8 +19,10 @@ Two figures (:func:`user_level_figures`):
 (b) **amplified** - against users of the released model, under honest Poisson sampling with
     rate ``q`` (Mironov, Talwar & Zhang 2019), composed with the job's accountant. A round
     in which the site released more than once is charged un-amplified for the extra
-    releases. ``q`` is the job's sampling rate unless the site's own participations make
-    it implausible (one-sided binomial test at :data:`IMPLAUSIBLE`), then 1.
+    releases. ``q`` is the inclusion rate of the coordinator's redrawn Poisson sample
+    (:func:`fedinfra.site.user_dp.inclusion_rate`: the job's rate over the chance that a
+    draw reaches ``min_sites``) unless the site's own participations make it implausible
+    (one-sided binomial test at :data:`IMPLAUSIBLE`), then 1.
 
 The site enforces its caps on (a), or on (b) only when the job says
 ``privacy.trust_sampling = true`` - and the report states that assumption.

@@ -11,7 +11,8 @@ Deviation, stated: a draw with fewer than ``min_sites`` sites is redrawn (a roun
 many contributions to carry its full distributed noise), so the sample is Poisson
 *conditioned* on at least ``min_sites`` sites. When that event has probability ``p``, each
 site's inclusion probability is at most ``q / (1 - p)``; :func:`conditioned_rate` gives it,
-and jobs keep ``p`` small by choosing ``min_sites`` well below the expected sample.
+sites take the amplified figure at it (:func:`fedinfra.site.user_dp.inclusion_rate`), and jobs
+keep ``p`` small by choosing ``min_sites`` well below the expected sample.
 """
 
 from __future__ import annotations

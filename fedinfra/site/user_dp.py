@@ -63,6 +63,25 @@ def reserve_spend(
     )
 
 
+def inclusion_rate(fraction: float, *, admitted: int, min_sites: int) -> float:
+    """The rate figure (b) is taken at: a site's inclusion probability under the coordinator's draw.
+
+    The coordinator redraws a Poisson sample with fewer than ``min_sites`` sites
+    (:func:`fedinfra.privacy.sampling.poisson_sample`), so a site is included with
+    probability up to ``q / P(|S| >= min_sites)``, not ``q``
+    (:func:`~fedinfra.privacy.sampling.conditioned_rate`); the amplified figure is taken at
+    that bound. ``admitted`` is the coordinator's claim, already bounded by
+    :func:`~fedinfra.privacy.claims.check_claim` to ``[min_sites, sites.count]``; figure (b)
+    trusts the coordinator's sampling in any case (figure (a) does not use a rate at all).
+    Stated limit: the sampled Gaussian analysis (Mironov, Talwar & Zhang 2019) is for
+    unconditioned Poisson sampling; taking it at the inclusion bound is our approximation for
+    the conditioned draw, conservative in the rate but not a proof.
+    """
+    from fedinfra.privacy.sampling import conditioned_rate
+
+    return conditioned_rate(rate=fraction, population=admitted, min_size=min_sites)
+
+
 def job_noise_multiplier(ctx: SiteContext) -> float:
     """The job's noise multiplier: given, or planned from the job alone (same at every site)."""
     from fedinfra.privacy.claims import plan_user_level_noise
@@ -74,7 +93,8 @@ def job_noise_multiplier(ctx: SiteContext) -> float:
     return plan_user_level_noise(
         target_epsilon=p.epsilon,
         rounds=ctx.job.rounds,
-        sample_rate=ctx.job.sites.fraction,
+        sample_rate=inclusion_rate(ctx.job.sites.fraction, admitted=ctx.job.sites.count,
+                                   min_sites=ctx.job.sites.min_sites),
         delta=p.delta,
         accountant=p.accountant,
         trust_sampling=p.trust_sampling,
@@ -113,7 +133,7 @@ def protect_update(
             releases=len(rounds) + 1,
             rounds_released=rounds_released,
             current_round=max(instruction.round, rounds_released),
-            sample_rate=job.sites.fraction,
+            sample_rate=inclusion_rate(job.sites.fraction, admitted=claim.admitted, min_sites=min_sites),
             delta=p.delta,
             accountant=p.accountant,
             trust_sampling=p.trust_sampling,

@@ -420,3 +420,20 @@ def test_both_figures_follow_their_definitions(trust_sampling: bool) -> None:
     assert (fig.releases, fig.rounds, fig.sample_rate) == (4, 10, 0.3)
     assert fig.enforced == ("amplified" if trust_sampling else "against-coordinator")
     assert fig.epsilon == (fig.amplified if trust_sampling else fig.against_coordinator)
+
+
+def test_the_amplified_figure_is_taken_at_the_inclusion_rate_of_the_redrawn_sample(tmp_path: Path) -> None:
+    # q = 0.5 of 4 admitted sites with min_sites = 2: a draw of 0 or 1 site (5 in 16) is redrawn,
+    # so each site is in the sample with probability up to 0.5 / (11/16) = 8/11, not 0.5.
+    job = _job(count=4, trust_sampling=True)
+    job = job.model_copy(update={"sites": job.sites.model_copy(update={"fraction": 0.5})})
+
+    _, details = protect_update(_ctx(tmp_path, job), _update(), _instruction(job, 1, sampled=2, admitted=4))
+
+    rate = 0.5 / binomial_tail(2, 4, 0.5)
+    assert rate == pytest.approx(8 / 11)
+    history = [(2.0, rate, 1), (2.0, 1.0, 0)]
+    assert details["epsilon_amplified"] == pytest.approx(epsilon_of_history(history, delta=job.privacy.delta,
+                                                                            accountant=job.privacy.accountant))
+    at_q = epsilon_of_history([(2.0, 0.5, 1)], delta=job.privacy.delta, accountant=job.privacy.accountant)
+    assert details["epsilon_amplified"] > at_q  # the old figure, taken at the job's q, was too low

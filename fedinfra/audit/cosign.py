@@ -304,12 +304,34 @@ def load_witnesses(paths: Sequence[Path]) -> list[Witness]:
     return witnesses
 
 
+#: Longest announcement entry a :class:`ViewProof` may carry (the entry is a few hundred bytes).
+MAX_VIEW_ENTRY = 4096
+
+
+class ViewProof(BaseModel):
+    """The checkpoint's own announcement entry, with its RFC 9162 §2.1.3 inclusion proof.
+
+    The log's ``checkpoint.published`` entry is the last leaf (``seq = size - 1``) of the
+    checkpoint it announces; the coordinator writes into it the digest of the model its
+    instructions name until the next checkpoint (issue 16, "consistent views"). ``entry`` is
+    the leaf's canonical JSON text, so the site hashes exactly the bytes it reads. Every
+    field is hostile input: bounded here, verified by the site before it is parsed.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq: int = Field(ge=0, le=2**53 - 1)
+    entry: str = Field(max_length=MAX_VIEW_ENTRY)
+    inclusion: list[str] = Field(default_factory=list, max_length=64)
+
+
 class CosignRequest(BaseModel):
     """The coordinator's request to cosign its newest checkpoint (travels as JSON).
 
     ``consistency`` proves the checkpoint extends the tree of ``old_size`` the coordinator
     believes the site holds (RFC 9162 §2.1.4); the site checks it against what it really
-    holds and refuses to cosign (and to train) when it does not verify.
+    holds and refuses to cosign (and to train) when it does not verify. ``view`` proves what
+    the checkpoint records as the model the instruction is built on (:class:`ViewProof`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -317,6 +339,7 @@ class CosignRequest(BaseModel):
     checkpoint: str = Field(max_length=65_536)
     old_size: int = Field(ge=0)
     consistency: list[str] = Field(default_factory=list, max_length=128)
+    view: ViewProof | None = None
 
 
 class CosignReply(BaseModel):

@@ -339,22 +339,35 @@ class AuditLog:
         return entries[: len(batch)]
 
     def publish_checkpoint(
-        self, *, run_id: str | None = None, round: int | None = None, now: datetime | None = None
+        self,
+        *,
+        run_id: str | None = None,
+        round: int | None = None,
+        now: datetime | None = None,
+        model_sha256: str | None = None,
     ) -> Checkpoint:
-        """Append ``checkpoint.published`` and sign a checkpoint covering it, atomically."""
-        _, checkpoint = self._commit([], now=now, publish=True, run_id=run_id, round_=round)
+        """Append ``checkpoint.published`` and sign a checkpoint covering it, atomically.
+
+        ``model_sha256`` (the digest of the global model, or HE aggregate, the run's next
+        instructions name) goes into the announcement - the checkpoint's own last leaf - so
+        every site that cosigns the checkpoint can check it against what it was sent (issue 16).
+        """
+        _, checkpoint = self._commit([], now=now, publish=True, run_id=run_id, round_=round, model_sha256=model_sha256)
         assert checkpoint is not None
         return checkpoint
 
-    def _announcement(self, size: int, run_id: str | None, round_: int | None) -> Event:
+    def _announcement(self, size: int, run_id: str | None, round_: int | None, model_sha256: str | None) -> Event:
         assert self._signer is not None
+        details: dict[str, JsonValue] = {"tree_size": size}
+        if model_sha256 is not None:
+            details["model_sha256"] = model_sha256
         return Event(
             run_id=run_id,
             round=round_,
             type="checkpoint.published",
             actor=Actor(kind="system", id=LOG_ACTOR_ID, key_id=self._signer.key_id),
             outcome="success",
-            details={"tree_size": size},
+            details=details,
         )
 
     def _commit(
@@ -365,6 +378,7 @@ class AuditLog:
         publish: bool,
         run_id: str | None = None,
         round_: int | None = None,
+        model_sha256: str | None = None,
     ) -> tuple[list[Entry], Checkpoint | None]:
         """Append ``events`` (and with ``publish`` a signed checkpoint) in one transaction.
 
@@ -376,7 +390,9 @@ class AuditLog:
             raise ConfigError(f"{self.display}: publishing a checkpoint needs the log's signing key")
         for _ in range(_MAX_RETRIES):
             try:
-                return self._try_commit(events, now=now, publish=publish, run_id=run_id, round_=round_)
+                return self._try_commit(
+                    events, now=now, publish=publish, run_id=run_id, round_=round_, model_sha256=model_sha256
+                )
             except _Behind:
                 self._catch_up()
         raise StoreError(f"{self.display}: too many concurrent writers; retry")
@@ -430,6 +446,7 @@ class AuditLog:
         publish: bool,
         run_id: str | None,
         round_: int | None,
+        model_sha256: str | None = None,
     ) -> tuple[list[Entry], Checkpoint | None]:
         if publish:
             last = events[-1] if events else None
@@ -440,6 +457,7 @@ class AuditLog:
                     self.size + len(events) + 1,
                     run_id if run_id is not None else (last.run_id if last else None),
                     round_ if round_ is not None else (last.round if last else None),
+                    model_sha256,
                 ),
             ]
         ts_text = format_ts(now if now is not None else self._clock())

@@ -83,7 +83,8 @@ from fedinfra.task.metrics import unflatten_sums
 from fedinfra.types import NDArrays
 
 if TYPE_CHECKING:
-    from fedinfra.audit import Signer
+    from fedinfra.audit import Checkpoint, Signer
+    from fedinfra.audit.cosign import ViewProof
     from fedinfra.crypto import PublicParams
 
 
@@ -358,6 +359,7 @@ class Coordinator:
     ) -> RecordDict:
         """The message to one site: receipts owed to it, and the model (or HE aggregates)."""
         assert self.trail is not None
+        view = self._view_proof(state)  # first: it may publish the checkpoint the site cosigns
         book = state.books.setdefault(site.hello.site, SiteBook())
         head = self.trail.log.latest_checkpoint
         # Only entries a signed checkpoint already covers can get a receipt now.
@@ -373,7 +375,7 @@ class Coordinator:
             if book.synced == 0:
                 records[ARRAYS] = weights_to_arrays(state.weights)
             config[HE_AGGREGATES] = [load_aggregate(self.state_dir, r) for r in range(sync_from, state.round + 1)]
-        cosign = self.witnessing.request(book.seen_size)  # the site checks and cosigns the head
+        cosign = self.witnessing.request(book.seen_size, view)  # the site checks and cosigns the head
         doc = self._doc(
             rnd,
             phase,
@@ -406,6 +408,27 @@ class Coordinator:
                 cached = model_digest(state.weights)
             self._digests = {state.round: cached}
         return cached
+
+    def _view_proof(self, state: RunState) -> ViewProof | None:
+        """The proof that the head checkpoint announces the model every instruction now names.
+
+        Checkpoints published at the end of each round (and before the first) announce the
+        next model's digest (:meth:`_checkpoint`), so the head normally does; if another run
+        writing the same log published after it, this run publishes one that does. The site
+        checks the proof before cosigning (:func:`fedinfra.site.receipts.check_logged_view`).
+        """
+        assert self.trail is not None
+        digest = self._view_digest(state)
+        proof = self.witnessing.view_proof(self.run_id, digest)
+        if proof is None:
+            self._checkpoint(state)
+            proof = self.witnessing.view_proof(self.run_id, digest)
+        return proof
+
+    def _checkpoint(self, state: RunState) -> Checkpoint:
+        """Publish a checkpoint announcing the digest of the model the next instructions name."""
+        assert self.trail is not None
+        return self.trail.checkpoint(state.round, model_sha256=self._view_digest(state))
 
     def _delivered(self, state: RunState, site: str) -> None:
         """A site answered: receipts reached it and (HE) it holds the current model."""
@@ -711,7 +734,7 @@ class Coordinator:
         if aggregate is None:
             details.update(test_loss=test_loss, test_accuracy=test_acc, metrics=self._metrics)
         trail.event("aggregation.completed", round=rnd, subject=subject, details=details)
-        trail.checkpoint(rnd)
+        self._checkpoint(state)
         _log.info(
             "run %s round %d finished: %d updates aggregated (%s), %d refused, %.1f s",
             self.run_id, rnd, count, self.job.secure_aggregation.mode, len(refused), result.seconds,
@@ -1021,7 +1044,7 @@ class Coordinator:
                 book = state.books.setdefault(site.hello.site, SiteBook())
                 if book.seen_size <= site.hello.checkpoint_size <= trail.log.size:
                     book.seen_size = site.hello.checkpoint_size
-            trail.checkpoint(state.round)
+            self._checkpoint(state)
             _log.info("run %s: %d sites admitted, rounds %d to %d", self.run_id, len(sites), state.round + 1,
                       self.job.rounds, extra={"event": "run.started", "run_id": self.run_id, "admitted": len(sites),
                                               "first_round": state.round + 1, "rounds": self.job.rounds})
@@ -1115,7 +1138,7 @@ class Coordinator:
                 "task": task_block,  # the report's model-quality section reads it from the signed log
             },
         )
-        final = trail.checkpoint(state.round)
+        final = self._checkpoint(state)
         extra: dict[str, object] = {
             "task": task_block,
             "final_checkpoint": {"tree_size": final.size, "note": final.note},

@@ -95,9 +95,9 @@ class AuditTrail:
             details=codes(dict(details or {})),
         )
 
-    def checkpoint(self, round: int | None) -> Checkpoint:
-        """Publish a signed checkpoint covering everything so far."""
-        return self.log.publish_checkpoint(run_id=self.run_id, round=round)
+    def checkpoint(self, round: int | None, *, model_sha256: str | None = None) -> Checkpoint:
+        """Publish a signed checkpoint covering everything so far (announcing ``model_sha256`` if given)."""
+        return self.log.publish_checkpoint(run_id=self.run_id, round=round, model_sha256=model_sha256)
 
     def receipt(self, seq: int, *, since: int | None) -> str:
         """A receipt (JSON) for entry ``seq`` against the newest checkpoint."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fedinfra.audit import AuditLog, Checkpoint
-    from fedinfra.audit.cosign import Witness
+    from fedinfra.audit.cosign import ViewProof, Witness
 
 _log = logging.getLogger("fedinfra.coordinator")
 
@@ -38,6 +38,7 @@ class Witnessing:
         self.pinned = pinned
         self.keys: dict[str, Witness] = {}
         self.last_round: list[str] = []
+        self._view: tuple[int, str, ViewProof | None] | None = None
 
     def refusal(self, site: str, vkey: str) -> str:
         """Why ``site`` must be refused for the cosigner key it announced ("" if it may pass).
@@ -73,8 +74,11 @@ class Witnessing:
         self.keys[site] = witness
         return {"cosigner": witness.name, "cosigner_key_id": witness.key_id}
 
-    def request(self, held_size: int) -> str:
-        """The request (JSON) to cosign the newest checkpoint, proven from ``held_size``."""
+    def request(self, held_size: int, view: ViewProof | None = None) -> str:
+        """The request (JSON) to cosign the newest checkpoint, proven from ``held_size``.
+
+        ``view`` (:meth:`view_proof`) proves the model digest the head announces.
+        """
         from fedinfra.audit.cosign import CosignRequest
 
         head = self.log.latest_checkpoint
@@ -83,8 +87,38 @@ class Witnessing:
         old = held_size if 0 <= held_size <= head.size else 0
         proof = self.log.consistency_proof(old, head.size) if old < head.size else []
         return CosignRequest(
-            checkpoint=head.note, old_size=old, consistency=[base64.b64encode(h).decode() for h in proof]
+            checkpoint=head.note, old_size=old, consistency=[base64.b64encode(h).decode() for h in proof], view=view
         ).model_dump_json()
+
+    def view_proof(self, run_id: str, digest: str) -> ViewProof | None:
+        """The head's announcement with its inclusion proof, if it announces ``digest`` for ``run_id``.
+
+        ``None`` when the head is another writer's checkpoint (runs in parallel on one log) or
+        announces another model: the caller then publishes a checkpoint that does. One proof
+        per head and digest, shared by every site's message (RFC 9162 §2.1.3).
+        """
+        from fedinfra.audit.cosign import ViewProof
+
+        head = self.log.latest_checkpoint
+        if head is None:
+            return None
+        if self._view is not None and self._view[:2] == (head.size, digest):
+            return self._view[2]
+        entry = self.log.entry(head.size - 1)
+        proof: ViewProof | None = None
+        if (
+            entry.type == "checkpoint.published"
+            and entry.run_id == run_id
+            and entry.details.get("model_sha256") == digest
+        ):
+            hashes = self.log.inclusion_proof(entry.seq, head.size)
+            proof = ViewProof(
+                seq=entry.seq,
+                entry=entry.canonical().decode(),
+                inclusion=[base64.b64encode(h).decode() for h in hashes],
+            )
+        self._view = (head.size, digest, proof)
+        return proof
 
     def accept(self, site: str, reply: str) -> bool:
         """Verify and store ``site``'s cosignature (JSON); return whether it was valid.

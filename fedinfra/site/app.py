@@ -291,7 +291,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Verify receipts, bring the model up to date, evaluate on the local test shard."""
     instruction, ctx = _context(msg, context)
     try:
-        cosignature = witness(ctx, instruction.cosign, instruction.run_id)
+        cosignature = witness(ctx, instruction.cosign, instruction.run_id, instruction.model_digest)
         verified = verify_and_store(
             instruction.receipts, directory=ctx.receipts_dir(instruction.run_id), verifier_key=ctx.audit_key()
         )

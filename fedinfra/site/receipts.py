@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 from fedinfra.errors import VerificationError
 
 if TYPE_CHECKING:
-    from fedinfra.audit.cosign import Cosigner
+    from fedinfra.audit import Checkpoint
+    from fedinfra.audit.cosign import Cosigner, ViewProof
     from fedinfra.site.context import SiteContext
 
 
@@ -118,6 +119,82 @@ def _alert(directory: Path, problem: str, held: int, shown: int) -> Verification
     )
 
 
+def _view_marker(directory: Path, run_id: str) -> Path:
+    from fedinfra.config.names import check_slug
+
+    return directory / f"model-view-refused.{check_slug(run_id, 'run_id from the coordinator')}"
+
+
+def _refuse_view(directory: Path, run_id: str, message: str) -> VerificationError:
+    """Record a model-view refusal in ``alerts.log`` and mark the run: nothing more of it is cosigned.
+
+    A coordinator caught sending a model its log does not record has equivocated; the
+    mark keeps the site from lending its cosignature to the rest of that run (so the run
+    cannot become final without it), as a held fork does for a split view.
+    """
+    error = record_alert(directory, f"model view: {message}")
+    _view_marker(directory, run_id).touch()
+    return error
+
+
+def check_logged_view(
+    view: ViewProof | None, checkpoint: Checkpoint, *, run_id: str, model: str, directory: Path
+) -> None:
+    """Refuse unless ``checkpoint``'s own announcement records ``model`` for ``run_id``.
+
+    ``model`` is the digest of what this site was sent (checked against the bytes it
+    received, :func:`fedinfra.site.views.check_view`). The announcement is the
+    checkpoint's last leaf (the log commits a checkpoint with the ``checkpoint.published``
+    entry announcing it); the site hashes the entry text it was given, checks its RFC 9162
+    §2.1.3 inclusion at ``size - 1`` against the checkpoint's root, and only then reads it.
+    Every site cosigning this checkpoint checks the same leaf of the same append-only tree
+    (split views are refused), so a coordinator that shows two sites two models under one
+    checkpoint is refused by every site whose model is not the one it logged (issue 16,
+    "consistent views"). One proof per message, ``log2(size)`` hashes.
+
+    Raises
+    ------
+    VerificationError
+        Recorded in ``alerts.log``: no proof, a proof that does not verify, an entry that
+        is not this checkpoint's announcement for this run, or another digest.
+    """
+    import json
+
+    from fedinfra.audit.entry import has_entry_shape
+    from fedinfra.audit.merkle import leaf_hash, verify_inclusion
+
+    def refuse(problem: str) -> VerificationError:
+        where = f"run {run_id}, tree size {checkpoint.size}"
+        return _refuse_view(directory, run_id, f"{problem} ({where}); refusing to cosign")
+
+    if view is None:
+        raise refuse("the coordinator did not prove which model its log records for this checkpoint")
+    if view.seq != checkpoint.size - 1:
+        raise refuse("the proven entry is not the checkpoint's own announcement")
+    try:
+        hashes = [base64.b64decode(h, validate=True) for h in view.inclusion]
+        verify_inclusion(view.seq, checkpoint.size, leaf_hash(view.entry.encode()), hashes, checkpoint.root_hash)
+    except (ValueError, binascii.Error, VerificationError) as exc:
+        raise refuse("the announcement's inclusion proof does not verify") from exc
+    try:  # in the tree, but the coordinator chose the tree's leaves: still hostile, and bounded
+        obj = json.loads(view.entry)
+    except (ValueError, RecursionError) as exc:
+        raise refuse("the proven entry is not JSON") from exc
+    details = obj.get("details") if has_entry_shape(obj) else None
+    if (
+        not isinstance(details, dict)
+        or obj["type"] != "checkpoint.published"
+        or obj["seq"] != view.seq
+        or obj["run_id"] != run_id
+        or details.get("tree_size") != checkpoint.size
+    ):
+        raise refuse("the proven entry is not this run's announcement of this checkpoint")
+    logged = details.get("model_sha256")
+    if logged != model:
+        shown = str(logged)[:16] if isinstance(logged, str) else "none"
+        raise refuse(f"the log records model {shown}…, this site was sent {model[:16]}…")
+
+
 def cosign_checkpoint(
     request: str,
     *,
@@ -127,6 +204,8 @@ def cosign_checkpoint(
     site: str,
     kit: Path | None = None,
     clock: Callable[[], float] = time.time,
+    model: str | None = None,
+    run_id: str = "",
 ) -> str:
     """Check the coordinator's newest checkpoint and return this site's cosignature (JSON).
 
@@ -134,14 +213,27 @@ def cosign_checkpoint(
     the site holds (RFC 9162 §2.1.4); then the site keeps it and signs a C2SP
     tlog-cosignature with its own key. A checkpoint that forks from, or rolls back, what
     the site holds is a split view (RFC 9162 §8.2): recorded in ``alerts.log`` and refused.
-    Returns ``""`` when nothing was asked.
+    With ``model`` (the digest of the model this message brought, for run ``run_id``) the
+    checkpoint must also record that digest (:func:`check_logged_view`); a site with a log
+    key then refuses a message that asks nothing. After such a refusal the site cosigns
+    nothing more of ``run_id``. Returns ``""`` when nothing was asked.
 
     Raises
     ------
     VerificationError
-        If the request is malformed, does not verify, or shows a split view.
+        If the request is malformed, does not verify, shows a split view, or records
+        another model than the one this site was sent.
     """
+    if run_id and _view_marker(directory, run_id).exists():
+        raise VerificationError(
+            f"this site caught the coordinator sending a model its log does not record in run {run_id} "
+            f"(see {ALERTS_FILE}); it cosigns nothing more of this run"
+        )
     if not request:
+        if model is not None and verifier_key is not None:
+            raise _refuse_view(
+                directory, run_id, f"a model came without a checkpoint recording it (run {run_id}); refusing to train"
+            )
         return ""
     from pydantic import ValidationError
 
@@ -174,16 +266,21 @@ def cosign_checkpoint(
                 verify_consistency(held.size, new.size, held.root_hash, new.root_hash, hashes)
             except VerificationError as exc:
                 raise _alert(directory, "the new checkpoint does not extend the held one", held.size, new.size) from exc
+    if model is not None:
+        check_logged_view(req.view, new, run_id=run_id, model=model, directory=directory)
     save_held_checkpoint(directory, new)
     line = cosigner(home, site, kit).cosign(new, timestamp=int(clock()))
     return CosignReply(tree_size=new.size, line=line).model_dump_json()
 
 
-def witness(ctx: SiteContext, request: str, run_id: str) -> str:
-    """:func:`cosign_checkpoint` for one site context (its receipts dir, log key and home)."""
+def witness(ctx: SiteContext, request: str, run_id: str, model: str | None = None) -> str:
+    """:func:`cosign_checkpoint` for one site context (its receipts dir, log key and home).
+
+    ``model``: the digest the message's instruction names for the model it brings.
+    """
     return cosign_checkpoint(
         request, directory=ctx.receipts_dir(run_id), verifier_key=ctx.audit_key(), home=ctx.home.root, site=ctx.name,
-        kit=ctx.home.kit,
+        kit=ctx.home.kit, model=model, run_id=run_id,
     )
 
 

@@ -239,7 +239,8 @@ def run_round(
     A round asked again from the same model (a resumed coordinator) gets the reply
     already released, so a retry neither trains nor spends again (see :mod:`.replay`).
     """
-    cosignature = witness(ctx, instruction.cosign, instruction.run_id)  # a split view refuses here
+    # A split view, or a model the checkpoint does not record, refuses here.
+    cosignature = witness(ctx, instruction.cosign, instruction.run_id, instruction.model_digest)
     verified = verify_and_store(
         instruction.receipts, directory=ctx.receipts_dir(instruction.run_id), verifier_key=ctx.audit_key()
     )

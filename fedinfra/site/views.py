@@ -2,10 +2,13 @@
 
 The coordinator names, in every instruction, the SHA-256 of the global model - or under
 HE of the encrypted aggregate - the instruction is built from, and logs the same digest
-(``round.started``, and as the subject of the previous ``aggregation.completed``). The
-site recomputes the digest from the bytes it received and refuses a mismatch, so a
-coordinator cannot hand different sites different models without either lying in its
-signed, cosigned log or being refused (split views; RFC 9162 section 8.1.4).
+(``round.started``, as the subject of the previous ``aggregation.completed``, and in the
+announcement of the checkpoint it asks the site to cosign with the instruction). The site
+recomputes the digest from the bytes it received and refuses a mismatch; before cosigning it
+checks, by an inclusion proof, that the checkpoint's announcement records the same digest
+(:func:`fedinfra.site.receipts.check_logged_view`). Every site cosigns the same append-only
+log, so a coordinator cannot hand different sites different models without being refused by
+every site whose model is not the logged one (split views; RFC 9162 section 8.1.4).
 
 Under HE a site that is already in sync receives no aggregate in the message; it then
 checks nothing new here - its copy was checked when it was received.

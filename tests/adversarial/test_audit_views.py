@@ -53,8 +53,11 @@ def _signer(run_dir: Path) -> Signer:
     return Signer.from_skey((kit / "audit_signing.key").read_text().strip())
 
 
-def _fork(store: Path, at: int, size: int, signer: Signer, where: Path) -> tuple[AuditLog, str]:
-    """The coordinator's second history: the real log's first ``at`` entries, then others, signed at ``size``."""
+def _fork(store: Path, at: int, size: int, signer: Signer, where: Path, model: str) -> tuple[AuditLog, str]:
+    """The coordinator's second history: the real log's first ``at`` entries, then others, signed at ``size``.
+
+    A consistent liar: its checkpoint announces the ``model`` digest the instruction names.
+    """
     src = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
     dst = sqlite3.connect(where)
     src.backup(dst)
@@ -69,8 +72,9 @@ def _fork(store: Path, at: int, size: int, signer: Signer, where: Path) -> tuple
     fork = AuditLog.open(where, origin=signer.name, signer=signer)
     while fork.size < size - 1:
         fork.append(run_id="run-1", round=1, type="round.started", actor=COORD, outcome="success")
-    fork.publish_checkpoint(run_id="run-1", round=1)
-    return fork, Witnessing(fork).request(at)
+    fork.publish_checkpoint(run_id="run-1", round=1, model_sha256=model)
+    witnessing = Witnessing(fork)
+    return fork, witnessing.request(at, witnessing.view_proof("run-1", model))
 
 
 class ShownAFork:
@@ -98,7 +102,9 @@ class ShownAFork:
         store = self.run_dir / AUDIT_STORE
         head = int(real.checkpoint.split("\n")[1])
         if not self.fork_size:  # round 1: a fork of the same size as the real checkpoint
-            fork, doc["cosign"] = _fork(store, real.old_size, head, _signer(self.run_dir), self.tmp / "fork.sqlite")
+            fork, doc["cosign"] = _fork(
+                store, real.old_size, head, _signer(self.run_dir), self.tmp / "fork.sqlite", doc["model_digest"]
+            )
             self.fork_size = fork.size
             fork.close()
             return
@@ -108,6 +114,7 @@ class ShownAFork:
             checkpoint=real.checkpoint,
             old_size=self.fork_size,
             consistency=[base64.b64encode(h).decode() for h in proof],
+            view=real.view,
         ).model_dump_json()
 
 

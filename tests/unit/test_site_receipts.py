@@ -426,3 +426,111 @@ def test_the_held_checkpoint_shown_again_with_a_proof_from_an_older_size_is_cosi
     assert reply.tree_size == 7
     assert _alerts(tmp_path) == []
     log.close()
+
+
+# -- issue 16: the checkpoint a site cosigns must record the model it was sent -------------------
+
+MODEL = "ab" * 32
+
+
+def _announcing(path: Path, signer: Signer, model: str = MODEL, run_id: str = "run-1") -> AuditLog:
+    """A log whose head checkpoint announces ``model`` for ``run_id`` (as the coordinator publishes it)."""
+    log = _log(path, signer)
+    log.publish_checkpoint(run_id=run_id, round=2, now=T0, model_sha256=model)
+    return log
+
+
+def _with_view(log: AuditLog, old: int, view: object = "real") -> str:
+    from fedinfra.coordinator.witnesses import Witnessing
+
+    witnessing = Witnessing(log)
+    proof = witnessing.view_proof("run-1", MODEL) if view == "real" else view
+    return witnessing.request(old, proof)  # type: ignore[arg-type]
+
+
+def _cosign_model(request: str, tmp_path: Path, key: Verifier, model: str | None = MODEL) -> str:
+    return cosign_checkpoint(
+        request,
+        directory=tmp_path / "r",
+        verifier_key=key.vkey,
+        home=tmp_path / "home",
+        site="s1",
+        clock=lambda: NOW,
+        model=model,
+        run_id="run-1",
+    )
+
+
+def test_a_checkpoint_announcing_the_model_the_site_was_sent_is_cosigned(tmp_path: Path, signer: Signer) -> None:
+    log = _announcing(tmp_path / "log.sqlite", signer)
+    reply = CosignReply.model_validate_json(_cosign_model(_with_view(log, 0), tmp_path, signer.verifier))
+    assert reply.tree_size == log.size
+    assert _alerts(tmp_path) == []
+    # The wire stays bounded: one proof of log2(size) hashes and an entry of a few hundred bytes.
+    request = CosignRequest.model_validate_json(_with_view(log, 0))
+    assert request.view is not None
+    assert len(request.view.inclusion) <= log.size.bit_length()
+    assert len(request.view.entry) < 512
+
+
+def test_a_checkpoint_recording_another_model_is_refused_and_recorded_in_the_alerts(
+    tmp_path: Path, signer: Signer
+) -> None:
+    log = _announcing(tmp_path / "log.sqlite", signer)
+    with pytest.raises(VerificationError, match="the log records model abababababababab…, this site was sent cdcd"):
+        _cosign_model(_with_view(log, 0), tmp_path, signer.verifier, model="cd" * 32)
+    (alert,) = _alerts(tmp_path)
+    assert "model view" in alert
+    assert "refusing to cosign" in alert
+    assert not list((tmp_path / "r").glob("checkpoint-*.note"))  # nothing held, nothing cosigned
+
+
+def _entry_of_another_run(log: AuditLog) -> str:
+    return log.entry(log.size - 1).canonical().decode().replace('"run_id":"run-1"', '"run_id":"run-2"')
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["missing", "not-the-last-leaf", "edited-entry", "another-run", "bad-base64", "short-proof", "no-request"],
+)
+def test_a_missing_or_hostile_model_proof_is_refused_with_an_alert(
+    tmp_path: Path, signer: Signer, hostile: str
+) -> None:
+    from fedinfra.audit.cosign import ViewProof
+
+    log = _announcing(tmp_path / "log.sqlite", signer)
+    real = CosignRequest.model_validate_json(_with_view(log, 0)).view
+    assert real is not None
+    proofs: dict[str, object] = {
+        "missing": None,
+        "not-the-last-leaf": real.model_copy(update={"seq": real.seq - 1}),
+        "edited-entry": real.model_copy(update={"entry": real.entry.replace(MODEL, "cd" * 32)}),
+        "another-run": real.model_copy(update={"entry": _entry_of_another_run(log)}),
+        "bad-base64": real.model_copy(update={"inclusion": ["%%%"]}),
+        "short-proof": real.model_copy(update={"inclusion": real.inclusion[:-1]}),
+    }
+    request = "" if hostile == "no-request" else _with_view(log, 0, proofs[hostile])
+    with pytest.raises(VerificationError, match="model view"):
+        _cosign_model(request, tmp_path, signer.verifier)
+    assert len(_alerts(tmp_path)) == 1
+    # Oversized proofs never reach the site's checks: the request itself is refused.
+    for too_big in ({"entry": "x" * 4097}, {"inclusion": ["AA=="] * 65}):
+        with pytest.raises(ValueError):
+            ViewProof.model_validate({**real.model_dump(), **too_big})
+
+
+def test_another_runs_announcement_at_the_head_is_refused_and_a_request_without_a_model_checks_none(
+    tmp_path: Path, signer: Signer
+) -> None:
+    from fedinfra.coordinator.witnesses import Witnessing
+
+    log = _announcing(tmp_path / "log.sqlite", signer, run_id="run-2")
+    assert Witnessing(log).view_proof("run-1", MODEL) is None  # the coordinator must publish its own
+    forged = Witnessing(log).view_proof("run-2", MODEL)
+    with pytest.raises(VerificationError, match="not this run's announcement"):
+        _cosign_model(Witnessing(log).request(0, forged), tmp_path, signer.verifier)
+    # Caught once, the site cosigns nothing more of the run, not even a query that brings no model.
+    with pytest.raises(VerificationError, match="cosigns nothing more of this run"):
+        _cosign_model(_request(log, 0), tmp_path, signer.verifier, model=None)
+    # A site that caught nothing cosigns such a query (the close's cosign wave) without a proof.
+    assert _cosign_model(_request(log, 0), tmp_path / "other", signer.verifier, model=None)

@@ -4,7 +4,9 @@ Runs mutmut (configured in ``pyproject.toml`` ``[tool.mutmut]``: which modules, 
 and property tests) on the modules named on the command line, or on all of them, in
 parallel (``--jobs``), and merges per-module counts into ``bench/results/mutation.json``:
 mutants, killed, survived, timeouts, score = killed / (mutants - skipped - not checked); a
-mutant no selected test reaches ("no tests") counts as not killed. mutmut keeps its
+mutant no selected test reaches ("no tests") counts as not killed, and so does a timeout
+unless ``[loops]`` of ``bench/mutation_equivalent.toml`` says why that mutant never
+terminates (a mutant that is only slow must be killed by a test, not by the clock). mutmut keeps its
 results in ``mutants/`` and re-tests only mutants whose function changed, so a second run
 is a cache hit. Survivors are listed by name; a survivor that is equivalent to the original
 gets its reason in ``bench/mutation_equivalent.toml``.
@@ -24,6 +26,7 @@ import time
 import tomllib
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "mutation.json"
@@ -35,6 +38,12 @@ def modules_from_config() -> list[str]:
     """Dotted module prefixes of ``[tool.mutmut] only_mutate``."""
     conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
     return [p.removesuffix(".py").removesuffix("/*").replace("/", ".") for p in conf["only_mutate"]]
+
+
+def test_selection() -> list[str]:
+    """The test files mutmut runs (``[tool.mutmut] pytest_add_cli_args_test_selection``)."""
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    return list(conf.get("pytest_add_cli_args_test_selection", []))
 
 
 def module_of(mutant: str) -> str:
@@ -69,7 +78,8 @@ def results() -> dict[str, str]:
 
 def summarise(statuses: dict[str, str], modules: list[str], seconds: float, jobs: int) -> dict[str, object]:
     """Per-module counts and survivors (with their equivalence reasons where known)."""
-    reasons = tomllib.loads(EQUIVALENT.read_text()).get("equivalent", {}) if EQUIVALENT.exists() else {}
+    listed = tomllib.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
+    reasons, loop_reasons = listed.get("equivalent", {}), listed.get("loops", {})
     per: dict[str, object] = {}
     for module in modules:
         mine = {k: v for k, v in statuses.items() if module_of(k) == module or module_of(k).startswith(module + ".")}
@@ -82,6 +92,9 @@ def summarise(statuses: dict[str, str], modules: list[str], seconds: float, jobs
         skipped = counts["skipped"]
         tested = len(mine) - skipped - pending
         equivalent = [k for k in survived if k in reasons]
+        timeouts = sorted(k for k, v in mine.items() if v == "timeout")
+        loops = [k for k in timeouts if k in loop_reasons]  # verified never to terminate: detected
+        detected = killed + len(loops)
         per[module] = {
             "mutants": len(mine),
             "killed": killed,
@@ -91,9 +104,11 @@ def summarise(statuses: dict[str, str], modules: list[str], seconds: float, jobs
             "no_tests": counts["no tests"],
             "skipped": skipped,
             "not_checked": pending,
-            "score": round(killed / tested, 4) if tested else None,
-            "score_counting_equivalent_as_killed": round((killed + len(equivalent)) / tested, 4) if tested else None,
+            "timeouts_looping": len(loops),
+            "score": round(detected / tested, 4) if tested else None,
+            "score_counting_equivalent_as_killed": round((detected + len(equivalent)) / tested, 4) if tested else None,
             "survivors": {k: reasons.get(k, "not yet analysed") for k in sorted(survived)},
+            "timed_out": {k: loop_reasons.get(k, "not analysed: a slow mutant is not killed") for k in timeouts},
         }
     return {"modules": per, "seconds": round(seconds, 1), "jobs": jobs}
 
@@ -108,11 +123,24 @@ def main(argv: list[str] | None = None) -> int:
     modules = args.modules or modules_from_config()
     seconds = 0.0 if args.report_only else run(modules, args.jobs)
     summary = summarise(results(), modules, seconds, args.jobs)
-    doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"name": "mutation", "modules": {}}
+    doc: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"name": "mutation", "modules": {}}
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    run_info: dict[str, object] = {
+        "command": " ".join(["python bench/mutation.py", *(argv if argv is not None else sys.argv[1:])]),
+        "seconds": summary["seconds"],
+        "jobs": args.jobs,
+        "at": stamp,
+        "test_selection": test_selection(),
+    }
     for module, entry in summary["modules"].items():  # type: ignore[attr-defined]
-        doc["modules"][module] = {**entry, "measured_at": stamp}
-    doc["last_run"] = {"modules": modules, "seconds": summary["seconds"], "jobs": args.jobs, "at": stamp}
+        before = doc["modules"].get(module, {})
+        if args.report_only:  # re-summarised (e.g. new equivalence reasons): keep when and how it was run
+            kept = {k: before[k] for k in ("measured_at", "run") if k in before}
+            doc["modules"][module] = {**entry, "measured_at": stamp, **kept}
+        else:
+            doc["modules"][module] = {**entry, "measured_at": stamp, "run": run_info}
+    if not args.report_only:
+        doc["last_run"] = {"modules": modules, **run_info}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     for module, entry in summary["modules"].items():  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ measured in this run on the same updates:
   pseudo_rand_gen`` (numpy MT19937 seeded with 32 bits), one self-mask and nine pairwise
   masks per site, added to the site's vector as Flower's ``secaggplus_mod`` does;
 * fedinfra secagg 20-bit and 8-bit - the stages of :mod:`fedinfra.crypto.secagg` in
-  one process: site key agreement + sharing + quantization + masking (HKDF-keyed ChaCha20),
+  one process: site key agreement + sharing + quantization + masking (HKDF-keyed AES-128-CTR),
   the coordinator's sum of the masked inputs, and unmasking with 0 and 1 dropout;
 * fedinfra secagg+he (20-bit lanes, packed BFV) - the same stages with masks per BFV slot
   modulo t: site share + quantize + mask + encrypt + sign; the coordinator's ciphertext sum

@@ -1,11 +1,12 @@
 """The mask PRG expanded block by block equals the one-shot expansion (issue 13, site masking speed).
 
-:mod:`fedinfra.crypto.secagg.prg` reads every mask's ChaCha20 keystream in blocks of
+:mod:`fedinfra.crypto.secagg.prg` reads every mask's AES-128-CTR keystream in blocks of
 ``BLOCK_BYTES`` into one reused buffer and folds it into the accumulator block while both are
 in cache. These tests pin the values to the one-shot definition (the whole keystream as
 little-endian words, cut to the width; for a modulus, the first ``count`` words kept by
 rejection sampling) at lengths around the block boundaries, with the real block size and a
-tiny one, and pin digests computed by the one-shot implementation it replaced.
+tiny one, and pin digests of the AES-128-CTR masks (the keystream itself is checked against
+NIST SP 800-38A, appendix F.5.1).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import hashlib
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from fedinfra.crypto.secagg import _primitives, prg
+from fedinfra.errors import CryptoError
 
 SEED = bytes(range(32))
 
@@ -24,7 +26,7 @@ SEED = bytes(range(32))
 def _one_shot_words(seed: bytes, label: str, count: int, width: int) -> np.ndarray:
     """The whole keystream in one call (OpenSSL directly), as little-endian words of ``width`` bytes."""
     key = prg.derive_key(seed, label)
-    raw = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor().update(bytes(count * width))
+    raw = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(count * width))
     return np.frombuffer(raw, dtype="<u4" if width == 4 else "<u8").astype(np.uint64)
 
 
@@ -65,14 +67,50 @@ def _lengths(block_values: int) -> list[int]:
 # -- the keystream ------------------------------------------------------------------------------
 
 
-def test_the_keystream_is_chacha20_rfc_8439_test_vector_1():
-    # RFC 8439, appendix A.1, test vector #1: all-zero key and nonce, block counter 0.
-    expected = bytes.fromhex(
-        "76b8e0ada0f13d90405d6ae55386bd28bdd219b8a08ded1aa836efcc8b770dc7"
-        "da41597c5157488d7724e03fb8d84a376a43b8f41518a11cc387b669b2ee6586"
-    )
+# NIST SP 800-38A, appendix F.5.1, CTR-AES128.Encrypt: key, initial counter block, the four
+# plaintext blocks and the four ciphertext blocks.
+F51_KEY = bytes.fromhex("2b7e151628aed2a6abf7158809cf4f3c")
+F51_COUNTER = bytes.fromhex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")
+F51_PLAIN = bytes.fromhex(
+    "6bc1bee22e409f96e93d7e117393172a"
+    "ae2d8a571e03ac9c9eb76fac45af8e51"
+    "30c81c46a35ce411e5fbc1191a0a52ef"
+    "f69f2445df4f9b17ad2b417be66c3710"
+)
+F51_CIPHER = bytes.fromhex(
+    "874d6191b620e3261bef6864990db6ce"
+    "9806f66b7970fdff8617187bb9fffdff"
+    "5ae4df3edbd5d35e5b4f09020db03eab"
+    "1e031dda2fbe03d1792170a0f3009cee"
+)
 
-    assert _primitives.keystream(bytes(32), 64) == expected
+
+def test_the_keystream_primitive_is_aes_128_ctr_nist_sp_800_38a_f_5_1():
+    # F.5.1 starts from a non-zero counter block (and carries into the last byte at block 2),
+    # which the mask streams never use: the module-private CTR constructor takes it.
+    assert _primitives._aes128_ctr(F51_KEY, F51_COUNTER).update(F51_PLAIN) == F51_CIPHER
+    stream = _primitives._aes128_ctr(F51_KEY, F51_COUNTER).update(bytes(64))
+    assert bytes(a ^ b for a, b in zip(stream, F51_PLAIN, strict=True)) == F51_CIPHER
+
+
+def test_a_mask_stream_is_aes_128_ctr_from_the_zero_counter_block():
+    # Counter mode: keystream block i = AES_K(i) (NIST SP 800-38A, section 6.5), here checked
+    # against AES-128 in ECB mode over the big-endian counter blocks 0, 1, 2, 3.
+    counters = b"".join(i.to_bytes(16, "big") for i in range(4))
+    expected = Cipher(algorithms.AES(F51_KEY), modes.ECB()).encryptor().update(counters)
+
+    assert _primitives.keystream(F51_KEY, 64) == expected
+
+
+@pytest.mark.parametrize("size", [0, 15, 17, 32])
+def test_a_mask_key_is_16_bytes(size):
+    with pytest.raises(CryptoError, match=f"a mask key is 16 bytes \\(AES-128\\), got {size}"):
+        _primitives.Keystream(bytes(size))
+
+
+def test_mask_keys_are_the_first_16_bytes_of_the_hkdf_output():
+    assert len(prg.derive_key(SEED, "pair")) == 16
+    assert prg.derive_key(SEED, "pair") == _primitives.hkdf(SEED, b"fedinfra/secagg/v1/pair")[:16]
 
 
 def test_the_keystream_read_in_uneven_pieces_is_the_same_stream():
@@ -96,16 +134,17 @@ def test_the_keystream_read_in_uneven_pieces_is_the_same_stream():
 @pytest.mark.parametrize(
     ("bits", "digest"),
     [
-        (1, "9d1a3192fb2c0007fdce2045aff10bd27791959d2c9a30611da6d72462480521"),
-        (20, "9ddc5cc50a89f59a601c5b2e22922f006b25d33399ce3dc7408162a3e8fda2ca"),
-        (32, "0910eb1dc7cfa8abc2f2eac5d5ae5c2f01b34b8b5dfa748796eca3dd1fe2d528"),
-        (33, "c04669fff0fd1732e55f2c082b954cf1dc679cf13dd0555350d91d6057f86a41"),
-        (64, "d91618a1baf39b23ee9090d061e6c2815cbabe4b7b59605c612e951c011ea370"),
+        (1, "66eec8b1c5c35eae70cf18db21532826897328453fc18159ee1027aa5835e423"),
+        (20, "4b59bce33c3bc645dc732cafcc77b76a7f5ed60983a9236e51ce8d49dfa7c795"),
+        (32, "4c4802360e84556bf3c0aa7696fb657dd81851ee49cf1d27a46c30775466307f"),
+        (33, "e78d9801f921177b449fb8cdcf944e3be90f6e039000c85d4bfe0448350427b2"),
+        (64, "448c97a8ff223ebf95da9dedae0f36065ddda8e895d66ea3e5bc96456c2f2c7a"),
     ],
 )
-def test_masks_are_bit_identical_to_the_one_shot_expansion_they_replaced(bits, digest):
-    # Digests of prg.expand(SEED, "pair", 40_000, bits) from the one-shot implementation
-    # (main at b340732); 40,000 values cross the block boundary at either word width.
+def test_masks_are_bit_identical_to_the_one_shot_aes_128_ctr_expansion(bits, digest):
+    # Digests of the one-shot AES-128-CTR expansion (_one_shot_expand) of SEED under "pair",
+    # pinned when the PRG moved from ChaCha20 to AES-128-CTR (the ChaCha20 digests pinned since
+    # b340732 changed on purpose); 40,000 values cross the block boundary at either word width.
     values = prg.expand(SEED, "pair", 40_000, bits)
 
     assert hashlib.sha256(values.tobytes()).hexdigest() == digest
@@ -177,12 +216,13 @@ MODULI = [2, 3, 1613, 786433, (1 << 50) - 27, (1 << 62) + 135]
 @pytest.mark.parametrize(
     ("modulus", "digest"),
     [
-        (3, "8e6b6299e6af0ec37a24b9ec1b1de07a0cab42e2219fb303ab3f5bef0f5ff691"),
-        (786433, "7ab81c6f46bd7534c061e780981b103d13450d3660619ce8358a118a18ac45de"),
-        ((1 << 62) + 135, "776b5beaec314634fd92936417e03a595c04f4bc90b6e80042057f8c70e613b1"),
+        (3, "a8f646559e29683ba332f1dacac1f5af62c0931dc319694a6565152ffbf2e4aa"),
+        (786433, "fa7ff55ca95b1220043c6a023dd77d995c5b4aa3925e83e922de68174497e8fe"),
+        ((1 << 62) + 135, "e6a693c6289819e7ceb53ba6aeee5c77de7a16bdd8b191fc2933d1be724fc137"),
     ],
 )
 def test_masks_modulo_a_prime_are_bit_identical_to_the_one_shot_sampler(modulus, digest):
+    # Digests of _one_shot_expand_mod over AES-128-CTR, pinned with the move from ChaCha20.
     values = prg.expand_mod(SEED, "pair", 20_000, modulus)
 
     assert hashlib.sha256(values.tobytes()).hexdigest() == digest

@@ -1,7 +1,7 @@
 """Secure aggregation with no shared secret: SecAgg / SecAgg+ pairwise masks (layer L2).
 
 * :mod:`~fedinfra.crypto.secagg.shamir` - t-of-n Shamir sharing over GF(2^521 - 1);
-* :mod:`~fedinfra.crypto.secagg.prg` - HKDF-keyed ChaCha20 mask expansion;
+* :mod:`~fedinfra.crypto.secagg.prg` - HKDF-keyed AES-128-CTR mask expansion;
 * :mod:`~fedinfra.crypto.secagg.plan` - (t, k) from n and the declared bounds; the graph;
 * :mod:`~fedinfra.crypto.secagg.protocol` - the four stages (site :class:`SiteSession`,
   coordinator :class:`Unmasker`);

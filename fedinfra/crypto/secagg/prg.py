@@ -1,10 +1,24 @@
-"""Mask expansion: a 32-byte seed -> a vector uniform modulo ``2^bits`` (ChaCha20 keystream).
+"""Mask expansion: a 32-byte seed -> a vector uniform modulo ``2^bits`` (AES-128-CTR keystream).
 
 The seed is first keyed through HKDF-SHA256 with a label naming the purpose (pairwise mask,
 self-mask, trailer), the run and the round, so the same X25519 secret never expands to the
 same mask twice (Bonawitz et al., CCS 2017, section 4: masks are PRG(s_uv) with a fresh
 agreement per round; Bell et al., CCS 2020, section 3 for SecAgg+). Masks modulo a power of
 two are uniform because the keystream is (reduction by a bit mask loses no uniformity).
+
+The PRG is AES-128 in counter mode (NIST SP 800-38A, section 6.5), as in the SecAgg paper
+(Bonawitz et al., CCS 2017, section 6: "AES in counter mode" as the PRG), with AES-NI the
+fastest cryptographic generator OpenSSL offers here (about 9.5 GB/s against 6-7 GB/s for
+ChaCha20 on the bench machine). The key is the first 16 bytes of HKDF-SHA256 output (RFC
+5869: a shorter ``L`` is a prefix of the same expansion) and the counter block starts at
+zero: every ``(seed, label)`` gets its own key, so no counter block is ever reused under one
+key. A 128-bit key does not lower the protocol's security level: the seeds come from X25519,
+which targets about 128-bit security (RFC 7748, section 1), and NIST SP 800-57 part 1 rev. 5,
+table 2, rates AES-128 at the same 128-bit strength. A mask of ``n`` values reads ``8 n``
+keystream bytes or fewer (rejection sampling modulo ``t`` reads at most twice that on
+average), so ``q <= n`` AES blocks; the keystream of a pseudo-random permutation is
+distinguishable from random with advantage at most ``q^2 / 2^129`` beyond AES's own
+(PRP/PRF switching lemma), below 2^-89 for a mask of 1M values.
 
 Masks are never materialised whole: every mask's keystream is read block by block
 (:data:`BLOCK_BYTES` at a time) into one reused buffer and folded into the block of the
@@ -29,8 +43,8 @@ BLOCK_BYTES = 1 << 16
 
 
 def derive_key(seed: bytes, label: str) -> bytes:
-    """HKDF-SHA256(seed, info = "fedinfra/secagg/v1/" + label)."""
-    return _primitives.hkdf(seed, ("fedinfra/secagg/v1/" + label).encode())
+    """The 16-byte AES-128 key of one mask: HKDF-SHA256(seed, info = "fedinfra/secagg/v1/" + label, L = 16)."""
+    return _primitives.hkdf(seed, ("fedinfra/secagg/v1/" + label).encode(), _primitives.MASK_KEY_BYTES)
 
 
 def _stream(seed: bytes, label: str) -> _primitives.Keystream:

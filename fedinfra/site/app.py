@@ -304,8 +304,11 @@ def evaluate(msg: Message, context: Context) -> Message:
             # The figures travel only inside a secure sum (the close wave's), never in the report.
             stage = msg.content.config_records[CONFIG].get(SECAGG)
             if instruction.phase == "close" and stage is not None:
-                from fedinfra.site.secagg import mask_evaluation
+                from fedinfra.site.secagg import check_mask_stage, mask_evaluation
 
+                # Refused before evaluation_lanes marks these weights evaluated: a refused
+                # close sum must not cost the site its evaluation of the final model.
+                check_mask_stage(context, ctx, close_sum(instruction), stage, "close")
                 lanes = evaluation_lanes(ctx, instruction.run_id, weights, sums)
                 blobs[SECAGG_UPDATE] = mask_evaluation(context, ctx, close_sum(instruction), stage, lanes)
             loss_sum, correct, count, sums = 0.0, 0, 0, {}

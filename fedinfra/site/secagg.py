@@ -212,8 +212,11 @@ def check_mask_stage(
     floor, the shares from the sharing neighbours, one input per round) runs on the stored
     session without changing it. The privacy charge is write-ahead and never refunded
     (:func:`fedinfra.site.user_dp.reserve_spend`), so a coordinator sending a train message
-    with U2 below the floor must get its refusal with nothing spent (issue 13).
-    :func:`mask_update` checks them again when it masks.
+    with U2 below the floor must get its refusal with nothing spent (issue 13). The close
+    wave runs it before the site marks the final model evaluated
+    (:func:`fedinfra.site.evaluation.evaluation_lanes`), so a refused close sum leaves the
+    site's evaluation of it unspent. :func:`mask_update` and :func:`mask_evaluation` check
+    them again when they mask.
     """
     request, session, p, shares = _mask_stage(context, ctx, instruction, document, carrier)
     session.check_mask_request(p, request.u2, shares)

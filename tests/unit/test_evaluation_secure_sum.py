@@ -18,7 +18,7 @@ import json
 import runpy
 import shutil
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,8 +28,9 @@ import numpy as np
 import pytest
 from flwr.app import Context, Message, RecordDict
 
+from fedinfra.aggregation.digest import model_digest
 from fedinfra.config import JobSpec, load_job
-from fedinfra.config.wire import CONFIG, DOC
+from fedinfra.config.wire import CONFIG, DOC, SECAGG
 from fedinfra.coordinator.server import Coordinator
 from fedinfra.crypto.secagg import codec as sa_codec
 from fedinfra.errors import ConfigError, CryptoError
@@ -46,8 +47,9 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 class SiteGrid:
     """A Flower grid over in-process sites running fedinfra's ClientApp; keeps every reply."""
 
-    def __init__(self, contexts: dict[int, Context]) -> None:
+    def __init__(self, contexts: dict[int, Context], tamper: Callable[[Message], None] | None = None) -> None:
         self.contexts = contexts
+        self.tamper = tamper  # a dishonest coordinator's edit of a message before the site gets it
         self.replies: dict[str, Message] = {}
         self.observed: list[Message] = []
 
@@ -61,6 +63,8 @@ class SiteGrid:
         ids = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid4())  # what Flower's grids do on push
+            if self.tamper is not None:
+                self.tamper(msg)
             reply = client_app(msg, self.contexts[msg.metadata.dst_node_id])
             reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
             self.observed.append(reply)
@@ -83,7 +87,12 @@ def _flower_run() -> Iterator[None]:
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
-def _run(job: JobSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[SiteGrid, Coordinator]:
+def _run(
+    job: JobSpec,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tamper: Callable[[Message], None] | None = None,
+) -> tuple[SiteGrid, Coordinator]:
     run_id = "run-evalsum"
     kits = provision_simulation(job, run_id, tmp_path)
     monkeypatch.setenv(HOME_ENV, str(tmp_path / "site-homes"))
@@ -108,7 +117,7 @@ def _run(job: JobSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple
     )
     settings = dataclasses.replace(settings, node_wait_s=1)
     coordinator = Coordinator(job, run_id=run_id, run_dir=tmp_path / "run", settings=settings)
-    grid = SiteGrid(contexts)
+    grid = SiteGrid(contexts, tamper)
     coordinator.run(grid)  # type: ignore[arg-type]
     return grid, coordinator
 
@@ -222,6 +231,56 @@ def test_under_secagg_the_coordinator_sees_only_the_total_of_the_sites_evaluatio
         mse = sum(f[3]["sq_err"][0] for f in figures.values()) / total_count
         assert got["metrics"]["mse"] == pytest.approx(mse, rel=1e-6, abs=quantum)
         assert sorted(got["sites"]) == sorted(site_names(job))
+
+
+def _close_u2_below_the_floor(node: int, site: str) -> Callable[[Message], None]:
+    """Cut U2 of the close wave's mask stage sent to ``site`` (``node``) to it and one other site.
+
+    What a dishonest coordinator would send to learn more from the unmasking; the shares are
+    cut to match, so the floor ``max(t, min_contributors)`` is the check that fails.
+    """
+
+    def tamper(msg: Message) -> None:
+        cfg = msg.content.config_records.get(CONFIG)
+        if msg.metadata.dst_node_id != node or msg.metadata.message_type != "evaluate" or cfg is None:
+            return
+        raw = cfg.get(SECAGG)
+        doc = json.loads(raw) if isinstance(raw, str) else {}
+        if doc.get("stage") == "mask":
+            doc["u2"] = sorted({site, next(n for n in doc["u2"] if n != site)})
+            doc["shares"] = {k: v for k, v in doc["shares"].items() if k in doc["u2"]}
+            cfg[SECAGG] = json.dumps(doc)
+
+    return tamper
+
+
+def test_a_refused_close_mask_stage_leaves_the_final_model_unmarked_as_evaluated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The site checks the close wave's mask stage before it marks the final model evaluated.
+
+    The marker (``runs/<id>/evaluated.json``) makes a site send zeros for weights it already
+    put into a secure sum. On the old code the site wrote it before the mask-stage checks, so
+    a close sum it refused (U2 below the floor) still cost it its evaluation of the final model.
+    """
+    job = _secagg_job(tmp_path, monkeypatch)
+    names = site_names(job)
+
+    _run(job, tmp_path, monkeypatch, tamper=_close_u2_below_the_floor(1, names[0]))
+
+    def evaluated(site: str) -> list[str]:
+        path = tmp_path / "site-homes" / site / "runs" / "run-evalsum" / "evaluated.json"
+        return json.loads(path.read_text()) if path.exists() else []
+
+    def final_model(site: str) -> str:  # saved by the close wave before the secure sum
+        with np.load(tmp_path / "site-homes" / site / "runs" / "run-evalsum" / "final-model.npz") as data:
+            return model_digest({k: np.asarray(data[k]) for k in data.files})
+
+    final = final_model(names[0])
+    assert final == final_model(names[1])
+    assert final in evaluated(names[1])  # an honest site put it into the close sum
+    assert final not in evaluated(names[0])  # the refusing site did not mark it
+    assert len(evaluated(names[0])) == 1  # round 1's model, evaluated in round 2's masked input
 
 
 def _he_job(mode: str, sites: int = 3) -> JobSpec:

@@ -22,6 +22,9 @@ rule, and the honest FedAvg run for reference. Goal: >= 0.93 under median and tr
 
 Run: ``python bench/robust.py [--quick]``. ``FEDINFRA_BENCH_ROBUST_PART=cost|poisoning`` runs one
 part; ``FEDINFRA_BENCH_ROBUST_POISON_REPEATS=N`` repeats each poisoning run N times (median).
+The poisoning job trains as ``fedinfra demo --privacy dp`` does for hospitals (its
+``DP_SGD_DEFAULTS``: full-batch DP-SGD steps, tuned step size and clip), epsilon 8;
+``FEDINFRA_BENCH_ROBUST_TRAINING=plain`` runs the untuned job of the first measurement.
 """
 
 from __future__ import annotations
@@ -157,8 +160,18 @@ def poisoning(report: Report, rounds: int, repeats: int = 1) -> None:
     """Part 2: the hospital scenario with one site sending x100 updates, per rule (``repeats`` runs each)."""
     import pytest
 
+    from fedinfra.cli.demo import DP_SGD_DEFAULTS
     from fedinfra.config import JobSpec
     from tests.adversarial.harness import Malicious, honest, run_job
+
+    # The job `fedinfra demo --privacy dp` runs for hospitals (full-batch DP-SGD steps, step
+    # size and clip from bench/utility.py), at epsilon 8; FEDINFRA_BENCH_ROBUST_TRAINING=plain
+    # keeps the untuned training of the first measurement (2 local epochs, default batch).
+    tuned = os.environ.get("FEDINFRA_BENCH_ROBUST_TRAINING", "demo") != "plain"
+    demo = DP_SGD_DEFAULTS["hospital"]
+    training = demo["training"] if tuned else {"local_epochs": 2}
+    extra = {"max_grad_norm": demo["max_grad_norm"]} if tuned else {}
+    report.params["poisoning_training"] = {"training": training, **extra} if tuned else "plain (local_epochs 2)"
 
     def job(rule: dict[str, Any]) -> JobSpec:
         return JobSpec.model_validate(
@@ -167,8 +180,8 @@ def poisoning(report: Report, rounds: int, repeats: int = 1) -> None:
                 "scenario": "hospital",
                 "rounds": rounds,
                 "sites": {"count": 4, "min_sites": 3},
-                "training": {"local_epochs": 2},
-                "privacy": {"mechanism": "dp-sgd", "epsilon": 8.0, "delta": 1e-5},
+                "training": training,
+                "privacy": {"mechanism": "dp-sgd", "epsilon": 8.0, "delta": 1e-5, **extra},
                 "aggregation": rule,
             }
         )

@@ -138,7 +138,9 @@ class HeldView:
     ``weights`` is the model it received; ``velocity`` the server momentum it has inferred
     and ``radius`` how far (per coordinate) the true momentum may be from it: zero at step
     0 (the optimiser starts from ``v = 0``), float rounding after two consecutive models,
-    and the unknown means' reach across steps the site did not see.
+    and the unknown means' reach across steps the site did not see. Without server momentum
+    both stay empty (nothing to infer); a tensor missing from them reads as zero momentum at
+    step 0 and as unknown (``|v| <= B' * (1 - beta^a) / (1 - beta)``) after it.
     """
 
     steps: int
@@ -149,8 +151,7 @@ class HeldView:
     @classmethod
     def start(cls, weights: NDArrays) -> HeldView:
         """The model before any server step, with zero momentum."""
-        zeros = {k: np.zeros(np.shape(v), dtype=np.float64) for k, v in weights.items()}
-        return cls(0, weights, zeros, {k: v.copy() for k, v in zeros.items()})
+        return cls(0, weights, {}, {})
 
     def to_arrays(self) -> NDArrays:
         """The arrays :meth:`from_arrays` reads back (names prefixed, step count included)."""
@@ -210,6 +211,7 @@ def advance(held: HeldView, new: NDArrays, *, job: JobSpec, until: int) -> HeldV
     bound = secagg_mean_bound(job.secure_aggregation) * (1 + 2.0**-20 * (1 + 1 / (1 - beta)))
     g = sum(beta**i for i in range(1, j + 1))
     h = sum((1 - beta**i) / (1 - beta) for i in range(1, j + 1))
+    unknown = bound * (1 - beta**a) / (1 - beta)  # |v_a| without an inferred momentum (0 at step 0)
     velocity: NDArrays = {}
     radius: NDArrays = {}
     for name in sorted(held.weights):
@@ -217,21 +219,40 @@ def advance(held: HeldView, new: NDArrays, *, job: JobSpec, until: int) -> HeldV
         got = np.asarray(new[name], dtype=np.float64)
         if got.shape != ref.shape:
             raise VerificationError(f"tensor {name!r} has another shape than the job's model; refused")
-        v, r = held.velocity[name], held.radius[name]
-        predicted = lr * g * v
-        reach = lr * g * r + lr * h * bound
-        slack = reach + j * 4 * _U * (np.abs(ref) + np.abs(predicted) + reach)
-        if not (np.all(np.isfinite(got)) and bool(np.all(np.abs(got - ref - predicted) <= slack))):
+        moved = got - ref
+        slack = np.abs(ref)
+        if g:
+            v = held.velocity.get(name)
+            r = held.radius.get(name, unknown)
+            reach: Any = lr * g * r + lr * h * bound
+            if v is not None:
+                predicted = lr * g * v
+                moved -= predicted
+                slack += np.abs(predicted)
+        else:
+            reach = lr * h * bound
+        slack += reach
+        slack *= j * 4 * _U
+        slack += reach
+        np.abs(moved, out=moved)
+        if not bool(np.all(moved <= slack)):  # NaN and infinity compare false: refused too
             raise VerificationError(
                 f"the global model moved further than clipped secure-aggregation means allow (tensor {name!r}, "
                 f"steps {a} to {b}); refused"
             )
+        if not beta:
+            continue
         if j == 1:  # the momentum after this step, up to the rounding of w + lr * v
             velocity[name] = (got - ref) / lr
             radius[name] = 4 * _U * (np.abs(velocity[name]) + (np.abs(ref) + np.abs(got)) / lr)
-        else:
-            velocity[name] = beta**j * v
-            radius[name] = beta**j * r + bound * (1 - beta**j) / (1 - beta) if j else r
+        elif j > 1:
+            v = held.velocity.get(name)
+            velocity[name] = beta**j * (v if v is not None else np.zeros(ref.shape))
+            r_held = held.radius.get(name)
+            r_held = r_held if r_held is not None else np.full(ref.shape, unknown)
+            radius[name] = beta**j * r_held + bound * (1 - beta**j) / (1 - beta)
+        elif name in held.velocity:
+            velocity[name], radius[name] = held.velocity[name], held.radius[name]
     return HeldView(b, {k: np.asarray(v, dtype=np.float32) for k, v in new.items()}, velocity, radius)
 
 

@@ -177,6 +177,15 @@ def test_the_server_step_bound_admits_every_honest_sequence_and_nothing_beyond(t
         advance(chain[2], {"w": models[3]["w"]}, job=job, until=3)
     with pytest.raises(VerificationError, match="shape"):
         advance(chain[2], {**models[3], "b": np.zeros(9, np.float32)}, job=job, until=3)
+    # A view without inferred momentum after step 0 (unknown velocity) still admits the honest
+    # steps and refuses a mean of 50, beyond what any momentum of clipped means can reach.
+    blind = HeldView(2, models[2], {}, {})
+    advance(blind, models[4], job=job, until=4)
+    means = [{k: v.copy() for k, v in m.items()} for m in extreme]
+    means[2]["b"][3] = 50.0
+    poisoned = _steps(job, start, means)
+    with pytest.raises(VerificationError, match="moved further"):
+        advance(blind, poisoned[3], job=job, until=3)
     # The view survives the site's disk (what check_secagg_model stores between rounds).
     again = HeldView.from_arrays(chain[3].to_arrays())
     advance(again, models[4], job=job, until=4)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
-
 from fedinfra.aggregation.rounds import (
     Aggregator,
     Folded,
@@ -22,6 +20,7 @@ from fedinfra.aggregation.rounds import (
     plaintext_update,
     register,
     running_mean,
+    update_subject,
 )
 from fedinfra.config.wire import COMPRESSED_UPDATE, HE_UPDATE
 from fedinfra.errors import ConfigError
@@ -44,8 +43,7 @@ class FedAvgAggregator(Aggregator):
         w = check_weight(reply.weight)
         update = plaintext_update(reply, self.spec.layout, max_norm=self.spec.job.aggregation.max_update_norm)
         self._mean.add(update, w)
-        names = [name for name, _ in self.spec.layout]
-        return Folded("update", b"".join(np.ascontiguousarray(update[k]).tobytes() for k in sorted(names)))
+        return update_subject(update, self.spec.layout)
 
     def finish(self) -> RoundAggregate:
         """The weighted mean of the accepted updates."""
@@ -77,7 +75,7 @@ class CompressedAggregator(Aggregator):
         update = decompress(blob, self.spec.layout, clip=spec.clip, bits=spec.bits)
         check_update(update, self.spec.layout, max_norm=self.spec.job.aggregation.max_update_norm)
         self._mean.add(update, w)
-        return Folded("update.compressed", blob)
+        return Folded.of("update.compressed", [blob])
 
     def finish(self) -> RoundAggregate:
         """The weighted mean of the accepted updates."""
@@ -122,7 +120,7 @@ class _EncryptedAggregator(Aggregator):
             raise UpdateRejected("missing", "reply carries no encrypted update")
         blob = bytes(raw)
         self._sum.add(blob)  # signature first; each ciphertext checked before it is added, undone if one is refused
-        return Folded("update.ciphertext", blob)
+        return Folded.of("update.ciphertext", [blob])
 
     def finish(self) -> RoundAggregate:
         """The encrypted aggregate, for the sites to decrypt."""

@@ -32,6 +32,7 @@ from fedinfra.aggregation.rounds import (
     plaintext_update,
     register,
     running_mean,
+    update_subject,
 )
 from fedinfra.config.wire import COMPRESSED_UPDATE
 from fedinfra.errors import ConfigError
@@ -44,8 +45,7 @@ def _update(spec: RoundSpec, reply: Reply) -> tuple[NDArrays, Folded]:
     comp = spec.job.compression
     if comp is None:
         update = plaintext_update(reply, spec.layout, max_norm=max_norm)
-        names = sorted(name for name, _ in spec.layout)
-        return update, Folded("update", b"".join(np.ascontiguousarray(update[k]).tobytes() for k in names))
+        return update, update_subject(update, spec.layout)
     from fedinfra.aggregation.compression import decompress
 
     raw = reply.config.get(COMPRESSED_UPDATE)
@@ -54,7 +54,7 @@ def _update(spec: RoundSpec, reply: Reply) -> tuple[NDArrays, Folded]:
     blob = bytes(raw)
     update = decompress(blob, spec.layout, clip=comp.clip, bits=comp.bits)
     check_update(update, spec.layout, max_norm=max_norm)
-    return update, Folded("update.compressed", blob)
+    return update, Folded.of("update.compressed", [blob])
 
 
 class _Stacked(Aggregator):

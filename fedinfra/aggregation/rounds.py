@@ -25,9 +25,10 @@ touches one module and the config. :func:`aggregator_name` maps a job to its agg
 
 from __future__ import annotations
 
+import hashlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -93,10 +94,33 @@ class Reply:
 
 @dataclass(frozen=True)
 class Folded:
-    """What was folded in: the audit subject (kind, bytes) of the accepted update."""
+    """What was folded in: the audit subject of the accepted update (kind, SHA-256, size).
+
+    The digest is computed over the update's bytes where they already are (the reply's
+    buffer, or the tensor views into it): a plaintext update's canonical bytes used to be
+    joined into a fresh ``bytes`` only to be hashed, one model-sized copy per reply that the
+    coordinator's loop then kept alive while the next reply was pulled (issue 17).
+    """
 
     kind: str
-    data: bytes
+    sha256: str
+    size: int
+
+    @classmethod
+    def of(cls, kind: str, parts: Iterable[bytes | bytearray | memoryview]) -> Folded:
+        """The subject of the concatenation of ``parts`` (C-contiguous buffers), hashed one by one, never joined."""
+        h = hashlib.sha256()
+        size = 0
+        for part in parts:
+            view = memoryview(part)
+            h.update(view)
+            size += view.nbytes
+        return cls(kind, h.hexdigest(), size)
+
+    @property
+    def subject(self) -> tuple[str, str, int]:
+        """``(artifact, sha256, size)``, as :meth:`fedinfra.coordinator.trail.AuditTrail.event` takes it."""
+        return (self.kind, self.sha256, self.size)
 
 
 @dataclass(frozen=True)
@@ -306,6 +330,16 @@ def running_mean(layout: Layout) -> StreamingFedAvg:
     return StreamingFedAvg(layout=layout)
 
 
+def update_subject(update: NDArrays, layout: Layout) -> Folded:
+    """The audit subject of a plaintext update: its float32 tensors, C order, in sorted name order.
+
+    The same bytes as :func:`fedinfra.aggregation.digest.model_bytes`, hashed tensor by
+    tensor without joining them (a C-ordered tensor is hashed in place in the reply's buffer).
+    """
+    names = sorted(name for name, _ in layout)
+    return Folded.of("update", (np.ascontiguousarray(update[k], dtype=np.float32).data for k in names))
+
+
 def plaintext_update(reply: Reply, layout: Layout, *, max_norm: float = math.inf) -> NDArrays:
     """The reply's float tensors, validated against ``layout`` (and ``max_norm``)."""
     if reply.arrays is None:
@@ -335,4 +369,5 @@ __all__ = [
     "register",
     "running_mean",
     "start_round",
+    "update_subject",
 ]

@@ -186,7 +186,7 @@ class SecAggAggregator(_Base):
             self._unmasker.add(reply.site, segments)
         except CryptoError as exc:
             raise UpdateRejected("encoding", str(exc)) from exc
-        return Folded("update.masked", blob)
+        return Folded.of("update.masked", [blob])
 
     # -- stage 4 -----------------------------------------------------------------------------------
 
@@ -314,7 +314,7 @@ class SecAggHEAggregator(SecAggAggregator):
         except CryptoError as exc:
             raise UpdateRejected("ciphertext", str(exc)) from exc
         u.add(reply.site, segments)  # lengths and site already checked: cannot fail after the add
-        return Folded("update.ciphertext", blob)
+        return Folded.of("update.ciphertext", [blob])
 
     def finish(self) -> RoundAggregate:
         """The encrypted sum with its unmasking material; :class:`SecAggAbandoned` if it cannot be unmasked."""

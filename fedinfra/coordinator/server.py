@@ -561,7 +561,7 @@ class Coordinator:
                         arrays=reply.content.array_records.get(ARRAYS),
                     )
                 )
-                subject: tuple[str, bytes] = (folded.kind, folded.data)
+                subject = folded.subject
             except Exception as exc:  # one site's reply never ends the run (issue 16)
                 check = intake.check_of(exc)
                 refused[name] = "invalid"
@@ -582,7 +582,7 @@ class Coordinator:
                 details={
                     "site": name,
                     "receipt_verified": bool(report.details.get("receipts_verified")),
-                    "bytes_sent": len(subject[1]),
+                    "bytes_sent": subject[2],
                 },
             )
             received[name] = entry.seq

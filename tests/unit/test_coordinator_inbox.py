@@ -148,3 +148,42 @@ def test_replies_landed_by_the_deadline_are_taken_even_if_folding_the_first_outl
             time.sleep(0.1)  # the first fold outlasts the deadline
 
     assert got == SITES
+
+
+def test_the_reply_the_loop_variable_still_names_is_emptied_before_the_next_pull() -> None:
+    """``for reply in receive(...)`` keeps ``reply`` bound while the next one is pulled.
+
+    On the old code that reply kept its whole payload through the next pull and inflation
+    (a third big reply at the peak, ``bench/big_model.py``): the payload still referenced
+    at each pull was one reply's 1 MB. Now a reply is emptied when the next is asked for.
+    """
+    from fedinfra.coordinator.inbox import payload_bytes
+
+    link = _Link()
+    ids = link.push_messages(_messages())
+    held_at_pull: list[int] = []
+    pull = link.pull_messages
+
+    def pull_and_count(message_ids: Iterable[str]) -> Iterable[Message]:
+        held_at_pull.append(sum(payload_bytes(m) for ref in link.handed if (m := ref()) is not None))
+        return pull(message_ids)
+
+    link.pull_messages = pull_and_count  # type: ignore[method-assign]
+    total = 0.0
+    for reply in receive(link, ids, timeout_s=5.0, interval_s=0.01, collect=True):
+        total += float(reply.content.array_records["arrays"]["w"].numpy()[0])
+
+    assert total == sum(range(1, SITES + 1))
+    assert held_at_pull == [0] * SITES
+    assert payload_bytes(reply) == 0  # the last one too, once the wave is over
+
+
+def test_a_record_kept_from_a_reply_is_emptied_too_and_waves_without_collect_are_untouched() -> None:
+    link = _Link()
+    kept = []
+    for reply in receive(link, link.push_messages(_messages()[:2]), timeout_s=5.0, interval_s=0.01, collect=True):
+        kept.append(reply.content.array_records["arrays"])
+    plain = list(receive(link, link.push_messages(_messages()[:2]), timeout_s=5.0, interval_s=0.01))
+
+    assert [len(record) for record in kept] == [0, 0]
+    assert [m.content.array_records["arrays"]["w"].shape for m in plain] == [(250_000,), (250_000,)]

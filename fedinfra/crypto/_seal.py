@@ -22,7 +22,7 @@ samples with a public uniform part).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -65,7 +65,7 @@ def _read_all(fd: int, limit: int = 0) -> bytes:
     return data
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, data, 0)
 
@@ -154,12 +154,12 @@ class SealContext:
 
     # -- the coordinator's side: parse, validate, add ----------------------------------------
 
-    def load_ciphertexts(self, blobs: list[bytes]) -> list[Any]:
+    def load_ciphertexts(self, blobs: Sequence[bytes | memoryview]) -> list[Any]:
         """Parse ciphertexts; any malformed, foreign or truncated one raises :class:`CryptoError`."""
         with _memfile() as (fd, path):
             return [self._load_one(fd, path, blob) for blob in blobs]
 
-    def _load_one(self, fd: int, path: str, blob: bytes) -> Any:
+    def _load_one(self, fd: int, path: str, blob: bytes | memoryview) -> Any:
         s = self._s
         if not 0 < len(blob) <= MAX_CT_BYTES:
             raise CryptoError(REJECTED)
@@ -180,7 +180,7 @@ class SealContext:
             raise CryptoError(REJECTED)
         return ct
 
-    def add_blobs_inplace(self, acc: list[Any], blobs: list[bytes]) -> None:
+    def add_blobs_inplace(self, acc: list[Any], blobs: Sequence[bytes | memoryview]) -> None:
         """``acc[i] += parse(blobs[i])``, one ciphertext parsed at a time, all or nothing.
 
         Parsing a whole update first (:meth:`load_ciphertexts` then :meth:`add_inplace`) held
@@ -230,12 +230,14 @@ class SealContext:
 
     def save_ciphertexts(self, cts: list[Any]) -> list[bytes]:
         """Serialize full (unseeded) ciphertexts, such as a sum."""
-        out: list[bytes] = []
+        return list(self.iter_saved(cts))
+
+    def iter_saved(self, cts: list[Any]) -> Iterator[bytes]:
+        """Serialize ``cts`` one at a time (:meth:`save_ciphertexts` without holding them all)."""
         with _memfile() as (fd, path):
             for ct in cts:
                 ct.save(path)
-                out.append(_read_all(fd, MAX_CT_BYTES + 1))
-        return out
+                yield _read_all(fd, MAX_CT_BYTES + 1)
 
     # -- the sites' side: decrypt ----------------------------------------------------------
 

@@ -15,6 +15,7 @@ added error is bounded by :meth:`HEParams.mean_error_bound`.
 
 from __future__ import annotations
 
+import io
 import math
 import secrets
 from collections.abc import Callable
@@ -323,8 +324,15 @@ class EncryptedSum:
             nonce=secrets.token_bytes(envelope.NONCE_BYTES),
             sites=tuple(self._sites),
         )
-        body = envelope.encode(header, self._ctx.save_ciphertexts(self._acc))
-        return body + envelope.digest(envelope.KIND_AGGREGATE, body)
+        # Written into one growing buffer, ciphertext by ciphertext, and returned without a
+        # copy (BytesIO.getvalue hands over its buffer): the old join of a list of saved
+        # ciphertexts, then ``body + digest``, held the 80 MB aggregate three times (issue 17).
+        out = io.BytesIO()
+        envelope.write(out, header, self._ctx.iter_saved(self._acc), count=len(self._acc))
+        with out.getbuffer() as body:
+            trailer = envelope.digest(envelope.KIND_AGGREGATE, body)
+        out.write(trailer)
+        return out.getvalue()
 
 
 # -- site: decrypt the aggregate ----------------------------------------------------------------------------

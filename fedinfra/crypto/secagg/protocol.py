@@ -471,12 +471,11 @@ class SiteSession:
         )
 
 
-def _reduce(acc: npt.NDArray[Any], bits: int) -> U64:
-    """A running sum reduced modulo ``2^bits``, as uint64."""
-    out = acc.astype(np.uint64)
-    if bits < 64:
-        np.bitwise_and(out, np.uint64((1 << bits) - 1), out=out)
-    return out
+def _reduce_inplace(acc: npt.NDArray[Any], bits: int) -> npt.NDArray[Any]:
+    """Reduce a running sum modulo ``2^bits`` in its own dtype (uint32 up to 32 bits, else uint64)."""
+    if bits < 8 * acc.dtype.itemsize:
+        np.bitwise_and(acc, acc.dtype.type((1 << bits) - 1), out=acc)
+    return acc
 
 
 def commitment(b_seed: bytes) -> bytes:
@@ -511,6 +510,7 @@ class Unmasker:
         ]
         self.u3: list[str] = []
         self._graph = neighbours(p, graph_seed(run_id, round_id, roster.digest()))
+        self._finished = False
 
     def add(self, site: str, segments: list[npt.NDArray[Any]]) -> None:
         """Fold one masked input in; checked completely first (a rejected one leaves no trace).
@@ -518,6 +518,8 @@ class Unmasker:
         Values are read modulo ``2^bits``: every residue is a valid masked value (the masks
         are uniform), so higher bits carry nothing and are dropped when the sum is reduced.
         """
+        if self._finished:
+            raise CryptoError("secure aggregation: this sum was already unmasked; no input is added after it")
         if site not in self.u2 or site in self.u3:
             raise CryptoError(f"secure aggregation: site {site!r} did not share keys or already sent its input")
         if len(segments) != len(self.sizes) or [s.shape[0] for s in segments] != self.sizes:
@@ -533,8 +535,17 @@ class Unmasker:
         i = self.roster.index(site)
         return {self.roster.entries[j].name for j in self._graph[i] | {i}}
 
-    def finish(self, responses: Mapping[str, Mapping[str, tuple[str, bytes]]]) -> Segments:
-        """Remove every mask using the survivors' ``responses``; :class:`SecAggAbandoned` if short."""
+    def finish(self, responses: Mapping[str, Mapping[str, tuple[str, bytes]]]) -> list[npt.NDArray[Any]]:
+        """Remove every mask using the survivors' ``responses``; :class:`SecAggAbandoned` if short.
+
+        The running sums themselves are reduced, unmasked in place and handed over, in the
+        dtype they were summed in (uint32 for segments of up to 32 bits, else uint64; every
+        value below ``2^bits``): the old uint64 copy of a 10M-value sum was 80 MB at the
+        coordinator's peak (issue 17). An :class:`Unmasker` therefore finishes once; if the
+        shares fall short (:class:`SecAggAbandoned`) nothing has changed and it may be retried.
+        """
+        if self._finished:
+            raise CryptoError("secure aggregation: this sum was already unmasked")
         corrections = recover_masks(
             self.plan,
             self.roster,
@@ -545,7 +556,9 @@ class Unmasker:
             commitments=self.commitments,
             responses=responses,
         )
-        out = [_reduce(s, b) for s, b in zip(self.sum, self.bits, strict=True)]
+        self._finished = True
+        out = [_reduce_inplace(s, b) for s, b in zip(self.sum, self.bits, strict=True)]
+        self.sum = []  # the caller owns them now
         add_masks(out, self.bits, seeds=corrections)
         return out
 

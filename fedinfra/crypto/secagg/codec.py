@@ -131,6 +131,7 @@ def decode(total: Segments, spec: SecureAggSpec) -> tuple[npt.NDArray[np.float32
         dequantize_sum(part, sites=sites, clip=spec.clip, quant_bits=spec.quant_bits)
         part *= scale
         out[start : start + DECODE_SLICE] = part
+        del part  # before the next slice is made
     return out, examples, sites
 
 

@@ -13,6 +13,7 @@ it read them one by one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import runpy
@@ -73,7 +74,9 @@ class SiteGrid:
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+        # The coordinator gets its own copy, as over a real transport: it empties each train
+        # reply once folded (coordinator.inbox.release), while ``observed`` is the wire tap.
+        return [copy.deepcopy(self.replies.pop(i)) for i in list(message_ids) if i in self.replies]
 
 
 @pytest.fixture(autouse=True)

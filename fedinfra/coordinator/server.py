@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedinfra.aggregation.digest import blob_digest, model_digest
@@ -91,6 +91,52 @@ if TYPE_CHECKING:
 #: The round loop's log (issue 18): ids, counts, codes and durations, never data, model or
 #: metric values, nor a site's own error text (GDPR Art. 5(1)(c) data minimisation).
 _log = logging.getLogger("fedinfra.coordinator")
+
+
+class _Outgoing:
+    """What every instruction of a round carries, serialized once and shared (issue 17).
+
+    Each site's message used to get its own ``weights_to_arrays(state.weights)`` (a 40 MB
+    ``.npy`` copy of a 10M-parameter model per site) and, under HE, its own read of every
+    aggregate file it must sync (80 MB each): a wave's instructions held ``sites`` copies.
+    Here the tensors are serialized once per round and every message gets its own
+    ``ArrayRecord`` and ``Array`` objects over the same immutable ``bytes``, so a site (or an
+    in-process simulation) changing its record changes no other site's. Keyed by round, like
+    the instruction's model digest (:meth:`Coordinator._view_digest`): the model does not
+    change within a round.
+    """
+
+    def __init__(self) -> None:
+        self._round = -1
+        self._arrays: ArrayRecord | None = None
+        self._aggregates: dict[int, bytes] = {}
+
+    def _at(self, rnd: int) -> None:
+        if rnd != self._round:
+            self.clear()
+            self._round = rnd
+
+    def model(self, state: RunState) -> ArrayRecord:
+        """The model's tensors for one message (fresh record, shared serialized bytes)."""
+        self._at(state.round)
+        if self._arrays is None:
+            self._arrays = weights_to_arrays(state.weights)
+        return ArrayRecord(
+            {k: Array(dtype=a.dtype, shape=a.shape, stype=a.stype, data=a.data) for k, a in self._arrays.items()}
+        )
+
+    def aggregate(self, state_dir: Path, rnd: int, of_round: int) -> bytes:
+        """The encrypted aggregate of ``of_round``, read from disk once per round."""
+        self._at(rnd)
+        blob = self._aggregates.get(of_round)
+        if blob is None:
+            blob = self._aggregates[of_round] = load_aggregate(state_dir, of_round)
+        return blob
+
+    def clear(self) -> None:
+        """Forget the serialized copies (once a wave is pushed, its messages hold them)."""
+        self._arrays = None
+        self._aggregates = {}
 
 
 @dataclass(frozen=True)
@@ -216,6 +262,7 @@ class Coordinator:
         self._rng = np.random.default_rng(seed)
         self.trail: AuditTrail | None = None
         self._digests: dict[int, str] = {}
+        self._outgoing = _Outgoing()
         self._packs: list[Any] = []
 
     # -- plumbing ----------------------------------------------------------------------
@@ -369,12 +416,14 @@ class Coordinator:
         records: dict[str, Any] = {}
         sync_from = None
         if not self.he:
-            records[ARRAYS] = weights_to_arrays(state.weights)
+            records[ARRAYS] = self._outgoing.model(state)
         else:
             sync_from = book.synced + 1
             if book.synced == 0:
-                records[ARRAYS] = weights_to_arrays(state.weights)
-            config[HE_AGGREGATES] = [load_aggregate(self.state_dir, r) for r in range(sync_from, state.round + 1)]
+                records[ARRAYS] = self._outgoing.model(state)
+            config[HE_AGGREGATES] = [
+                self._outgoing.aggregate(self.state_dir, state.round, r) for r in range(sync_from, state.round + 1)
+            ]
         cosign = self.witnessing.request(book.seen_size, view)  # the site checks and cosigns the head
         doc = self._doc(
             rnd,
@@ -506,7 +555,10 @@ class Coordinator:
         refused: dict[str, str] = {}
         loss_sum, loss_n = 0.0, 0
         max_eps = 0.0
-        for reply in self._send(grid, messages, collect=True):  # big replies: freed one by one
+        wave = self._send(grid, messages, collect=True)  # pushed: the instructions are not needed any more
+        del messages
+        self._outgoing.clear()
+        for reply in wave:  # big replies: freed one by one
             if reply.metadata.src_node_id in evaluators:
                 assert evaluate_round is not None
                 evaluator = evaluators[reply.metadata.src_node_id]

@@ -143,3 +143,26 @@ def test_secagg_unmasks_the_running_sum_in_place_and_decodes_it_in_slices(monkey
     assert (examples, sites) == (150, 3)
     expected = sum(np.clip(v, -0.05, 0.05) for v in values.values()) / 3
     assert float(np.max(np.abs(mean - expected))) < 3 * 0.05 / 2**19
+
+
+# -- the instructions of a wave ----------------------------------------------------------------------
+
+
+def test_a_waves_instructions_share_one_serialized_model_in_records_of_their_own() -> None:
+    """The old ``_payload`` serialized the model once per site: ten sites, ten model copies alive."""
+    from fedinfra.coordinator.persist import RunState
+    from fedinfra.coordinator.server import _Outgoing
+
+    rng = np.random.default_rng(0)
+    weights = {n: rng.normal(0, 1, s).astype(np.float32) for n, s in LAYOUT}
+    outgoing, state = _Outgoing(), RunState(round=3, weights=weights)
+
+    peak, records = _peak(lambda: [outgoing.model(state) for _ in range(10)])
+
+    assert peak < 2.5 * MODEL_BYTES  # one serialization (Flower's Array: np.save into a buffer, then its bytes)
+    assert all(r["fc.weight"].data is records[0]["fc.weight"].data for r in records)
+    assert records[0] is not records[1]
+    assert records[0]["fc.weight"] is not records[1]["fc.weight"]
+    assert np.array_equal(records[1]["fc.weight"].numpy(), weights["fc.weight"])
+    state.round, state.weights = 4, {n: v + 1 for n, v in weights.items()}
+    assert np.array_equal(outgoing.model(state)["fc.bias"].numpy(), weights["fc.bias"] + 1)

@@ -12,6 +12,7 @@ after the coordinator's deadline, like a reply that trickles in too late.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -89,7 +90,10 @@ class LocalGrid(Grid):
         for mid in [m for m in self._replies if m in wanted]:  # in push order: sums are order-sensitive
             got = self._replies.get(mid)
             if got is not None and got[0] <= now:
-                out.append(self._replies.pop(mid)[1])
+                # The coordinator gets its own copy, as over any transport: it empties each train
+                # reply once folded (coordinator.inbox.release), and a hostile site may keep and
+                # replay the object it sent.
+                out.append(copy.deepcopy(self._replies.pop(mid)[1]))
         return out
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:

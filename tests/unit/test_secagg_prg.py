@@ -264,3 +264,23 @@ def test_a_modulus_outside_two_to_two_to_the_63_is_refused(modulus):
         prg.expand_mod(SEED, "pair", 4, modulus)
     with pytest.raises(ValueError, match=f"modulus {modulus} must be in"):
         prg.apply_masks_mod(np.zeros(4, np.uint64), modulus, [])
+
+
+# (2^64 - 1) // m is 6 and 4: a uint64 holds the accumulator and only a few more terms below m,
+# so folding 12 masks must reduce in between; a late reduction wraps modulo 2^64, not m.
+WIDE_MODULI = [(1 << 61) + (1 << 59) + 1, (1 << 62) - (1 << 56) + 1]
+
+
+@pytest.mark.parametrize("modulus", WIDE_MODULI)
+def test_many_masks_modulo_a_wide_modulus_sum_exactly_without_uint64_overflow(modulus):
+    rng = np.random.default_rng(7)
+    masks = [(bytes([i + 1]) * 32, f"m{i}", i % 4 == 3) for i in range(12)]
+    start = rng.integers(0, modulus, size=4096, dtype=np.uint64)
+    expected = _reference_sum(
+        start, masks, modulus, lambda seed, label, n: _one_shot_expand_mod(seed, label, n, modulus)
+    )
+    got = start.copy()
+
+    prg.apply_masks_mod(got, modulus, masks)
+
+    assert [int(x) for x in got] == expected

@@ -1,4 +1,4 @@
-"""Sample-level DP at a site: DP-SGD (Abadi et al. 2016) as a thin facade over Opacus.
+"""Sample-level DP at a site: DP-SGD (Abadi et al. 2016), fused for Linear networks, else Opacus.
 
 What one call does, and why:
 
@@ -6,12 +6,17 @@ What one call does, and why:
   ``q = batch_size / n``; the privacy analysis of the sampled Gaussian mechanism (Mironov,
   Talwar & Zhang 2019) assumes exactly this, not shuffled fixed-size batches. A step with
   an empty batch still releases noise and is still counted.
-* **Per-sample clipping + Gaussian noise** by Opacus' ``DPOptimizer``. The per-sample mode
-  is chosen for the model: *ghost clipping* (Li et al. 2022, "Large Language Models Can Be
-  Strong Differentially Private Learners"; Bu et al. 2023) when nearly all parameters sit
-  in Linear/Embedding layers - it gets per-sample gradient *norms* without materialising
-  per-sample gradients, so memory stays near non-private training - and Opacus *hooks*
-  otherwise. The mode is returned so it can be audited.
+* **Per-sample clipping + Gaussian noise.** A model made only of Linear layers and
+  parameter-free activations takes the *fused* path (:mod:`fedinfra.privacy.dp_sgd_fused`):
+  per-example gradient norms from layer inputs and output gradients (Goodfellow 2015), the
+  clipped sum as one matrix product per layer, no Opacus and no per-sample gradients; its
+  clip factors, noise draws and scaling are Opacus' (that module says why, line by line),
+  so the mechanism and its accounting are unchanged. Every other model goes through Opacus'
+  ``DPOptimizer``, with a per-sample mode chosen for the model: *ghost clipping* (Li et
+  al. 2022, "Large Language Models Can Be Strong Differentially Private Learners"; Bu et
+  al. 2023) when nearly all parameters sit in Linear/Embedding layers - it gets per-sample
+  gradient *norms* without materialising per-sample gradients, so memory stays near
+  non-private training - and Opacus *hooks* otherwise. The mode is returned so it can be audited.
 * **BatchNorm** mixes examples of a batch, which breaks per-sample privacy; Opacus'
   ``ModuleValidator.fix`` replaces it with GroupNorm and the change is returned. Layers
   Opacus cannot make private raise :class:`ConfigError` before any step runs.
@@ -52,7 +57,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-Mode = Literal["ghost", "hooks"]
+Mode = Literal["fused", "ghost", "hooks"]
 
 #: Share of trainable parameters in Linear/Embedding layers above which ghost clipping is used.
 GHOST_PARAM_SHARE = 0.9
@@ -164,6 +169,131 @@ def _check(name: str, value: float) -> float:
     return v
 
 
+def _pick_mode(model: nn.Module, mode: Mode | Literal["auto"], *, input_ndim: int, own_step: bool) -> Mode:
+    """``fused`` whenever the model qualifies and the task has no own step, else Opacus' mode.
+
+    ``auto`` falls back to :func:`choose_mode`; an explicit ``fused`` that cannot be honoured
+    raises :class:`ConfigError` naming the reason; ``ghost``/``hooks`` always use Opacus.
+    """
+    from fedinfra.privacy.dp_sgd_fused import unsupported_layer
+
+    opacus_mode = choose_mode(model)  # also refuses a model without trainable parameters
+    if mode == "ghost" or mode == "hooks":
+        return "hooks" if own_step else mode
+    why = "the task supplies its own training step (batch_loss)" if own_step else unsupported_layer(model, input_ndim)
+    if why is None:
+        return "fused"
+    if mode == "fused":
+        raise ConfigError(f"mode 'fused' cannot train this model: {why}; use mode 'auto', 'ghost' or 'hooks'")
+    return "hooks" if own_step else opacus_mode
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """What every DP-SGD loop shares: data, sampling, noise and the loss."""
+
+    xt: torch.Tensor
+    yt: torch.Tensor
+    q: float
+    steps: int
+    rng: np.random.Generator
+    noise_multiplier: float
+    max_grad_norm: float
+    expected_batch_size: int
+    criterion: nn.Module
+    output: Callable[[torch.Tensor], torch.Tensor]
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One Poisson-sampled batch: each example independently with probability q."""
+        import torch
+
+        mask = torch.from_numpy(self.rng.random(self.xt.shape[0]) < self.q)
+        return self.xt[mask], self.yt[mask]
+
+
+def _train_fused(model: nn.Module, base_opt: torch.optim.Optimizer, loop: _Loop) -> list[float]:
+    """DP-SGD steps with fused per-sample clipping (:mod:`fedinfra.privacy.dp_sgd_fused`), no Opacus."""
+    from fedinfra.privacy.dp_sgd_fused import clipped_grad_sums, noised_mean_gradients, plan_for
+
+    plan = plan_for(model)
+    params = [p for group in base_opt.param_groups for p in group["params"] if p.requires_grad]
+    std = loop.noise_multiplier * loop.max_grad_norm
+    losses: list[float] = []
+    model.train()
+    for _ in range(loop.steps):
+        xb, yb = loop.batch()
+        base_opt.zero_grad(set_to_none=True)
+        sums: dict[torch.Tensor, torch.Tensor] = {}
+        if xb.shape[0]:
+            sums, per_example = clipped_grad_sums(
+                plan, xb, yb, max_grad_norm=loop.max_grad_norm, criterion=loop.criterion, output=loop.output
+            )
+            losses.append(float(per_example.mean()))
+        noised_mean_gradients(params, sums, rng=loop.rng, std=std, expected_batch_size=loop.expected_batch_size)
+        base_opt.step()
+    return losses
+
+
+def _train_opacus(
+    model: nn.Module,
+    base_opt: torch.optim.Optimizer,
+    loop: _Loop,
+    chosen: Mode,
+    batch_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None,
+) -> list[float]:
+    """DP-SGD steps through Opacus (ghost clipping or per-sample-gradient hooks)."""
+    from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+    from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+    common = {
+        "noise_multiplier": loop.noise_multiplier,
+        "max_grad_norm": loop.max_grad_norm,
+        "expected_batch_size": loop.expected_batch_size,
+        "loss_reduction": "mean",
+    }
+    criterion = loop.criterion
+    gsm: GradSampleModule | GradSampleModuleFastGradientClipping
+    if chosen == "ghost":
+        gsm = GradSampleModuleFastGradientClipping(
+            model, batch_first=True, loss_reduction="mean", max_grad_norm=loop.max_grad_norm, use_ghost_clipping=True
+        )
+        opt = DPOptimizerFastGradientClipping(base_opt, **common)
+        dp_loss = DPLossFastGradientClipping(gsm, opt, criterion, "mean")
+    else:
+        gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+        opt = DPOptimizer(base_opt, **common)
+    _install_secure_noise(opt, loop.rng)
+    losses: list[float] = []
+    with warnings.catch_warnings():
+        # torch notes that the full backward hooks Opacus registers fire on module outputs
+        # because inputs do not require grad: expected for a first layer, not actionable.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+        try:
+            gsm.train()
+            for _ in range(loop.steps):
+                xb, yb = loop.batch()
+                opt.zero_grad(set_to_none=True)
+                loss: Any
+                if batch_loss is not None and xb.shape[0]:
+                    loss = batch_loss(gsm, xb, yb)
+                else:
+                    out = loop.output(gsm(xb))
+                    if chosen == "ghost":
+                        loss = dp_loss(out, yb)
+                    elif xb.shape[0]:
+                        loss = criterion(out, yb)
+                    else:  # an empty Poisson batch: no data, but the step still adds noise
+                        loss = out.sum() * 0.0
+                loss.backward()
+                opt.step()
+                if xb.shape[0]:
+                    losses.append(float(loss.detach()))
+        finally:
+            gsm._close()
+    return losses
+
+
 def train_dp_sgd(
     model: nn.Module,
     x: npt.NDArray[np.float32],
@@ -193,12 +323,13 @@ def train_dp_sgd(
     cross-entropy; it needs a ``reduction`` attribute), ``output`` maps the model's raw
     output to what it takes; ``batch_loss(model, x, y)`` replaces both (a task's own
     training step) and then per-sample gradients come from hooks, since ghost clipping
-    needs the ``criterion(output, y)`` form.
+    and the fused path need the ``criterion(output, y)`` form.
+
+    ``mode="auto"`` picks ``fused`` when the model qualifies
+    (:func:`fedinfra.privacy.dp_sgd_fused.unsupported_layer`), else :func:`choose_mode`;
+    ``ghost`` and ``hooks`` force Opacus, ``fused`` refuses a model that does not qualify.
     """
     import torch
-    from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
-    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
-    from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
     sigma = _check("noise_multiplier", noise_multiplier)
     clip = _check("max_grad_norm", max_grad_norm)
@@ -217,9 +348,7 @@ def train_dp_sgd(
     _, changes = make_private_compatible(model)
     if changes:
         raise ConfigError("model has layers DP-SGD cannot train (e.g. BatchNorm); call make_private_compatible first")
-    chosen: Mode = choose_mode(model) if mode == "auto" else mode
-    if batch_loss is not None:
-        chosen = "hooks"
+    chosen = _pick_mode(model, mode, input_ndim=x.ndim, own_step=batch_loss is not None)
 
     rng = secure_generator(seed)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -228,52 +357,14 @@ def train_dp_sgd(
     if criterion is None:
         criterion = torch.nn.CrossEntropyLoss(reduction="mean")
     setattr(criterion, "reduction", "mean")  # noqa: B010 - a loss module attribute torch does not type
-    shape = output or (lambda raw: raw)
-    common = {
-        "noise_multiplier": sigma,
-        "max_grad_norm": clip,
-        "expected_batch_size": max(1, round(q * n)),
-        "loss_reduction": "mean",
-    }
-    gsm: GradSampleModule | GradSampleModuleFastGradientClipping
-    if chosen == "ghost":
-        gsm = GradSampleModuleFastGradientClipping(
-            model, batch_first=True, loss_reduction="mean", max_grad_norm=clip, use_ghost_clipping=True
-        )
-        opt = DPOptimizerFastGradientClipping(base_opt, **common)
-        dp_loss = DPLossFastGradientClipping(gsm, opt, criterion, "mean")
+    loop = _Loop(
+        xt=xt, yt=yt, q=q, steps=steps, rng=rng, noise_multiplier=sigma, max_grad_norm=clip,
+        expected_batch_size=max(1, round(q * n)), criterion=criterion, output=output or (lambda raw: raw),
+    )
+    if chosen == "fused":
+        losses = _train_fused(model, base_opt, loop)
     else:
-        gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-        opt = DPOptimizer(base_opt, **common)
-    _install_secure_noise(opt, rng)
-    losses: list[float] = []
-    with warnings.catch_warnings():
-        # torch notes that the full backward hooks Opacus registers fire on module outputs
-        # because inputs do not require grad: expected for a first layer, not actionable.
-        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-        try:
-            gsm.train()
-            for _ in range(steps):
-                mask = torch.from_numpy(rng.random(n) < q)
-                xb, yb = xt[mask], yt[mask]
-                opt.zero_grad(set_to_none=True)
-                loss: Any
-                if batch_loss is not None and xb.shape[0]:
-                    loss = batch_loss(gsm, xb, yb)
-                else:
-                    out = shape(gsm(xb))
-                    if chosen == "ghost":
-                        loss = dp_loss(out, yb)
-                    elif xb.shape[0]:
-                        loss = criterion(out, yb)
-                    else:  # an empty Poisson batch: no data, but the step still adds noise
-                        loss = out.sum() * 0.0
-                loss.backward()
-                opt.step()
-                if xb.shape[0]:
-                    losses.append(float(loss.detach()))
-        finally:
-            gsm._close()
+        losses = _train_opacus(model, base_opt, loop, chosen, batch_loss)
     total = steps_before + steps
     eps = compute_epsilon(noise_multiplier=sigma, sample_rate=q, steps=total, delta=delta, accountant=accountant)
     return DPSGDResult(

@@ -192,8 +192,8 @@ def _pick_mode(model: nn.Module, mode: Mode | Literal["auto"], *, input_ndim: in
 class _Loop:
     """What every DP-SGD loop shares: data, sampling, noise and the loss."""
 
-    xt: torch.Tensor
-    yt: torch.Tensor
+    x: npt.NDArray[np.float32]
+    y: npt.NDArray[Any]
     q: float
     steps: int
     rng: np.random.Generator
@@ -204,11 +204,14 @@ class _Loop:
     output: Callable[[torch.Tensor], torch.Tensor]
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One Poisson-sampled batch: each example independently with probability q."""
+        """One Poisson-sampled batch: each example independently with probability q.
+
+        The rows are gathered by numpy (torch's boolean-mask indexing took ~40x longer here).
+        """
         import torch
 
-        mask = torch.from_numpy(self.rng.random(self.xt.shape[0]) < self.q)
-        return self.xt[mask], self.yt[mask]
+        rows = np.flatnonzero(self.rng.random(self.x.shape[0]) < self.q)
+        return torch.from_numpy(self.x[rows]), torch.from_numpy(self.y[rows])
 
 
 def _train_fused(model: nn.Module, base_opt: torch.optim.Optimizer, loop: _Loop) -> list[float]:
@@ -351,14 +354,14 @@ def train_dp_sgd(
     chosen = _pick_mode(model, mode, input_ndim=x.ndim, own_step=batch_loss is not None)
 
     rng = secure_generator(seed)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32 if y.dtype.kind == "f" else np.int64))
+    xs = np.ascontiguousarray(x, dtype=np.float32)
+    ys = np.ascontiguousarray(y, dtype=np.float32 if y.dtype.kind == "f" else np.int64)
     base_opt = torch.optim.SGD(model.parameters(), lr=step_lr, momentum=momentum)
     if criterion is None:
         criterion = torch.nn.CrossEntropyLoss(reduction="mean")
     setattr(criterion, "reduction", "mean")  # noqa: B010 - a loss module attribute torch does not type
     loop = _Loop(
-        xt=xt, yt=yt, q=q, steps=steps, rng=rng, noise_multiplier=sigma, max_grad_norm=clip,
+        x=xs, y=ys, q=q, steps=steps, rng=rng, noise_multiplier=sigma, max_grad_norm=clip,
         expected_batch_size=max(1, round(q * n)), criterion=criterion, output=output or (lambda raw: raw),
     )
     if chosen == "fused":

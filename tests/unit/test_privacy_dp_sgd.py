@@ -95,7 +95,7 @@ def test_result_reports_steps_mode_and_epsilon_of_the_whole_run() -> None:
 
     assert r.steps == steps_for(epochs=2, sample_rate=q) == 12  # type: ignore[attr-defined]
     assert r.total_steps == 37  # type: ignore[attr-defined]
-    assert r.mode == "ghost"  # type: ignore[attr-defined]
+    assert r.mode == "fused"  # type: ignore[attr-defined]  (Linear + ReLU: the fused path)
     expected = compute_epsilon(noise_multiplier=1.0, sample_rate=q, steps=37, delta=1e-3, accountant="rdp")
     assert r.epsilon == pytest.approx(expected)  # type: ignore[attr-defined]
 

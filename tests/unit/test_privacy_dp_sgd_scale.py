@@ -64,7 +64,7 @@ def _one_step(mode: str, seed: int) -> np.ndarray:
     return model.weight.detach().numpy().ravel().astype(np.float64)
 
 
-@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+@pytest.mark.parametrize("mode", ["fused", "ghost", "hooks"])
 def test_each_example_is_clipped_to_c_and_the_noise_has_std_sigma_c_over_batch(mode: str) -> None:
     w = _one_step(mode, seed=2)
     planned = SIGMA * CLIP / N

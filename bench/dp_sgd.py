@@ -1,10 +1,11 @@
-"""DP-SGD cost: samples/s and peak memory of Opacus DP training vs non-private training.
+"""DP-SGD cost: samples/s and peak memory of DP training (fused / Opacus) vs non-private training.
 
 Same model, same data, same number of steps and the same expected batch size:
 
 * baseline - plain ``torch.optim.SGD`` on shuffled fixed-size batches (non-private);
-* ``fedinfra.privacy.train_dp_sgd`` with ghost clipping (the mode it picks for these
-  Linear models), and with Opacus hooks (per-sample gradients) for comparison.
+* ``fedinfra.privacy.train_dp_sgd`` in the mode it picks (``mode="auto"``): for the Linear
+  MLPs the fused per-sample clipping path (no Opacus; ``fedinfra.privacy.dp_sgd_fused``),
+  and, for comparison, Opacus ghost clipping and Opacus hooks (per-sample gradients).
 
 Models: the digits MLP (64-32-10, what ``fedinfra.models.build_model`` makes for the
 digits scenario), a 784-512-512-10 MLP, and the GroupNorm CNN of ``examples/digits_cnn``
@@ -26,6 +27,7 @@ Run: ``python bench/dp_sgd.py [--quick]``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -46,7 +48,12 @@ MODELS: dict[str, tuple[int, list[int], int]] = {
     "digits_cnn": (64, [], 10),  # input 1x8x8; the layers are the example's DigitsCNN
 }
 #: Which private modes each model is timed in, fastest expected first (the goal's mode).
-MODES = {"digits_mlp": ("ghost", "hooks"), "mlp_784_512_512": ("ghost", "hooks"), "digits_cnn": ("hooks", "ghost")}
+#: ``fused`` is timed as ``mode="auto"`` and checked to be what train_dp_sgd picked.
+MODES = {
+    "digits_mlp": ("fused", "ghost", "hooks"),
+    "mlp_784_512_512": ("fused", "ghost", "hooks"),
+    "digits_cnn": ("hooks", "ghost"),
+}
 #: Throughput goal of the fastest mode, as a share of non-private.
 GOALS = {"digits_mlp": 0.4, "mlp_784_512_512": 0.4, "digits_cnn": 0.33}
 
@@ -100,8 +107,32 @@ def _nonprivate(model: Any, x: np.ndarray, y: np.ndarray, steps: int) -> None:
 def _dp(model: Any, x: np.ndarray, y: np.ndarray, epochs: int, mode: str) -> None:
     from fedinfra.privacy import train_dp_sgd
 
-    train_dp_sgd(model, x, y, epochs=epochs, batch_size=BATCH, lr=0.05, noise_multiplier=1.0,
-                 max_grad_norm=1.0, delta=1e-5, accountant="rdp", mode=mode, seed=1)  # type: ignore[arg-type]
+    result = train_dp_sgd(model, x, y, epochs=epochs, batch_size=BATCH, lr=0.05, noise_multiplier=1.0,
+                          max_grad_norm=1.0, delta=1e-5, accountant="rdp", seed=1,
+                          mode="auto" if mode == "fused" else mode)  # type: ignore[arg-type]
+    if result.mode != mode:
+        raise RuntimeError(f"train_dp_sgd ran mode {result.mode!r}, the bench asked for {mode!r}")
+
+
+def _floor(model: Any, epochs: int) -> None:
+    """The data-independent work of every DP-SGD run here: Poisson masks, noise, accounting.
+
+    Exactly what ``train_dp_sgd`` draws (one Philox generator, a mask then a float64
+    ``gaussian`` per parameter each step) and its one accounting call, without the model:
+    non-private time / this time bounds the throughput ratio any clipping method can reach.
+    """
+    from fedinfra.privacy.accounting import compute_epsilon
+    from fedinfra.privacy.noise import gaussian, secure_generator
+
+    rng = secure_generator(1)
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    q = BATCH / N
+    steps = epochs * round(1 / q)
+    for _ in range(steps):
+        np.flatnonzero(rng.random(N) < q)
+        for shape in shapes:
+            gaussian(rng, 1.0, shape)
+    compute_epsilon(noise_multiplier=1.0, sample_rate=q, steps=steps, delta=1e-5, accountant="rdp")
 
 
 def _run_one(model_name: str, kind: str, epochs: int) -> dict[str, float]:
@@ -143,8 +174,10 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     epochs = 2  # a site trains a few epochs per call; the accounting at the end is amortised
     repeats = 3 if args.quick else 5
+    load: dict[str, list[float]] = {"start": list(os.getloadavg())}
     report = Report("dp_sgd", __doc__.splitlines()[0],
-                    params={"n": N, "batch": BATCH, "epochs_per_run": epochs, "repeats": repeats})
+                    params={"n": N, "batch": BATCH, "epochs_per_run": epochs, "repeats": repeats,
+                            "load_average_1_5_15_min": load})
     steps = epochs * (N // BATCH)
     samples = steps * BATCH
     for name in MODELS:
@@ -152,9 +185,11 @@ def main() -> None:
         fns = {"nonprivate": lambda m=models["nonprivate"]: _nonprivate(m[0], m[1], m[2], steps)}
         for mode in MODES[name]:
             fns[mode] = lambda m=models[mode], mode=mode: _dp(m[0], m[1], m[2], epochs, mode)
+        fns["floor"] = lambda m=models["nonprivate"]: _floor(m[0], epochs)
         timings = time_interleaved(fns, repeats=repeats, warmup=1)
+        load[name] = list(os.getloadavg())
         mem = {}
-        for kind in fns:
+        for kind in (k for k in fns if k != "floor"):
             out = subprocess.run([sys.executable, __file__, "--child", name, kind, str(epochs)],
                                  capture_output=True, text=True, check=True)
             mem[kind] = json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_mib"]
@@ -162,6 +197,10 @@ def main() -> None:
         base_sps = samples / timings["nonprivate"]["median_s"]
         report.baselines[f"{name}/nonprivate"].update(samples_per_s=base_sps, peak_growth_mib=mem["nonprivate"])
         print(f"    {base_sps:,.0f} samples/s, peak +{mem['nonprivate']:.1f} MiB")
+        report.figure(f"{name}/dp_floor", timings["floor"], against=[f"{name}/nonprivate"],
+                      label=f"{name} DP-SGD data-independent work only (masks, float64 noise, accounting)")
+        report.figures[f"{name}/dp_floor"].update(
+            max_throughput_ratio=timings["nonprivate"]["median_s"] / timings["floor"]["median_s"])
         for kind in MODES[name]:
             key = f"{name}/dp_{kind}"
             report.figure(key, timings[kind], label=f"{name} DP-SGD ({kind})", against=[f"{name}/nonprivate"])
@@ -180,6 +219,7 @@ def main() -> None:
                 report.goals[f"{name}/memory"] = {"value_mib": extra, "at_most_mib": 100, "met": ok_m}
                 print(f"goal {name}: throughput {sps / base_sps:.2f}x >= {goal}x: {'met' if ok_t else 'NOT MET'}; "
                       f"memory {extra:+.1f} MiB <= +100 MiB: {'met' if ok_m else 'NOT MET'}")
+    load["end"] = list(os.getloadavg())
     report.save(args.out)
 
 

@@ -120,7 +120,8 @@ def test_with_zero_noise_a_fused_run_is_the_opacus_run(bias: bool, monkeypatch: 
     fused, fused_w = _run("auto", bias)
     hooks, hooks_w = _run("hooks", bias)
 
-    assert fused.mode == "fused" and hooks.mode == "hooks"  # type: ignore[attr-defined]
+    assert fused.mode == "fused"  # type: ignore[attr-defined]
+    assert hooks.mode == "hooks"  # type: ignore[attr-defined]
     assert fused_w[0].abs().max() > 0.01  # the run moved the weights
     for a, b in zip(fused_w, hooks_w, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -147,7 +148,8 @@ def test_an_empty_poisson_batch_still_adds_noise_in_the_fused_path() -> None:
     result = train_dp_sgd(model, x, y, epochs=1, batch_size=1, lr=0.1, noise_multiplier=1.0, max_grad_norm=CLIP,
                           delta=1e-3, accountant="rdp", seed=1)
 
-    assert result.mode == "fused" and result.steps == 240
+    assert result.mode == "fused"
+    assert result.steps == 240
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 

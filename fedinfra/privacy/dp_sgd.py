@@ -62,6 +62,9 @@ Mode = Literal["fused", "ghost", "hooks"]
 #: Share of trainable parameters in Linear/Embedding layers above which ghost clipping is used.
 GHOST_PARAM_SHARE = 0.9
 
+#: Trainable parameters from which the fused path draws the next step's noise in a worker thread.
+PREFETCH_MIN_PARAMS = 1 << 16
+
 
 @dataclass(frozen=True)
 class DPSGDResult:
@@ -215,24 +218,35 @@ class _Loop:
 
 
 def _train_fused(model: nn.Module, base_opt: torch.optim.Optimizer, loop: _Loop) -> list[float]:
-    """DP-SGD steps with fused per-sample clipping (:mod:`fedinfra.privacy.dp_sgd_fused`), no Opacus."""
-    from fedinfra.privacy.dp_sgd_fused import clipped_grad_sums, noised_mean_gradients, plan_for
+    """DP-SGD steps with fused per-sample clipping (:mod:`fedinfra.privacy.dp_sgd_fused`), no Opacus.
+
+    The masks and the noise (data-independent) are drawn by a worker thread one step ahead
+    when the model is large enough for the noise to cost more than a thread hand-off.
+    """
+    import torch
+
+    from fedinfra.privacy.dp_sgd_fused import clipped_grad_sums, draws, noised_mean_gradients, plan_for, prefetched
 
     plan = plan_for(model)
     params = [p for group in base_opt.param_groups for p in group["params"] if p.requires_grad]
-    std = loop.noise_multiplier * loop.max_grad_norm
+    source = draws(
+        loop.rng, n=loop.x.shape[0], q=loop.q, steps=loop.steps, std=loop.noise_multiplier * loop.max_grad_norm,
+        shapes=[tuple(p.shape) for p in params],
+    )
+    if sum(p.numel() for p in params) >= PREFETCH_MIN_PARAMS:
+        source = prefetched(source)
     losses: list[float] = []
     model.train()
-    for _ in range(loop.steps):
-        xb, yb = loop.batch()
+    for rows, noises in source:
         base_opt.zero_grad(set_to_none=True)
         sums: dict[torch.Tensor, torch.Tensor] = {}
-        if xb.shape[0]:
+        if rows.size:
+            xb, yb = torch.from_numpy(loop.x[rows]), torch.from_numpy(loop.y[rows])
             sums, per_example = clipped_grad_sums(
                 plan, xb, yb, max_grad_norm=loop.max_grad_norm, criterion=loop.criterion, output=loop.output
             )
             losses.append(float(per_example.mean()))
-        noised_mean_gradients(params, sums, rng=loop.rng, std=std, expected_batch_size=loop.expected_batch_size)
+        noised_mean_gradients(params, sums, noises, expected_batch_size=loop.expected_batch_size)
         base_opt.step()
     return losses
 

@@ -47,15 +47,18 @@ stays on Opacus.
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from fedinfra.privacy.noise import gaussian
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     import torch
     from torch import nn
@@ -163,18 +166,20 @@ def clipped_grad_sums(
                 h = layer(h)
         per_example = _per_example_loss(criterion, output(h), yb)
         backs = torch.autograd.grad(per_example.sum(), outs)
-    batch = xb.shape[0]
-    sq = torch.zeros(batch, dtype=xb.dtype)
+    sq: torch.Tensor | float = 0.0
     for layer, a, b in zip(plan.linears, acts, backs, strict=True):
-        bb = torch.einsum("ni,ni->n", b, b)
+        bb = b.square().sum(1)
         if layer.weight.requires_grad:
-            sq += torch.einsum("nj,nj->n", a, a) * bb
-        if layer.bias is not None and layer.bias.requires_grad:
-            sq += bb
-    factor = (max_grad_norm / (sq.sqrt() + OPACUS_NORM_EPS)).clamp(max=1.0)
+            aa = a.square().sum(1)
+            if layer.bias is not None and layer.bias.requires_grad:
+                aa += 1.0  # ||a||^2 ||b||^2 + ||b||^2
+            sq = sq + aa * bb
+        elif layer.bias is not None and layer.bias.requires_grad:
+            sq = sq + bb
+    factor = (max_grad_norm / (torch.as_tensor(sq).sqrt() + OPACUS_NORM_EPS)).clamp(max=1.0).unsqueeze(1)
     sums: dict[torch.Tensor, torch.Tensor] = {}
     for layer, a, b in zip(plan.linears, acts, backs, strict=True):
-        cb = b * factor.unsqueeze(1)
+        cb = b * factor
         if layer.weight.requires_grad:
             sums[layer.weight] = cb.t().mm(a)
         if layer.bias is not None and layer.bias.requires_grad:
@@ -200,27 +205,89 @@ def _per_example_loss(criterion: nn.Module, out: torch.Tensor, yb: torch.Tensor)
     return loss.reshape(loss.shape[0], -1).mean(1) if loss.dim() > 1 else loss
 
 
+#: One step's randomness: the Poisson-sampled rows, and the float64 noise of every parameter.
+Draw = tuple["npt.NDArray[np.intp]", list["npt.NDArray[np.float64]"]]
+
+
+def draws(
+    rng: np.random.Generator, *, n: int, q: float, steps: int, std: float, shapes: list[tuple[int, ...]]
+) -> Iterator[Draw]:
+    """Every step's Poisson sample and noise, in the order the Opacus path draws them.
+
+    Per step: one uniform per example (included when ``< q``), then
+    :func:`fedinfra.privacy.noise.gaussian` for each parameter in optimizer order. None of it
+    depends on the data, so it may be produced ahead of the step that uses it
+    (:func:`prefetched`) without changing a single value.
+    """
+    for _ in range(steps):
+        rows = np.flatnonzero(rng.random(n) < q)
+        yield rows, [gaussian(rng, std, shape) for shape in shapes]
+
+
+def prefetched(items: Iterator[Draw], depth: int = 2) -> Iterator[Draw]:
+    """``items``, produced by a worker thread up to ``depth`` ahead of the consumer.
+
+    numpy releases the GIL while it fills arrays with normal draws, so the noise of the next
+    step is drawn on the second core while torch computes this step's clipped sum. The
+    worker is the only user of the generator and keeps its order; an error in it is raised
+    here, and the worker stops when the consumer does.
+    """
+    box: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("done", None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(("error", exc))
+
+    worker = threading.Thread(target=work, name="dp-sgd-noise", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = box.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        worker.join()
+
+
 def noised_mean_gradients(
     params: list[nn.Parameter],
     sums: dict[torch.Tensor, torch.Tensor],
+    noises: list[npt.NDArray[np.float64]],
     *,
-    rng: np.random.Generator,
-    std: float,
     expected_batch_size: int,
 ) -> None:
-    """Set ``p.grad = (sum + N(0, std^2)) / expected_batch_size`` for every parameter, in order.
+    """Set ``p.grad = (sum + noise) / expected_batch_size`` for every parameter, in order.
 
-    The noise is :func:`fedinfra.privacy.noise.gaussian` in float64, added in float64 and cast
-    once to the parameter's dtype; then the division, in that dtype (what Opacus'
-    ``add_noise`` under :func:`fedinfra.privacy.dp_sgd._install_secure_noise` followed by
-    ``scale_grad`` does).
+    ``noises`` come from :func:`draws` (:func:`fedinfra.privacy.noise.gaussian`, float64); the
+    clipped sum is widened exactly to float64, added, and the result cast once to the
+    parameter's dtype; then the division, in that dtype - what Opacus' ``add_noise`` under
+    :func:`fedinfra.privacy.dp_sgd._install_secure_noise` followed by ``scale_grad`` does.
     """
     import torch
 
-    for p in params:
+    for p, noise in zip(params, noises, strict=True):
         summed = sums.get(p)
-        base = torch.zeros(p.shape, dtype=torch.float64) if summed is None else summed.to(torch.float64)
-        noise = torch.from_numpy(gaussian(rng, std, tuple(p.shape)))
-        grad = (base + noise).to(p.dtype)
+        if summed is not None:
+            noise += summed.detach().numpy()
+        grad = torch.from_numpy(noise).to(p.dtype)
         grad /= expected_batch_size
         p.grad = grad

@@ -8,6 +8,7 @@ path; and a model with a layer the fused path does not cover must still go throu
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -198,3 +199,29 @@ def test_a_task_training_step_goes_through_opacus_hooks() -> None:
                           delta=1e-3, accountant="rdp", seed=1, batch_loss=step)
 
     assert result.mode == "hooks"
+
+
+def test_drawing_the_noise_ahead_in_a_thread_changes_no_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedinfra.privacy import dp_sgd
+
+    monkeypatch.setattr(dp_sgd, "PREFETCH_MIN_PARAMS", 10**9)
+    _, inline_w = _run("auto", True)
+    monkeypatch.setattr(dp_sgd, "PREFETCH_MIN_PARAMS", 0)
+    ahead, ahead_w = _run("auto", True)
+
+    assert ahead.mode == "fused"  # type: ignore[attr-defined]
+    for a, b in zip(inline_w, ahead_w, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_an_error_while_drawing_ahead_reaches_the_training_loop() -> None:
+    from fedinfra.privacy.dp_sgd_fused import Draw, prefetched
+
+    def failing() -> Iterator[Draw]:
+        yield np.arange(2), [np.zeros(1)]
+        raise RuntimeError("entropy source failed")
+
+    got = prefetched(failing())
+    assert next(got)[0].tolist() == [0, 1]
+    with pytest.raises(RuntimeError, match="entropy source failed"):
+        next(got)

@@ -30,7 +30,9 @@ to float rounding:
   after the step's Poisson mask, from the same :func:`fedinfra.privacy.noise.secure_generator`
   with :func:`fedinfra.privacy.noise.gaussian` in float64, added in float64 and cast once -
   the same draws in the same order as the Opacus path's ``_install_secure_noise``, so one
-  seed gives the same masks and the same noise in both paths.
+  seed gives the same masks and the same noise in both paths. For large models a worker
+  thread draws them one step ahead (:func:`prefetched`; they do not depend on the data), from
+  the same generator in the same order, so not one value changes.
 * The noised sum is divided by the *expected* batch size ``round(q n)`` (Opacus'
   ``expected_batch_size`` with ``loss_reduction="mean"``), not the realised one, which
   would leak the batch size.
@@ -75,7 +77,7 @@ _PASS_THROUGH = (
 
 @dataclass(frozen=True)
 class FusedPlan:
-    """The layers of a qualifying model, in order, and the trainable parameters in optimizer order."""
+    """The layers of a qualifying model in call order (nested Sequentials flattened), and its Linear layers."""
 
     layers: tuple[nn.Module, ...]
     linears: tuple[nn.Linear, ...]

@@ -115,3 +115,18 @@ def test_delta_at_or_above_one_over_n_is_refused() -> None:
 def test_prv_refuses_a_grid_that_would_not_fit_in_memory() -> None:
     with pytest.raises(ConfigError, match="use accountant 'rdp'"):
         compute_epsilon(noise_multiplier=0.3, sample_rate=1.0, steps=10_000, delta=1e-5, accountant="prv")
+
+
+@pytest.mark.parametrize("q", [0.01, 0.37, 1.0])
+@pytest.mark.parametrize("sigma", [0.5, 4.25])
+@pytest.mark.parametrize("steps", [1, 7, 3000])
+def test_the_cached_one_step_rdp_curve_times_steps_is_opacus_curve_exactly(q: float, sigma: float, steps: int) -> None:
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    from fedinfra.privacy.accounting import _rdp_curve
+
+    orders = [float(a) for a in RDPAccountant.DEFAULT_ALPHAS]
+    expected = [float(v) for v in rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders)]
+    for _ in range(2):  # computed, then from the cache
+        assert _rdp_curve([(sigma, q, steps)]) == (orders, expected)

@@ -23,6 +23,14 @@ def test_shamir_matches_the_published_worked_example():
     assert shares == [(1, 1494), (2, 329), (3, 965), (4, 176), (5, 1188), (6, 775)]
 
 
+@pytest.mark.parametrize("subset", [(2, 4, 5), (1, 2, 3), (6, 3, 1)])
+def test_shamir_combine_recovers_the_published_worked_example(subset):
+    # The same example in reverse: any three of the six shares interpolate to 1234 modulo 1613.
+    shares = dict([(1, 1494), (2, 329), (3, 965), (4, 176), (5, 1188), (6, 775)])
+
+    assert shamir.combine([(x, shares[x]) for x in subset], prime=1613) == 1234
+
+
 @pytest.mark.parametrize("subset", [(0, 1, 2), (3, 4, 5), (5, 0, 3), (0, 1, 2, 3, 4, 5)])
 def test_any_threshold_of_shares_recovers_the_secret(subset):
     secret = int.from_bytes(bytes(range(32)), "big")

@@ -10,6 +10,7 @@ are written out from the format in the module docstring, not produced by ``encod
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 
 import pytest
@@ -174,3 +175,25 @@ def test_every_truncation_and_any_trailing_byte_is_refused_as_malformed() -> Non
             decode(frame[:cut], kind=envelope.KIND_UPDATE)
     with pytest.raises(CryptoError, match=MALFORMED):
         decode(encode(_header(), [b"ct"]) + b"\x00" + SIGNATURE, kind=envelope.KIND_UPDATE)
+
+
+@pytest.mark.parametrize(("yielded", "announced"), [(2, 3), (3, 2), (0, 1)])
+def test_write_refuses_a_ciphertext_count_other_than_announced_and_names_both(yielded: int, announced: int) -> None:
+    """A sum serialized ciphertext by ciphertext must yield exactly the count in its header.
+
+    Otherwise the frame announces one count and carries another; the error says which
+    numbers disagree so the caller can tell a short iterator from a miscounted one.
+    """
+    blobs = (b"ct" for _ in range(yielded))
+
+    with pytest.raises(CryptoError, match=f"^encrypted message: {yielded} ciphertexts written, {announced} announced$"):
+        envelope.write(io.BytesIO(), _header(), blobs, count=announced)
+
+
+def test_write_streams_the_same_bytes_encode_returns() -> None:
+    header, blobs = _header(sites=("a", "b")), [b"one", b"", b"three"]
+    out = io.BytesIO()
+
+    envelope.write(out, header, (memoryview(b) for b in blobs), count=len(blobs))
+
+    assert out.getvalue() == encode(header, blobs)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import re
 import subprocess
 import sys
@@ -56,7 +57,11 @@ def run(modules: list[str], jobs: int) -> float:
     start = time.monotonic()
     patterns = [f"{m}.*" for m in modules]
     cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *patterns]
-    subprocess.run(cmd, cwd=ROOT, check=False)
+    # mutmut forks each mutant's test run from a parent that already ran torch (the stats run); torch's
+    # OpenMP thread pool is not fork-safe, and with more than one thread every forked child that runs a
+    # torch op hangs until the timeout (seen on privacy.dp_sgd_fused). One thread per process avoids it.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    subprocess.run(cmd, cwd=ROOT, check=False, env=env)
     return time.monotonic() - start
 
 

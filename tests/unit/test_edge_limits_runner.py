@@ -29,16 +29,28 @@ def _allocate(mb: int) -> int:
     return int(block.size)
 
 
-def _above_this_process(mb: int) -> int:
-    """A memory limit ``mb`` above this process's resident size.
+def _own_rss_mb() -> int:
+    import psutil
 
-    The forked round starts with the parent's resident pages (copy-on-write, counted in its
-    RSS): after a full test session the pytest process held 516 MB and a fixed 512 MB limit
-    stopped a round that allocated nothing (CI rehearsal, 12:44).
+    return int(psutil.Process().memory_info().rss / (1024 * 1024))
+
+
+def _above_this_process(mb: int) -> int:
+    """A memory limit ``mb`` above what a forked round holds before it does anything.
+
+    A forked round starts with the parent's anonymous pages in its RSS (copy-on-write page
+    tables are copied at fork), but not the parent's file-backed pages (shared libraries,
+    mapped files: faulted in lazily), so neither a fixed figure nor the parent's own RSS is
+    the right base: after a full session pytest held 516 MB and a fixed 512 MB limit stopped
+    a round that allocated nothing (CI rehearsal 12:44); with the parent's RSS as the base, a
+    round allocating 400 MB stayed under "parent + 128 MB" (rehearsal 16:55: the parent held
+    far more file-backed pages than a forked child maps). So measure a forked round itself.
     """
     import psutil
 
-    return int(psutil.Process().memory_info().rss / (1024 * 1024)) + mb
+    generous = int(psutil.virtual_memory().total / (1024 * 1024))
+    start = run_limited(_own_rss_mb, limits=LimitsSpec(max_cpu_seconds=30, max_memory_mb=generous))
+    return int(start) + mb
 
 
 def test_a_round_within_limits_returns_its_result():

@@ -22,18 +22,18 @@ from fedinfra.privacy.dp_sgd_fused import clipped_grad_sums, plan_for, unsupport
 CLIP = 1.0
 
 
-def _model(bias: bool, seed: int = 0) -> nn.Sequential:
+def _model(bias: bool = True, seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(6, 5, bias=bias), nn.Tanh(), nn.Linear(5, 3, bias=bias))
 
 
-def _batch() -> tuple[torch.Tensor, torch.Tensor]:
-    """16 examples as 2x3 "images": half scaled up 20x, half down 100x."""
+def _batch(n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` examples as 2x3 "images": half scaled up 20x (clipped at C = 1), half down 100x (not clipped)."""
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(16, 2, 3, generator=g)
-    x[:8] *= 20.0
-    x[8:] *= 0.01
-    return x, torch.randint(0, 3, (16,), generator=g)
+    x = torch.randn(n, 2, 3, generator=g)
+    x[: n // 2] *= 20.0
+    x[n // 2 :] *= 0.01
+    return x, torch.randint(0, 3, (n,), generator=g)
 
 
 def _opacus_clipped_sums(

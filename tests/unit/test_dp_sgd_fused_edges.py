@@ -34,22 +34,15 @@ from fedinfra.privacy.dp_sgd_fused import (
     unsupported_layer,
 )
 from fedinfra.privacy.noise import gaussian
+from tests.unit.test_dp_sgd_fused import _batch as _fused_batch
+from tests.unit.test_dp_sgd_fused import _model
 
 T = TypeVar("T")
 
 
-def _model(bias: bool = True) -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(6, 5, bias=bias), nn.Tanh(), nn.Linear(5, 3, bias=bias))
-
-
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
-    """12 examples: half 20x larger (clipped at C = 1), half 100x smaller (not clipped)."""
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(12, 2, 3, generator=g)
-    x[:6] *= 20.0
-    x[6:] *= 0.01
-    return x, torch.randint(0, 3, (12,), generator=g)
+    """12 examples of the fused tests' batch (half clipped at C = 1, half not)."""
+    return _fused_batch(12)
 
 
 def _looped(

@@ -19,7 +19,9 @@ What one call does, and why:
   non-private training - and Opacus *hooks* otherwise. The mode is returned so it can be audited.
 * **BatchNorm** mixes examples of a batch, which breaks per-sample privacy; Opacus'
   ``ModuleValidator.fix`` replaces it with GroupNorm and the change is returned. Layers
-  Opacus cannot make private raise :class:`ConfigError` before any step runs.
+  Opacus cannot make private raise :class:`ConfigError` before any step runs, and so does a
+  BatchNorm without trainable parameters or a norm keeping running statistics of the data,
+  which Opacus' validator does not look at.
 * **Accounting composes across rounds**: the caller passes the steps already taken in this
   run; the returned epsilon covers all of them (see :mod:`fedinfra.privacy.accounting`).
 * **Randomness**: Poisson sampling and the Gaussian noise both come from one
@@ -58,6 +60,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 Mode = Literal["fused", "ghost", "hooks"]
+
+_MODES = ("auto", "fused", "ghost", "hooks")
 
 #: Share of trainable parameters in Linear/Embedding layers above which ghost clipping is used.
 GHOST_PARAM_SHARE = 0.9
@@ -105,26 +109,57 @@ def _install_secure_noise(opt: Any, rng: np.random.Generator) -> None:
     setattr(opt, "add_noise", add_noise)  # noqa: B010 - replace the bound method on this instance
 
 
+def _batch_statistics(model: nn.Module) -> str | None:
+    """The first layer that uses statistics of the batch or of the data, trainable or not; else None.
+
+    BatchNorm in training mode normalises each example with the statistics of its batch, so
+    one example's gradient depends on the others and per-sample clipping no longer bounds its
+    influence; BatchNorm and InstanceNorm with ``track_running_stats`` also keep running means
+    of the private data in buffers that are released with the model, without noise. Opacus'
+    validator only looks at layers with trainable parameters, so it passes a BatchNorm with
+    ``affine=False`` or frozen parameters, and its fix leaves such a layer in place.
+    """
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.modules.instancenorm import _InstanceNorm
+
+    for name, module in model.named_modules():
+        if isinstance(module, _BatchNorm) or (isinstance(module, _InstanceNorm) and module.track_running_stats):
+            return f"{name}: {type(module).__name__} (statistics of the batch or running statistics of the data)"
+    return None
+
+
+def _describe(module: nn.Module) -> str:
+    """A layer's type, and whether it keeps running statistics (which Opacus' fix turns off)."""
+    from torch.nn.modules.instancenorm import _InstanceNorm
+
+    name = type(module).__name__
+    return f"{name} with running stats" if isinstance(module, _InstanceNorm) and module.track_running_stats else name
+
+
 def make_private_compatible(model: nn.Module) -> tuple[nn.Module, tuple[str, ...]]:
     """Return a model Opacus can train privately, and the list of replaced layers.
 
     A model that is already compatible is returned as is (same object, no changes).
     BatchNorm layers are replaced by GroupNorm via ``ModuleValidator.fix`` (which clones
-    the model). Anything still invalid raises :class:`ConfigError`.
+    the model), and InstanceNorm stops tracking running statistics. Anything still invalid,
+    including a BatchNorm without trainable parameters (:func:`_batch_statistics`), raises
+    :class:`ConfigError`.
     """
     from opacus.validators import ModuleValidator
 
-    if ModuleValidator.is_valid(model):
+    if ModuleValidator.is_valid(model) and _batch_statistics(model) is None:
         return model, ()
-    before = {name: type(m).__name__ for name, m in model.named_modules()}
+    before = {name: _describe(m) for name, m in model.named_modules()}
     try:
         fixed = ModuleValidator.fix(model)
     except Exception as exc:
         raise ConfigError(f"model cannot be made DP-compatible by Opacus: {exc}") from exc
-    errors = ModuleValidator.validate(fixed, strict=False)
+    errors = [str(e) for e in ModuleValidator.validate(fixed, strict=False)]
+    if (left := _batch_statistics(fixed)) is not None:
+        errors.append(left)
     if errors:
         raise ConfigError(f"model has layers DP-SGD does not support: {errors[0]}; replace them")
-    after = {name: type(m).__name__ for name, m in fixed.named_modules()}
+    after = {name: _describe(m) for name, m in fixed.named_modules()}
     changes = tuple(
         f"{name}: {before[name]} -> {after[name]}"
         for name in before
@@ -348,6 +383,8 @@ def train_dp_sgd(
     """
     import torch
 
+    if mode not in _MODES:
+        raise ConfigError(f"mode must be one of {', '.join(map(repr, _MODES))} (got {mode!r})")
     sigma = _check("noise_multiplier", noise_multiplier)
     clip = _check("max_grad_norm", max_grad_norm)
     step_lr = _check("lr", lr)
@@ -362,8 +399,8 @@ def train_dp_sgd(
     check_delta(delta, dataset_size=n)
     q = sample_rate_for(batch_size=batch_size, dataset_size=n)
     steps = steps_for(epochs=epochs, sample_rate=q)
-    _, changes = make_private_compatible(model)
-    if changes:
+    fixed, _ = make_private_compatible(model)
+    if fixed is not model:
         raise ConfigError("model has layers DP-SGD cannot train (e.g. BatchNorm); call make_private_compatible first")
     chosen = _pick_mode(model, mode, input_ndim=x.ndim, own_step=batch_loss is not None)
 

@@ -294,3 +294,30 @@ def test_malformed_arrays_are_refused(data: bytes, fields: dict[str, object], ma
         array_view("t", array)
 
     assert "'t'" in str(info.value)
+
+
+def test_a_layout_fixes_names_and_shapes_before_the_first_reply() -> None:
+    layout = [("w", (2, 3)), ("b", (3,))]
+
+    for bad in (
+        {"w": np.zeros(6, dtype=np.float32), "b": np.zeros(3, dtype=np.float32)},  # same size, other shape
+        {"w": np.zeros((2, 3), dtype=np.float32)},  # a tensor missing
+    ):
+        agg = StreamingFedAvg(layout=layout)
+        with pytest.raises(ConfigError, match=r"tensor 'w' has shape \(6,\)|do not match"):
+            agg.add(bad, 1.0)
+        assert agg.count == 0
+
+    agg = StreamingFedAvg(layout=layout)
+    agg.add({"w": np.full((2, 3), 2.0, dtype=np.float32), "b": np.ones(3, dtype=np.float32)}, 3.0)
+    result = agg.result()
+    assert result["w"].shape == (2, 3)
+    assert result["w"].dtype == np.float32
+    np.testing.assert_array_equal(result["w"], np.full((2, 3), 2.0, dtype=np.float32))
+
+
+def test_a_laid_out_aggregator_without_replies_has_no_result() -> None:
+    agg = StreamingFedAvg(layout=[("w", (2,))])
+
+    with pytest.raises(ConfigError, match=r"^no replies to aggregate$"):
+        agg.result()

@@ -296,6 +296,7 @@ def sites_phase(arm: str, layout: Any, directory: Path, kits: Path) -> dict[str,
     """Every site encodes its update and writes its reply; returns sizes, timings, stage answers."""
     from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+    from fedinfra.aggregation import blobs
     from fedinfra.aggregation.rounds import Reply, RoundSpec, start_round
     from fedinfra.config.wire import ARRAYS, CONFIG, DOC, HE_UPDATE, SECAGG, SECAGG_UPDATE
     from fedinfra.crypto import seal_update
@@ -326,7 +327,9 @@ def sites_phase(arm: str, layout: Any, directory: Path, kits: Path) -> dict[str,
         elif arm == "bfv":
             keys = load_site_kit(kits / "sites" / name)
             blob = seal_update(update, n, keys, run_id=RUN_ID, round_id=ROUND)
-            content = RecordDict({CONFIG: ConfigRecord({DOC: "{}", HE_UPDATE: blob})})
+            records: dict[str, Any] = {CONFIG: ConfigRecord({DOC: "{}"})}
+            blobs.put(records, HE_UPDATE, blob)  # in segments, as fedinfra.site.app sends it
+            content = RecordDict(records)
             payload.append(len(blob))
         else:
             assert sa_sites is not None
@@ -334,7 +337,9 @@ def sites_phase(arm: str, layout: Any, directory: Path, kits: Path) -> dict[str,
             extra = agg.train_extra(name)
             assert extra is not None
             blob = sa_sites.masked(name, extra[SECAGG], update, n, i)
-            content = RecordDict({CONFIG: ConfigRecord({DOC: "{}", SECAGG_UPDATE: blob})})
+            records = {CONFIG: ConfigRecord({DOC: "{}"})}
+            blobs.put(records, SECAGG_UPDATE, blob)
+            content = RecordDict(records)
             payload.append(len(blob))
         incoming_id = hashlib.sha256(f"{arm}/{name}".encode()).hexdigest()
         size, largest, reply_id = write_reply(directory / f"{name}.bin", content, i + 1, incoming_id)
@@ -383,11 +388,12 @@ def coordinator_main(arm: str, directory: Path, kits: Path, quick: bool) -> int:
     from flwr.app import Message
 
     from fedinfra.aggregation.rounds import Reply, RoundSpec, start_round
-    from fedinfra.config.wire import ARRAYS, CONFIG, HE_UPDATE, SECAGG_UPDATE
+    from fedinfra.config.wire import ARRAYS, HE_UPDATE, SECAGG_UPDATE
     from fedinfra.coordinator import intake
-    from fedinfra.coordinator.inbox import receive
+    from fedinfra.coordinator.inbox import pin_mmap_threshold, receive
     from fedinfra.crypto.kits import load_coordinator_kit
 
+    pin_mmap_threshold()  # as Coordinator.run does
     layout = layout_of(quick)
     job = job_for(arm)
     public = load_coordinator_kit(kits / "coordinator") if arm == "bfv" else None
@@ -413,19 +419,17 @@ def coordinator_main(arm: str, directory: Path, kits: Path, quick: bool) -> int:
     site_of = {r["reply_id"]: r["site"] for r in link.manifest["replies"]}
     for reply in receive(link, link.push_messages(messages), timeout_s=600.0, collect=True):
         name = site_of[reply.metadata.message_id]
-        if arm == "bfv":
-            intake.bounded_blob(reply, HE_UPDATE, bound)
-        elif arm == "secagg":
-            intake.bounded_blob(reply, SECAGG_UPDATE, bound)
+        bounds = {HE_UPDATE: bound} if arm == "bfv" else {SECAGG_UPDATE: bound} if arm == "secagg" else {}
+        config = intake.reply_config(reply, bounds)  # as Coordinator._train does: bounded, then joined
         folded = agg.accept(
             Reply(
                 site=name,
                 weight=float(weights[name]),
-                config=reply.content.config_records[CONFIG],
+                config=config,
                 arrays=reply.content.array_records.get(ARRAYS),
             )
         )
-        del folded  # its sha256 is the audit subject of update.received
+        del folded, config  # its sha256 is the audit subject of update.received
         folded_n += 1
     fold_s = time.perf_counter() - t_fold
     for stage in agg.stages_after():

@@ -19,6 +19,7 @@ exception into a check code so that the round continues with the other sites
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, TypeVar
 
 from flwr.app import Message
@@ -171,6 +172,43 @@ def bounded_blob(reply: Message, key: str, limit: int) -> None:
         raise Rejected(f"reply.{key}:too_long")
 
 
+def compressed_update_bound(layout: tuple[tuple[str, tuple[int, ...]], ...]) -> int:
+    """The longest compressed update (``COMPRESSED_UPDATE``) of this job's model.
+
+    :func:`fedinfra.aggregation.compression.encode`: the header, positions costing at most
+    the bitmap (a sparse update's index list is sent only when it is shorter), and at most
+    two bytes per value (int16 above 8 bits).
+    """
+    from fedinfra.aggregation.compression import HEADER_BYTES
+
+    n_values = sum(math.prod(shape) for _, shape in layout)
+    return HEADER_BYTES + (n_values + 7) // 8 + 2 * n_values
+
+
+def reply_config(reply: Message, bounds: Mapping[str, int]) -> dict[str, object]:
+    """The reply's config values, with each binary payload of ``bounds`` joined in from its segments.
+
+    A payload travels as segments (:mod:`fedinfra.aggregation.blobs`); each named in ``bounds``
+    is checked (shape, then length against its bound) before it is joined, and a breach is
+    :class:`Rejected` by name (``reply.he.update:too_long``). A payload key found among the
+    plain config values is dropped, never read: payloads have one way in.
+    """
+    from fedinfra.aggregation import blobs
+
+    content = reply.content
+    config: dict[str, object] = dict(content.config_records[CONFIG]) if CONFIG in content.config_records else {}
+    records = content.array_records
+    for key, limit in bounds.items():
+        config.pop(key, None)
+        try:
+            data = blobs.take(records, key, limit=limit)
+        except blobs.BlobError as exc:
+            raise Rejected(exc.check) from None
+        if data is not None:
+            config[key] = data
+    return config
+
+
 def eval_report(reply: Message, *, site: str, rnd: int, run_id: str, view: str) -> EvalReport:
     """The reply's :class:`EvalReport` for ``site`` and the model ``view`` after round ``rnd``."""
     if reply.has_error():
@@ -185,10 +223,12 @@ __all__ = [
     "Rejected",
     "bounded_blob",
     "check_of",
+    "compressed_update_bound",
     "config_value",
     "eval_report",
     "he_update_bound",
     "parse_doc",
+    "reply_config",
     "schema_check",
     "secagg_update_bound",
     "train_report",

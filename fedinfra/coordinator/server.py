@@ -35,6 +35,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedinfra.aggregation import blobs
 from fedinfra.aggregation.digest import blob_digest, model_digest
 from fedinfra.aggregation.rounds import (
     Aggregator,
@@ -50,6 +51,7 @@ from fedinfra.aggregation.server_opt import ServerOptimizer
 from fedinfra.config import JobSpec
 from fedinfra.config.wire import (
     ARRAYS,
+    COMPRESSED_UPDATE,
     CONFIG,
     DOC,
     EVAL_MASKED,
@@ -67,7 +69,7 @@ from fedinfra.coordinator.admission import GateContext, evaluate_job, evaluate_s
 from fedinfra.coordinator.artifacts import RunArtifacts
 from fedinfra.coordinator.events import NullReporter, Reporter, RoundResult
 from fedinfra.coordinator.identity import identity_refusal, node_identities
-from fedinfra.coordinator.inbox import receive
+from fedinfra.coordinator.inbox import pin_mmap_threshold, receive
 from fedinfra.coordinator.persist import RunState, SiteBook, load_aggregate, load_state, save_state
 from fedinfra.coordinator.stages import run_stage
 from fedinfra.coordinator.trail import AuditTrail, RoundAbandoned, codes, failed, sha256_hex
@@ -421,9 +423,12 @@ class Coordinator:
             sync_from = book.synced + 1
             if book.synced == 0:
                 records[ARRAYS] = self._outgoing.model(state)
-            config[HE_AGGREGATES] = [
-                self._outgoing.aggregate(self.state_dir, state.round, r) for r in range(sync_from, state.round + 1)
-            ]
+            # One payload per round to sync, each in segments (fedinfra.aggregation.blobs).
+            blobs.put_list(
+                records,
+                HE_AGGREGATES,
+                [self._outgoing.aggregate(self.state_dir, state.round, r) for r in range(sync_from, state.round + 1)],
+            )
         cosign = self.witnessing.request(book.seen_size, view)  # the site checks and cosigns the head
         doc = self._doc(
             rnd,
@@ -596,23 +601,20 @@ class Coordinator:
                     )
                     self._log_update_rejected(rnd, name, code)
                     continue
-                # Binary payloads are bounded by the job's model before they are copied or parsed.
-                if self.settings.he_public is not None:
-                    intake.bounded_blob(reply, HE_UPDATE, self._he_update_bound())
+                # Binary payloads are bounded by the job's model before they are joined or parsed.
                 n_eval = agg.spec.eval_size
-                if self.job.secure_aggregation.mode == "secagg":
-                    bound = intake.secagg_update_bound(self.job.secure_aggregation, self.model_layout(), n_eval)
-                    intake.bounded_blob(reply, SECAGG_UPDATE, bound)
                 if self.job.secure_aggregation.mode == "secagg+he":
                     intake.bounded_blob(reply, SECAGG_EVAL, 8 * n_eval)  # 64-bit lanes, exact
+                config = intake.reply_config(reply, self._payload_bounds(agg.spec))
                 folded = agg.accept(
                     Reply(
                         site=name,
                         weight=self._weight(report),
-                        config=reply.content.config_records[CONFIG],
+                        config=config,
                         arrays=reply.content.array_records.get(ARRAYS),
                     )
                 )
+                del config  # the joined payload: nothing keeps it past the fold (inbox.release)
                 subject = folded.subject
             except Exception as exc:  # one site's reply never ends the run (issue 16)
                 check = intake.check_of(exc)
@@ -682,10 +684,17 @@ class Coordinator:
             rnd, state, agg, received, refused, train_loss, max_eps, start, evaluate_round if secure_eval else None
         )
 
-    def _he_update_bound(self) -> int:
-        """The largest ``HE_UPDATE`` a site may send for this job's model (intake.he_update_bound)."""
-        assert self.settings.he_public is not None
-        return intake.he_update_bound(self.settings.he_public.params, self.model_layout())
+    def _payload_bounds(self, spec: RoundSpec) -> dict[str, int]:
+        """The binary payloads a reply to ``spec``'s round may carry, each with its bound (:mod:`.intake`)."""
+        secure = self.job.secure_aggregation
+        bounds: dict[str, int] = {}
+        if self.settings.he_public is not None:
+            bounds[HE_UPDATE] = intake.he_update_bound(self.settings.he_public.params, spec.layout)
+        if secure.masked:  # secagg; secagg+he's close wave (the evaluation-only secure sum)
+            bounds[SECAGG_UPDATE] = intake.secagg_update_bound(secure, spec.layout, spec.eval_size)
+        if self.job.compression is not None:
+            bounds[COMPRESSED_UPDATE] = intake.compressed_update_bound(spec.layout)
+        return bounds
 
     def eval_size(self) -> int:
         """Length of the job's evaluation sums (:func:`fedinfra.site.tasks.eval_layout`), as the sites derive it."""
@@ -931,7 +940,8 @@ class Coordinator:
             ok = self._eval_reply(reply, site, rnd, state, tally, view)  # masked: no figures in the clear
             if ok and agg is not None:
                 try:
-                    agg.accept(Reply(site=site.hello.site, weight=1.0, config=reply.content.config_records[CONFIG]))
+                    config = intake.reply_config(reply, self._payload_bounds(agg.spec))
+                    agg.accept(Reply(site=site.hello.site, weight=1.0, config=config))
                 except UpdateRejected as exc:
                     trail.event(
                         "update.rejected",
@@ -1085,6 +1095,7 @@ class Coordinator:
         from fedinfra.policy import load_packs
 
         t0 = time.monotonic()
+        pin_mmap_threshold()  # a folded reply's pages go back to the OS (issue 17)
         self._packs = load_packs(self.job.policy_packs)
         trail = self.trail = self._open()
         try:

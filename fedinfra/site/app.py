@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedinfra.aggregation import blobs as segmented
 from fedinfra.config import JobSpec
 from fedinfra.config.wire import (
     ARRAYS,
@@ -58,6 +59,12 @@ from fedinfra.site.weights import arrays_to_weights, weights_to_arrays
 from fedinfra.types import NDArrays
 
 _log = logging.getLogger("fedinfra.site")
+
+#: Payloads that grow with the model travel in segments (:mod:`fedinfra.aggregation.blobs`).
+SEGMENTED = frozenset({HE_UPDATE, SECAGG_UPDATE, COMPRESSED_UPDATE})
+#: Most bytes one encrypted aggregate from the coordinator may have (gRPC's own 2 GiB message
+#: limit): Flower has already inflated the message, so this bounds the join, not the download.
+MAX_AGGREGATE_BYTES = 2**31 - 1
 app = ClientApp()
 
 
@@ -95,12 +102,20 @@ def _tls(context: Context) -> bool | None:
 def _reply(
     msg: Message, doc: str, blob: bytes | None = None, key: str = HE_UPDATE, blobs: dict[str, bytes] | None = None
 ) -> Message:
+    """A reply: the JSON document, model-sized payloads in segments (:mod:`fedinfra.aggregation.blobs`)."""
     values: dict[str, int | float | str | bytes | bool | list[int] | list[float] | list[str] | list[bytes] | list[bool]]
     values = {DOC: doc}
+    payloads = dict(blobs or {})
     if blob is not None:
-        values[key] = blob
-    values.update(blobs or {})
-    return Message(RecordDict({CONFIG: ConfigRecord(values)}), reply_to=msg)
+        payloads[key] = blob
+    records: dict[str, Any] = {}
+    for name, data in payloads.items():
+        if name in SEGMENTED:
+            segmented.put(records, name, data)
+        else:
+            values[name] = data
+    records[CONFIG] = ConfigRecord(values)
+    return Message(RecordDict(records), reply_to=msg)
 
 
 def _weights(msg: Message, ctx: SiteContext, instruction: TrainInstruction) -> tuple[NDArrays, str | None]:
@@ -116,8 +131,10 @@ def _weights(msg: Message, ctx: SiteContext, instruction: TrainInstruction) -> t
     encrypted = ctx.job.secure_aggregation.encrypted
     aggregates: list[bytes] = []
     if encrypted:
-        raw = msg.content.config_records[CONFIG].get(HE_AGGREGATES, [])
-        aggregates = [b for b in raw if isinstance(b, bytes)] if isinstance(raw, list) else []
+        # The coordinator is not trusted: the segments are checked before they are joined, and
+        # each aggregate is then opened for its own round (fedinfra.crypto.open_sum).
+        most = instruction.round - (instruction.sync_from or 1) + 1
+        aggregates = segmented.take_list(msg.content.array_records, HE_AGGREGATES, limit=MAX_AGGREGATE_BYTES, most=most)
     digest = received_digest(encrypted=encrypted, base=base, aggregates=aggregates)
     check_view(instruction, digest)
     if not encrypted:

@@ -144,6 +144,33 @@ def with_doc(reply: Message, doc: dict[str, Any] | str, **extra: Any) -> Message
     return out
 
 
+def payload_of(reply: Message, key: str) -> bytes:
+    """The binary payload ``key`` of a reply, joined from its segments (:mod:`fedinfra.aggregation.blobs`)."""
+    from fedinfra.aggregation import blobs
+
+    data = blobs.take(reply.content.array_records, key, limit=2**31)
+    assert data is not None, f"reply carries no {key}"
+    return data
+
+
+def with_payload(reply: Message, key: str, value: bytes | Any | None) -> Message:
+    """``reply`` with payload ``key`` replaced: bytes are cut into segments as a site does; any
+    other value becomes the record itself (a malformed one); ``None`` removes it."""
+    from flwr.app import ArrayRecord
+
+    from fedinfra.aggregation import blobs
+
+    records: dict[str, Any] = {**dict(reply.content.array_records), **dict(reply.content.config_records)}
+    name = blobs.record_name(key)
+    records.pop(name, None)
+    if isinstance(value, bytes | bytearray):
+        blobs.put(records, key, value)
+    elif isinstance(value, ArrayRecord):
+        records[name] = value
+    out = Message(RecordDict(records), reply_to=_request_of(reply))
+    return out
+
+
 def _request_of(reply: Message) -> Message:
     """A stand-in for the request ``reply`` answers (Flower needs it to build a reply)."""
     req = Message(RecordDict({}), dst_node_id=reply.metadata.src_node_id, message_type=reply.metadata.message_type)

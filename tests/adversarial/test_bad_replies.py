@@ -18,7 +18,18 @@ from fedinfra.config import JobSpec
 from fedinfra.config.job import CompressionSpec
 from fedinfra.config.secagg import SecureAggSpec
 from fedinfra.runtime.simulation import AUDIT_STORE
-from tests.adversarial.harness import Malicious, adversarial_job, doc_of, honest, rejections, run_job, silent, with_doc
+from tests.adversarial.harness import (
+    Malicious,
+    adversarial_job,
+    doc_of,
+    honest,
+    payload_of,
+    rejections,
+    run_job,
+    silent,
+    with_doc,
+    with_payload,
+)
 
 
 def _doc_attack(**changes: Any) -> Malicious:
@@ -156,15 +167,32 @@ def test_a_bad_reply_is_rejected_and_the_honest_aggregate_is_unchanged(
     assert [e.type for e in out.entries][-2:] == ["run.completed", "checkpoint.published"]
 
 
+def _smuggled(msg: Message, reply: Message) -> Message:
+    """The payload moved into the config record (the old wire format): never read from there."""
+    blob = payload_of(reply, "update.compressed")
+    return with_doc(with_payload(reply, "update.compressed", None), doc_of(reply), **{"update.compressed": blob})
+
+
 @pytest.mark.parametrize(
-    ("value", "check"),
-    [(10**13, "missing"), (b"\0" * (1 << 20), "encoding")],
+    ("attack", "check"),
+    [
+        (lambda m, r: with_payload(r, "update.compressed", None), "missing"),
+        (_smuggled, "missing"),
+        (
+            lambda m, r: with_payload(r, "update.compressed", ArrayRecord({"000000": Array(np.zeros(4, np.float32))})),
+            "reply.update.compressed:malformed",
+        ),
+        (lambda m, r: with_payload(r, "update.compressed", b"\0" * (1 << 20)), "reply.update.compressed:too_long"),
+    ],
+    ids=["absent", "in-config", "not-bytes", "too-long"],
 )
 def test_a_compressed_update_that_is_no_bytes_or_too_long_is_rejected_before_it_is_read(
-    value: object, check: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    attack: Any, check: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A 1 MiB update is refused by its bound from the model (``intake.compressed_update_bound``)
+    before its segments are joined; the old code read it and failed in the decoder (``encoding``)."""
     job = _job().model_copy(update={"compression": CompressionSpec(bits=8, clip=1.0)})
-    bad = Malicious(lambda m, r: with_doc(r, doc_of(r), **{"update.compressed": value}))
+    bad = Malicious(attack)
 
     out = run_job(tmp_path, job, [honest, honest, honest, bad], monkeypatch=monkeypatch)
 
@@ -270,9 +298,9 @@ def test_an_encrypted_update_larger_than_the_model_allows_is_rejected_before_it_
     honest_sizes: list[int] = []
 
     def oversize(msg: Message, reply: Message) -> Message:
-        blob = bytes(reply.content.config_records["config"][HE_UPDATE])  # type: ignore[arg-type]
+        blob = payload_of(reply, HE_UPDATE)
         honest_sizes.append(len(blob))
-        return with_doc(reply, doc_of(reply), **{HE_UPDATE: blob + b"\0" * (limit + 1 - len(blob))})
+        return with_payload(reply, HE_UPDATE, blob + b"\0" * (limit + 1 - len(blob)))
 
     out = run_job(tmp_path, job, [honest, honest, honest, Malicious(oversize)], monkeypatch=monkeypatch)
 
@@ -304,9 +332,9 @@ def test_a_masked_update_longer_than_the_model_allows_is_rejected_before_it_is_r
     honest_sizes: list[int] = []
 
     def oversize(msg: Message, reply: Message) -> Message:
-        blob = bytes(reply.content.config_records["config"][SECAGG_UPDATE])  # type: ignore[arg-type]
+        blob = payload_of(reply, SECAGG_UPDATE)
         honest_sizes.append(len(blob))
-        return with_doc(reply, doc_of(reply), **{SECAGG_UPDATE: blob + b"\0"})
+        return with_payload(reply, SECAGG_UPDATE, blob + b"\0")
 
     out = run_job(tmp_path, job, [honest, honest, honest, Malicious(oversize)], monkeypatch=monkeypatch)
 

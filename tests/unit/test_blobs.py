@@ -1,0 +1,161 @@
+"""Binary payloads in segments (fedinfra.aggregation.blobs): every Flower object stays small,
+the bytes come back exactly, and a hostile record is refused by name before it is joined."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+
+from fedinfra.aggregation import blobs
+from fedinfra.aggregation.blobs import SEGMENT_BYTES, STYPE, BlobError
+from fedinfra.config.wire import CONFIG, DOC, HE_UPDATE
+from fedinfra.coordinator import intake
+
+S = SEGMENT_BYTES
+
+
+@pytest.fixture(autouse=True)
+def _flower_run() -> Iterator[None]:
+    """What Flower's ServerApp runtime sets before ``main`` runs: the run messages belong to."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id = 4242
+    TaskIdentity.node_id = 0
+    TaskIdentity.task_id = 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def _payload(n: int, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, size=n, dtype=np.uint8).tobytes()
+
+
+def _segment(data: bytes, **change: object) -> Array:
+    fields: dict[str, object] = {"dtype": "uint8", "shape": (len(data),), "stype": STYPE, "data": data}
+    fields.update(change)
+    return Array(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("n", [1, S - 1, S, S + 1, 3 * S + 5])
+def test_a_payload_round_trips_in_segments_of_at_most_the_segment_size(n: int) -> None:
+    data = _payload(n)
+    records: dict[str, object] = {}
+    blobs.put(records, HE_UPDATE, data)
+    record = records["blob:he.update"]
+    assert isinstance(record, ArrayRecord)
+    sizes = [len(a.data) for a in record.values()]
+    assert list(record.keys()) == [f"{i:06d}" for i in range(-(-n // S))]
+    assert all(0 < s <= S for s in sizes)
+    assert sum(sizes) == n
+    assert blobs.take(records, HE_UPDATE, limit=n) == data
+    assert blobs.size(records, HE_UPDATE, limit=n) == n
+
+
+def test_through_flower_objects_no_object_grows_with_the_payload() -> None:
+    """Deflated as Flower 1.41 pushes a message (one object per body), then inflated from those contents."""
+    data = _payload(5 * S + 123, seed=1)
+    records: dict[str, object] = {CONFIG: ConfigRecord({DOC: "{}"})}
+    blobs.put(records, HE_UPDATE, data)
+    msg = Message(RecordDict(records), dst_node_id=1, message_type="train")
+    contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(msg).items()}
+    assert max(len(c) for c in contents.values()) < S + 1024  # a segment and its object header
+    back = inflate_object_from_contents(msg.object_id, contents)
+    assert isinstance(back, Message)
+    assert blobs.take(back.content.array_records, HE_UPDATE, limit=len(data)) == data
+
+
+def test_one_byte_over_the_bound_is_refused_before_the_join_and_the_bound_itself_is_accepted() -> None:
+    data = _payload(2 * S + 7)
+    records: dict[str, object] = {}
+    blobs.put(records, HE_UPDATE, data)
+    assert blobs.take(records, HE_UPDATE, limit=len(data)) == data
+    with pytest.raises(BlobError) as err:
+        blobs.take(records, HE_UPDATE, limit=len(data) - 1)
+    assert err.value.check == "reply.he.update:too_long"
+    with pytest.raises(BlobError, match="too_long"):
+        blobs.size(records, HE_UPDATE, limit=len(data) - 1)
+
+
+def test_an_absent_payload_is_none_and_an_empty_one_is_never_sent() -> None:
+    assert blobs.take({}, HE_UPDATE, limit=10) is None
+    assert blobs.size({}, HE_UPDATE, limit=10) is None
+    with pytest.raises(ValueError, match="empty payload"):
+        blobs.to_record(b"")
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        ArrayRecord({}),  # no segment
+        ArrayRecord({"000001": _segment(b"ab")}),  # does not start at 0
+        ArrayRecord({"000000": _segment(b"ab"), "000002": _segment(b"cd")}),  # a gap
+        ArrayRecord({"000001": _segment(b"cd"), "000000": _segment(b"ab")}),  # out of order
+        ArrayRecord({"0": _segment(b"ab")}),  # not six digits
+        ArrayRecord({"000000": _segment(b"ab", dtype="int8")}),
+        ArrayRecord({"000000": _segment(b"ab", stype="numpy.ndarray")}),
+        ArrayRecord({"000000": _segment(b"ab", shape=(3,))}),  # declared shape is not the length
+        ArrayRecord({"000000": _segment(b"ab", shape=(1, 2))}),
+        ArrayRecord({"000000": _segment(b"")}),  # an empty segment
+        ArrayRecord({"000000": _segment(b"\0" * (S + 1))}),  # longer than a segment may be
+        ArrayRecord({"000000": Array(np.arange(4, dtype=np.uint8))}),  # an .npy array, not raw bytes
+    ],
+    ids=["empty", "from-1", "gap", "order", "name", "dtype", "stype", "shape", "2d", "empty-seg", "oversize", "npy"],
+)
+def test_a_malformed_record_is_refused_by_name(record: ArrayRecord) -> None:
+    with pytest.raises(BlobError) as err:
+        blobs.take({"blob:he.update": record}, HE_UPDATE, limit=2 * S)
+    assert err.value.check == "reply.he.update:malformed"
+
+
+def test_a_list_payload_reads_back_in_order_and_no_more_items_than_allowed() -> None:
+    items = [_payload(n, seed=i) for i, n in enumerate((10, 12, 10))]
+    records: dict[str, object] = {}
+    blobs.put_list(records, "he.aggregates", items)
+    assert blobs.take_list(records, "he.aggregates", limit=12, most=3) == items
+    assert blobs.take_list({}, "he.aggregates", limit=12, most=3) == []
+    with pytest.raises(BlobError, match=r"reply\.he\.aggregates:too_many"):
+        blobs.take_list(records, "he.aggregates", limit=12, most=2)
+    with pytest.raises(BlobError, match=r"reply\.he\.aggregates#1:too_long"):
+        blobs.take_list(records, "he.aggregates", limit=11, most=3)
+    del records["blob:he.aggregates#1"]  # a gap ends the list: item 2 is not read
+    assert blobs.take_list(records, "he.aggregates", limit=12, most=3) == items[:1]
+
+
+def _reply(records: dict[str, object]) -> Message:
+    req = Message(RecordDict({}), dst_node_id=1, message_type="train")
+    req.metadata.__dict__["_message_id"] = "1" * 64
+    return Message(RecordDict(records), reply_to=req)
+
+
+def test_the_coordinator_reads_a_payload_only_from_its_segments_and_within_its_bound() -> None:
+    data = _payload(S + 9)
+    records: dict[str, object] = {CONFIG: ConfigRecord({DOC: "{}", "other": 3})}
+    blobs.put(records, HE_UPDATE, data)
+    config = intake.reply_config(_reply(records), {HE_UPDATE: len(data)})
+    assert config == {DOC: "{}", "other": 3, HE_UPDATE: data}
+    with pytest.raises(intake.Rejected) as err:
+        intake.reply_config(_reply(records), {HE_UPDATE: len(data) - 1})
+    assert err.value.check == "reply.he.update:too_long"
+    # The old wire format (the payload as a config value) is dropped, never read.
+    smuggled = {CONFIG: ConfigRecord({DOC: "{}", HE_UPDATE: data})}
+    assert HE_UPDATE not in intake.reply_config(_reply(smuggled), {HE_UPDATE: len(data)})
+    # A payload the round does not expect is not joined.
+    assert HE_UPDATE not in intake.reply_config(_reply(records), {})
+
+
+def test_compressed_update_bound_is_the_longest_encoding_of_the_model() -> None:
+    from fedinfra.aggregation.compression import UpdateCompressor, encode
+
+    layout = (("w", (70, 3)), ("b", (3,)))
+    n = 213
+    bound = intake.compressed_update_bound(layout)
+    rng = np.random.default_rng(0)
+    update = {"w": rng.normal(size=(70, 3)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)}
+    dense16 = encode(UpdateCompressor(clip=1.0, bits=16, rng=np.random.default_rng(0)).compress(update))
+    assert len(dense16) <= bound < len(dense16) + (n + 7) // 8 + 1

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from fedinfra.config._load import StrictModel, load_model
 from fedinfra.config.aggregation import ROBUST_RULES, AggregationSpec
@@ -87,6 +87,21 @@ class DataSpec(StrictModel):
         return self
 
 
+def _requirement(text: str) -> str:
+    """A PEP 508 requirement naming a package by name and version only (no URL, no path)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if len(text) > 200:
+        raise ValueError("a requirement is at most 200 characters")
+    try:
+        req = Requirement(text)
+    except InvalidRequirement as exc:
+        raise ValueError(f"not a PEP 508 requirement ({exc}); write it as 'name>=version'") from None
+    if req.url is not None:
+        raise ValueError("a direct URL reference is refused: name a package and a version range")
+    return str(req)
+
+
 class TaskSpec(StrictModel):
     """The task a job trains, named by import path (``module:Class``), and its settings.
 
@@ -100,6 +115,14 @@ class TaskSpec(StrictModel):
         description="import path of a fedinfra.Task subclass, 'package.module:Class'",
     )
     config: dict[str, Any] = Field(default_factory=dict, description="passed to the task's constructor")
+    requires: list[Annotated[str, AfterValidator(_requirement)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "third-party packages the task imports, as PEP 508 requirements ('pydicom>=2.4'); "
+            "written into the signed app, checked at each site before the task is imported"
+        ),
+    )
 
 
 class SitesSpec(StrictModel):

@@ -24,6 +24,19 @@ So:
   there; otherwise the site refuses in one line and imports nothing. The built-in
   tabular task is part of the fedinfra the site installed itself and is always allowed.
 
+Third-party packages. A task may import packages the site's fedinfra does not bring
+(``[task] requires = ["pydicom>=2.4"]``, PEP 508). :func:`build_task_app` writes them into
+the app's manifest (``[tool.fedinfra.task] requires`` and ``[project] dependencies``), so they
+are part of what the release key signs and each site approves; the job's own list is not
+read at sites. :func:`check_requirements` runs at the site with :func:`confine_task`, before
+anything imports the task, and refuses in one line naming every requirement the site's
+environment does not satisfy and the command that would. A site installs nothing on the
+coordinator's word: which software runs at a site is its operator's decision (HIPAA
+§164.308(a)(5)(ii)(B), protection from malicious software), and fedinfra starts Flower with
+its runtime installation of app dependencies disabled (``uv sync`` from a package index on the
+run's say-so; :mod:`fedinfra.runtime.env`), so the refusal says what to install and the
+operator does it.
+
 The task's ``[task.config]`` still travels in the job (data, not code): a coordinator can
 change hyperparameters, as it can change ``rounds``; the site's policy and budget gates
 bound what that can release.
@@ -83,7 +96,7 @@ class TaskApp:
     files: tuple[str, ...]
 
 
-def _manifest(base: Path, top: str, ref: str, files: list[str], version: str | None) -> str:
+def _manifest(base: Path, top: str, ref: str, files: list[str], version: str | None, requires: list[str]) -> str:
     import tomli_w
 
     path = base / "pyproject.toml"
@@ -101,7 +114,9 @@ def _manifest(base: Path, top: str, ref: str, files: list[str], version: str | N
     project["description"] = f"fedinfra's ServerApp and ClientApp with the task {ref}"
     include = [p for p in flwr_app.get("fab-include", []) if (base / p.lstrip("/")).is_file()]
     flwr_app["fab-include"] = [*include, *(f"/{f}" for f in files)]
-    doc.setdefault("tool", {}).setdefault("fedinfra", {})["task"] = {"ref": ref, "files": files}
+    deps = [d for d in project.get("dependencies", []) if isinstance(d, str)]
+    project["dependencies"] = [*deps, *(r for r in requires if r not in deps)]
+    doc.setdefault("tool", {}).setdefault("fedinfra", {})["task"] = {"ref": ref, "files": files, "requires": requires}
     return tomli_w.dumps(doc)
 
 
@@ -122,7 +137,7 @@ def build_task_app(job_path: Path, out: Path, *, base: Path, version: str | None
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     names = [rel for rel, _ in sources]
-    (out / "pyproject.toml").write_text(_manifest(base, top, ref, names, version))
+    (out / "pyproject.toml").write_text(_manifest(base, top, ref, names, version, list(job.task.requires)))
     for extra in ("README.md", "LICENSE"):
         if (base / extra).is_file():
             shutil.copyfile(base / extra, out / extra)
@@ -197,15 +212,72 @@ def confine_task(job: JobSpec, app_dir: Path | None) -> None:
         origin = None if spec is None else spec.origin
     if not _within(origin, app_dir):
         raise refused
+    check_requirements(app_dir)
+
+
+def app_requirements(app_dir: Path) -> list[str]:
+    """The third-party requirements the app at ``app_dir`` declares for its task (its signed manifest)."""
+    path = app_dir / "pyproject.toml"
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: the approved app's manifest is unreadable ({exc})") from exc
+    raw = doc.get("tool", {}).get("fedinfra", {}).get("task", {}).get("requires", [])
+    if not isinstance(raw, list) or not all(isinstance(r, str) for r in raw):
+        raise ConfigError(f"{path}: [tool.fedinfra.task] requires must be a list of requirement strings")
+    return list(raw)
+
+
+def unmet_requirements(requires: list[str]) -> list[str]:
+    """Each requirement of ``requires`` this Python environment does not satisfy, with why."""
+    from importlib import metadata
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    unmet: list[str] = []
+    for text in requires:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            unmet.append(f"{text!r} (not a PEP 508 requirement)")
+            continue
+        if req.url is not None:
+            unmet.append(f"{text!r} (direct URL references are refused)")
+            continue
+        if req.marker is not None and not req.marker.evaluate():
+            continue  # not meant for this platform or Python
+        try:
+            installed = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            unmet.append(f"{text} (not installed)")
+            continue
+        if not req.specifier.contains(installed, prereleases=True):
+            unmet.append(f"{text} (installed {installed})")
+    return unmet
+
+
+def check_requirements(app_dir: Path) -> None:
+    """At a deployed site: refuse, before the task is imported, an app whose requirements are unmet."""
+    requires = app_requirements(app_dir)
+    unmet = unmet_requirements(requires)
+    if unmet:
+        wanted = " ".join(f"'{r}'" for r in requires)
+        raise ConfigError(
+            f"the approved app {app_dir.name} needs packages this site's environment lacks: {', '.join(unmet)}; "
+            f"the site's operator installs them (pip install {wanted}) and restarts the SuperNode"
+        )
 
 
 __all__ = [
     "MARKER",
     "TaskApp",
+    "app_requirements",
     "build_task_app",
     "check_app_holds_task",
+    "check_requirements",
     "confine_task",
     "installed_app_dir",
     "is_builtin",
     "task_module",
+    "unmet_requirements",
 ]

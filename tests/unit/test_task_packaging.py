@@ -223,3 +223,65 @@ def test_a_module_named_like_the_apps_but_loaded_from_elsewhere_is_refused(
     with pytest.raises(ConfigError, match="no app was installed"):
         confine_task(job, None)
     confine_task(JobSpec(), None)  # the built-in task is the site's own fedinfra
+
+
+REQUIRES = ["numpy>=1.0", "surely-not-a-package-fedinfra>=1", "torch<1", "winonly-pkg ; sys_platform == 'win32'"]
+
+
+@pytest.mark.usefixtures("clean_modules")
+def test_a_tasks_requirements_are_signed_into_the_app_and_unmet_ones_refused_before_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's ``[task] requires`` goes into the app's manifest (what the release key signs); the
+    site reads it from the installed app, not from the job, and refuses before the task is imported."""
+    import json
+    import tomllib
+
+    from fedinfra.task.packaging import app_requirements, check_requirements
+
+    job_path = _job(tmp_path / "project")
+    job_path.write_text(job_path.read_text() + "requires = " + json.dumps(REQUIRES) + "\n")  # JSON strings are TOML
+    (job_path.parent / "tiny_task.py").write_text(TASK)
+    built = build_task_app(job_path, tmp_path / "app", base=SERVER)
+    fab = build_app_fab(built.app_dir).content
+    manifest = tomllib.loads(zipfile.ZipFile(BytesIO(fab)).read("pyproject.toml").decode())
+    normal = [str(load_job(job_path).task.requires[i]) for i in range(len(REQUIRES))]  # type: ignore[union-attr]
+    assert manifest["tool"]["fedinfra"]["task"]["requires"] == normal
+    assert set(normal) <= set(manifest["project"]["dependencies"])
+    assert manifest["project"]["dependencies"][0].startswith("fedinfra")  # the stock entry kept first
+
+    installed = install_and_load(fab, tmp_path / "flwr-home", monkeypatch)
+    assert app_requirements(installed) == normal
+    bare = JobSpec.model_validate({"name": "tiny", "task": {"ref": "tiny_task:TinyTask"}})  # the job says nothing
+    with pytest.raises(ConfigError) as info:
+        confine_task(bare, installed_app_dir())
+    message = str(info.value)
+    assert "surely-not-a-package-fedinfra>=1 (not installed)" in message
+    assert "torch<1 (installed 2.13.0" in message  # the local version label (+cpu) follows
+    assert "numpy" not in message.split("lacks:")[1].split(";")[0]  # met
+    assert "winonly" not in message.split("lacks:")[1].split(";")[0]  # not for this platform
+    assert "pip install" in message
+    assert "\n" not in message
+    assert "tiny_task" not in sys.modules  # nothing of the task ran
+
+    # Met requirements pass (and markers for other platforms are skipped).
+    met = tmp_path / "met-app"
+    met.mkdir()
+    met_list = json.dumps([REQUIRES[0], REQUIRES[3]])
+    (met / "pyproject.toml").write_text(f"[tool.fedinfra.task]\nrequires = {met_list}\n")
+    check_requirements(met)
+
+
+@pytest.mark.parametrize(
+    ("requirement", "error"),
+    [
+        ("pydicom @ https://example.org/pydicom.whl", "direct URL"),
+        ("not a requirement!!", "PEP 508"),
+        ("x" * 201, "200 characters"),
+    ],
+)
+def test_a_requirement_that_names_no_package_version_is_refused_in_the_job(requirement: str, error: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=error):
+        JobSpec.model_validate({"name": "t", "task": {"ref": "m:T", "requires": [requirement]}})

@@ -159,3 +159,50 @@ def test_compressed_update_bound_is_the_longest_encoding_of_the_model() -> None:
     update = {"w": rng.normal(size=(70, 3)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)}
     dense16 = encode(UpdateCompressor(clip=1.0, bits=16, rng=np.random.default_rng(0)).compress(update))
     assert len(dense16) <= bound < len(dense16) + (n + 7) // 8 + 1
+
+
+def test_a_record_of_another_kind_under_a_payload_name_is_malformed() -> None:
+    with pytest.raises(BlobError) as err:
+        blobs.take({"blob:he.update": ConfigRecord({"000000": b"ab"})}, HE_UPDATE, limit=2 * S)
+    assert err.value.check == "reply.he.update:malformed"
+
+
+def test_the_empty_payload_error_says_to_send_none() -> None:
+    with pytest.raises(ValueError, match=r"^an empty payload has no segments; send none instead$"):
+        blobs.to_record(b"")
+
+
+def test_the_segment_count_may_reach_but_not_exceed_its_most(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scaled down (4-byte segments, at most 2): the same arithmetic as 4 MiB and 10^6 segments."""
+    monkeypatch.setattr(blobs, "SEGMENT_BYTES", 4)
+    monkeypatch.setattr(blobs, "MAX_SEGMENTS", 2)
+    record = blobs.to_record(b"abcdefgh")
+    assert list(record.keys()) == ["000000", "000001"]
+    assert blobs.take({"blob:k": record}, "k", limit=8) == b"abcdefgh"
+    with pytest.raises(ValueError, match=r"^payload of 9 bytes needs more than 2 segments$"):
+        blobs.to_record(b"abcdefghi")
+    three = ArrayRecord({f"{i:06d}": _segment(b"ab") for i in range(3)})
+    with pytest.raises(BlobError) as err:
+        blobs.take({"blob:k": three}, "k", limit=100)
+    assert err.value.check == "reply.k:malformed"
+
+
+def test_the_segment_names_have_room_for_every_segment_allowed() -> None:
+    assert len(f"{blobs.MAX_SEGMENTS - 1:06d}") == 6
+    assert len(f"{blobs.MAX_SEGMENTS:06d}") > 6
+
+
+def test_a_list_item_of_several_segments_reads_back_whole() -> None:
+    items = [_payload(S + 1, seed=3), _payload(5, seed=4), _payload(2 * S + 3, seed=5)]
+    records: dict[str, object] = {}
+    blobs.put_list(records, "he.aggregates", items)
+    assert [len(records[f"blob:he.aggregates#{i}"]) for i in range(3)] == [2, 1, 3]  # type: ignore[arg-type]
+    assert blobs.take_list(records, "he.aggregates", limit=2 * S + 3, most=3) == items
+
+
+def test_keys_of_names_the_payloads_and_list_items_and_nothing_else() -> None:
+    records: dict[str, object] = {CONFIG: ConfigRecord({DOC: "{}"}), "model": ArrayRecord({})}
+    blobs.put(records, HE_UPDATE, b"x")
+    blobs.put_list(records, "he.aggregates", [b"a", b"b"])
+    assert blobs.keys_of(records) == [HE_UPDATE, "he.aggregates#0", "he.aggregates#1"]
+    assert blobs.keys_of({CONFIG: ConfigRecord({})}) == []

@@ -206,3 +206,31 @@ def test_keys_of_names_the_payloads_and_list_items_and_nothing_else() -> None:
     blobs.put_list(records, "he.aggregates", [b"a", b"b"])
     assert blobs.keys_of(records) == [HE_UPDATE, "he.aggregates#0", "he.aggregates#1"]
     assert blobs.keys_of({CONFIG: ConfigRecord({})}) == []
+
+
+@pytest.mark.parametrize("shape", [(1,), (8,), (213,), (72, 3)])
+def test_compressed_update_bound_is_reached_by_a_sparse_update_naming_every_position(shape: tuple[int, ...]) -> None:
+    """The longest a decodable encoding gets: 16-bit values at every position, sent with a bitmap."""
+    from fedinfra.aggregation.compression import CompressedUpdate, decode, encode, layout_digest
+
+    layout = (("w", shape),)
+    n = int(np.prod(shape))
+    full = CompressedUpdate(
+        bits=16,
+        step=1.0 / 32767,
+        dim=n,
+        digest=layout_digest(layout),
+        values=np.full(n, -32767, dtype=np.int64),
+        indices=np.arange(n, dtype=np.uint32),
+    )
+    blob = encode(full)
+    assert decode(blob).indices is not None  # a well-formed reply, positions as a bitmap
+    assert len(blob) == intake.compressed_update_bound(layout)
+
+
+def test_a_reply_without_a_config_record_yields_only_its_payloads() -> None:
+    data = _payload(33)
+    records: dict[str, object] = {}
+    blobs.put(records, HE_UPDATE, data)
+    assert intake.reply_config(_reply(records), {HE_UPDATE: 33}) == {HE_UPDATE: data}
+    assert intake.reply_config(_reply({}), {HE_UPDATE: 33}) == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,21 @@ def fedinfra_bin() -> str:
 from hypothesis import settings as _hypothesis_settings  # noqa: E402
 
 _hypothesis_settings.register_profile("reach", max_examples=300, deadline=None)
+
+
+@pytest.fixture
+def flower_run() -> Iterator[None]:
+    """What Flower's runtime sets before an app's ``main`` runs: the run its messages belong to.
+
+    In-process tests build real Flower ``Message`` objects outside any app; Flower refuses to
+    make one without a run id. Restored afterwards. Use with
+    ``pytestmark = pytest.mark.usefixtures("flower_run")``.
+    """
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id = 4242
+    TaskIdentity.node_id = 0  # the SuperLink's own node id, the source of server messages
+    TaskIdentity.task_id = 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

@@ -3,8 +3,6 @@ the bytes come back exactly, and a hostile record is refused by name before it i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
@@ -16,20 +14,9 @@ from fedinfra.aggregation.blobs import SEGMENT_BYTES, STYPE, BlobError
 from fedinfra.config.wire import CONFIG, DOC, HE_UPDATE
 from fedinfra.coordinator import intake
 
+pytestmark = pytest.mark.usefixtures("flower_run")
+
 S = SEGMENT_BYTES
-
-
-@pytest.fixture(autouse=True)
-def _flower_run() -> Iterator[None]:
-    """What Flower's ServerApp runtime sets before ``main`` runs: the run messages belong to."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id = 4242
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def _payload(n: int, seed: int = 0) -> bytes:

@@ -7,7 +7,7 @@ admission, identity binding and the site gate run exactly as in a deployment.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
@@ -24,6 +24,8 @@ from fedinfra.errors import PolicyViolation
 from fedinfra.policy import load_packs
 from fedinfra.policy.scan import scan_table
 from fedinfra.site.simulated import simulated_manifest
+
+pytestmark = pytest.mark.usefixtures("flower_run")
 
 Answer = Callable[[Message], Message]
 
@@ -88,19 +90,6 @@ def _answers(hello: SiteHello) -> Answer:
         return Message(RecordDict({CONFIG: ConfigRecord({DOC: hello.model_dump_json()})}), reply_to=msg)
 
     return answer
-
-
-@pytest.fixture(autouse=True)
-def _flower_run() -> Iterator[None]:
-    """What Flower's ServerApp runtime sets before ``main`` runs: the run messages belong to."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id = 4242
-    TaskIdentity.node_id = 0  # the SuperLink's own node id, the source of server messages
-    TaskIdentity.task_id = 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ from fedinfra.config import JobSpec
 from fedinfra.coordinator.inbox import receive
 from fedinfra.coordinator.server import Coordinator, CoordinatorSettings
 
+pytestmark = pytest.mark.usefixtures("flower_run")
+
 SITES = 10
 
 
@@ -76,19 +78,6 @@ def coordinator(tmp_path: Path) -> Coordinator:
     signer = Signer.generate("fedinfra.test/coordinator")
     settings = CoordinatorSettings(store=str(tmp_path / "audit.db"), signer=signer, in_process=True, node_wait_s=1)
     return Coordinator(job, run_id="run-1", run_dir=tmp_path / "run", settings=settings)
-
-
-@pytest.fixture(autouse=True)
-def _run_identity():  # type: ignore[no-untyped-def]
-    """What Flower's ServerApp runtime sets before ``main`` runs (replies need a run id)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id = 4242
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def test_each_pull_of_a_wave_brings_at_most_one_reply(coordinator: Coordinator) -> None:

@@ -19,7 +19,7 @@ import json
 import runpy
 import shutil
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -41,6 +41,8 @@ from fedinfra.site.app import _test_counts
 from fedinfra.site.app import app as client_app
 from fedinfra.site.context import site_context
 from fedinfra.site.home import HOME_ENV, KIT_ROOT_ENV
+
+pytestmark = pytest.mark.usefixtures("flower_run")
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -77,17 +79,6 @@ class SiteGrid:
         # The coordinator gets its own copy, as over a real transport: it empties each train
         # reply once folded (coordinator.inbox.release), while ``observed`` is the wire tap.
         return [copy.deepcopy(self.replies.pop(i)) for i in list(message_ids) if i in self.replies]
-
-
-@pytest.fixture(autouse=True)
-def _flower_run() -> Iterator[None]:
-    """What Flower's runtime sets before apps run: the run the messages belong to."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 4242, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def _run(
@@ -396,7 +387,6 @@ def test_a_site_puts_one_models_evaluation_into_one_secure_sum_only(
     assert first.any()
     assert not again.any()
     assert np.array_equal(first, other_run)
-
 
 
 def test_under_bfv_a_roster_below_min_contributors_releases_no_evaluation_and_training_goes_on(

@@ -52,3 +52,15 @@ def test_the_norm_bound_covers_every_slice_of_a_fortran_ordered_tensor() -> None
         check_update(update, LAYOUT, max_norm=norm * 0.999)
 
     assert info.value.check == "bound"
+
+
+def test_a_fortran_ordered_tensor_is_checked_where_it_is_without_a_copy() -> None:
+    update = _update()
+    update["fc1.weight"] = np.asfortranarray(update["fc1.weight"])  # 32 MiB, read in memory order
+    tracemalloc.start()
+
+    check_update(update, LAYOUT, max_norm=1e6)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    assert peak < 8 * 1024 * 1024, peak  # a C-order copy alone is 32 MiB

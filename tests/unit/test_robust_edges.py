@@ -107,7 +107,27 @@ def test_a_row_with_a_huge_norm_is_far_from_the_others():
     # Gram entries near 2e38 are finite in float32; twice them is not: formed in float64.
     x = _rows([1.5e19], [1.4e19])
 
-    assert robust.pairwise_sq_distances(x)[0, 1] == pytest.approx(1e36, rel=1e-4)  # a.b rounded to float32
+    assert robust.pairwise_sq_distances(x)[0, 1] == pytest.approx(1e36, rel=1e-4)  # the rows are float32-rounded
+
+
+def test_large_rows_that_nearly_agree_keep_their_distance():
+    """A float32 Gram matrix cancelled the difference away: [4097, 1] vs [4097, 0] came out 3 apart, not 1."""
+    assert robust.pairwise_sq_distances(_rows([4097, 1], [4097, 0]))[0, 1] == 1.0
+    # Five rows of norm ~950 differing by 0.01 per coordinate: old errors up to 0.31 against a true 0.20.
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=2000).astype(np.float32) * 21
+    x = np.vstack([base + np.float32(0.01) * rng.normal(size=2000).astype(np.float32) for _ in range(5)])
+    exact = ((x[:, None, :].astype(np.float64) - x[None, :, :].astype(np.float64)) ** 2).sum(axis=2)
+    np.testing.assert_allclose(robust.pairwise_sq_distances(x), exact, rtol=1e-6, atol=1e-9)
+
+
+def test_the_gram_matrix_is_summed_over_column_blocks(monkeypatch: pytest.MonkeyPatch):
+    """Blocks of 3 columns (the last one short) give the distances one block gives."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(4, 10)).astype(np.float32)
+    whole = robust.pairwise_sq_distances(x)
+    monkeypatch.setattr(robust, "GRAM_COLUMNS", 3)
+    np.testing.assert_allclose(robust.pairwise_sq_distances(x), whole, rtol=1e-12, atol=1e-12)
 
 
 def test_krum_scores_sum_the_n_minus_f_minus_2_nearest_squared_distances():

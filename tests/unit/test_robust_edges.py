@@ -121,6 +121,20 @@ def test_large_rows_that_nearly_agree_keep_their_distance():
     np.testing.assert_allclose(robust.pairwise_sq_distances(x), exact, rtol=1e-6, atol=1e-9)
 
 
+def test_rows_one_float32_step_apart_are_never_at_a_negative_distance():
+    """|a|^2 + |b|^2 - 2 a.b rounds below zero for rows 1 ulp apart (-9.5e-7 here): clamped at 0."""
+    rng = np.random.default_rng(0)
+    k = int(rng.integers(50, 3000))
+    row = (rng.normal(size=k) * 1000).astype(np.float32)
+    near = row.copy()
+    i = rng.integers(0, k)
+    near[i] = np.nextafter(near[i], np.float32(np.inf))
+
+    d = robust.pairwise_sq_distances(np.vstack([row, near]))
+
+    assert d.min() >= 0.0
+
+
 def test_the_gram_matrix_is_summed_over_column_blocks(monkeypatch: pytest.MonkeyPatch):
     """Blocks of 3 columns (the last one short) give the distances one block gives."""
     rng = np.random.default_rng(4)

@@ -93,27 +93,46 @@ class PRVGridTooLarge(ConfigError):
 _MAX_PRV_GRID: Final = 20_000_000  # points (float64): ~160 MB per array Opacus allocates
 
 
+def _prv_grid_points(history: Sequence[Segment], eps_error: float, delta_error: float) -> float:
+    """Points of the grid Opacus' PRV accountant discretises ``history`` on (inf if unbounded).
+
+    Opacus (``PRVAccountant._get_domain``) takes the safe domain ``[-L, L]`` of Gopi et al. 2021
+    at mesh ``eps_error / sqrt(steps * log(12 / delta_error) / 2)`` and allocates arrays of
+    that many float64 points; computing ``L`` alone is cheap, so the size is known before.
+    """
+    import numpy as np
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
+
+    steps = [t for _, _, t in history]
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        # Opacus evaluates log/exp at the grid edges where they overflow harmlessly, and its RDP
+        # bound of L warns when the best order is at the edge of its grid (still a valid bound).
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        half = compute_safe_domain_size(
+            prvs=[PoissonSubsampledGaussianPRV(q, s) for s, q, _ in history],
+            max_self_compositions=steps,
+            eps_error=eps_error,
+            delta_error=delta_error,
+        )
+    mesh = eps_error / math.sqrt(sum(steps) * math.log(12 / delta_error) / 2)
+    return 2 * half / mesh if math.isfinite(half) else math.inf
+
+
 def _eps_prv(history: Sequence[Segment], delta: float) -> float:
     import numpy as np
     from opacus.accountants import PRVAccountant
-    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
 
     eps_error, delta_error = 0.01, delta / 1000  # Opacus' defaults for get_epsilon
+    if _prv_grid_points(history, eps_error, delta_error) > _MAX_PRV_GRID:
+        raise PRVGridTooLarge(
+            "the PRV accountant cannot handle this little noise over this many steps "
+            "(its grid would not fit in memory); use accountant 'rdp'"
+        )
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         # Opacus evaluates log/exp at the grid edges where they overflow harmlessly.
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
-        prvs = [PoissonSubsampledGaussianPRV(q, s) for s, q, _ in history]
-        steps = [t for _, _, t in history]
-        half = compute_safe_domain_size(
-            prvs=prvs, max_self_compositions=steps, eps_error=eps_error, delta_error=delta_error
-        )
-        mesh = eps_error / math.sqrt(sum(steps) * math.log(12 / delta_error) / 2)
-        if not math.isfinite(half) or 2 * half / mesh > _MAX_PRV_GRID:
-            raise PRVGridTooLarge(
-                "the PRV accountant cannot handle this little noise over this many steps "
-                "(its grid would not fit in memory); use accountant 'rdp'"
-            )
         acc = PRVAccountant()
         acc.history = [(float(s), float(q), int(t)) for s, q, t in history]
         return float(acc.get_epsilon(delta=delta, eps_error=eps_error, delta_error=delta_error))

@@ -341,3 +341,171 @@ def test_an_encrypted_round_refuses_a_kit_without_he_or_for_another_mode(mode, w
         start_round(spec)
 
     assert str(info.value) == message
+
+
+# -- evaluation sums beside the ciphertext, and the refusals of the encrypted train wave ---------------------
+
+
+def _started(names=("a", "b", "c", "d"), eval_size=0, silent=()):
+    job = _job(len(names), 1)
+    public, keys = _kits(tuple(names), job)
+    ids = identities(list(names))
+    spec = RoundSpec(
+        run_id="run", round=1, layout=LAYOUT, job=job, sites=tuple(names), he_public=public, eval_size=eval_size
+    )
+    agg = start_round(spec)
+    sites = {n: _Site(n, job, keys[n], ids) for n in names}
+    for stage in agg.stages_before():
+        for name, doc in stage.payloads.items():
+            if name not in silent:
+                stage.collect(name, sites[name].answer(doc))
+        stage.close()
+    return job, agg, sites
+
+
+def _eval_wire(site: _Site, document: str, evaluation: np.ndarray) -> bytes:
+    """The masked evaluation sums as fedinfra.site.secagg sends them beside the ciphertext (SECAGG_EVAL)."""
+    from fedinfra.crypto.secagg import codec as sa_codec
+
+    req = StageRequest.model_validate_json(document)
+    bits = sa_codec.widths(site.job.secure_aggregation, int(evaluation.shape[0]))
+    empty = np.zeros(0, dtype=np.uint64)
+    segments = [empty, empty.copy(), evaluation]
+    site.session.mask(
+        site._plan(), segments, bits, u2=req.u2, shares_for_me={k: bytes.fromhex(v) for k, v in req.shares.items()}
+    )
+    return sa_codec.to_wire(segments, bits)
+
+
+def test_the_survivors_evaluation_sums_are_unmasked_beside_the_encrypted_sum():
+    from fedinfra.config.wire import SECAGG_EVAL
+    from fedinfra.crypto.secagg import codec as sa_codec
+
+    names = ("a", "b", "c", "d")
+    job, agg, sites = _started(eval_size=2)
+    sa = job.secure_aggregation
+    evals = {n: np.array([1.5 * (i + 1), 0.25 * i]) for i, n in enumerate(names)}
+    for i, name in enumerate(names[:3]):  # d drops after sharing
+        doc = agg.train_extra(name)[SECAGG]
+        blob = sites[name].sealed(doc, _values(i), 3 + i, seed=i)
+        masked_eval = _eval_wire(sites[name], doc, sa_codec.encode_eval(evals[name], sa))
+        folded = agg.accept(Reply(site=name, weight=1.0, config={HE_UPDATE: blob, SECAGG_EVAL: bytearray(masked_eval)}))
+        assert folded.kind == "update.ciphertext"
+    for stage in agg.stages_after():
+        for name, doc in stage.payloads.items():
+            stage.collect(name, sites[name].answer(doc))
+        stage.close()
+
+    out = agg.finish()
+
+    assert out.sites == ("a", "b", "c")
+    assert out.details["dropped"] == ["d"]
+    assert out.evaluation is not None
+    np.testing.assert_allclose(out.evaluation, evals["a"] + evals["b"] + evals["c"])
+
+
+def test_an_encrypted_round_without_evaluation_sums_reports_none():
+    _, _, _, agg, _ = _round(("a", "b", "c", "d"))
+    out = agg.finish()
+    assert out.evaluation is None
+    assert out.sites == ("a", "b", "c", "d")
+
+
+def test_masked_evaluation_sums_must_be_present_and_of_the_exact_length():
+    from fedinfra.config.wire import SECAGG_EVAL
+    from fedinfra.crypto.secagg import codec as sa_codec
+
+    job, agg, sites = _started(eval_size=2)
+    doc = agg.train_extra("a")[SECAGG]
+    blob = sites["a"].sealed(doc, _values(0), 3, seed=0)
+    masked_eval = _eval_wire(sites["a"], doc, sa_codec.encode_eval(np.array([1.0, 2.0]), job.secure_aggregation))
+    assert len(masked_eval) == 16
+
+    for config, check, message in [
+        ({HE_UPDATE: blob}, "missing", "reply carries no masked evaluation sums"),
+        ({HE_UPDATE: blob, SECAGG_EVAL: "text"}, "missing", "reply carries no masked evaluation sums"),
+        ({HE_UPDATE: blob, SECAGG_EVAL: masked_eval[:-1]}, "encoding", "masked evaluation sums: 15 bytes, expected 16"),
+        (
+            {HE_UPDATE: blob, SECAGG_EVAL: masked_eval + b"\0"},
+            "encoding",
+            "masked evaluation sums: 17 bytes, expected 16",
+        ),
+    ]:
+        with pytest.raises(UpdateRejected) as info:
+            agg.accept(Reply(site="a", weight=1.0, config=config))
+        assert (info.value.check, str(info.value)) == (check, message)
+    assert len(agg._sum) == 0
+    assert agg._unmasker.u3 == []
+    agg.accept(Reply(site="a", weight=1.0, config={HE_UPDATE: blob, SECAGG_EVAL: masked_eval}))
+    assert agg._unmasker.u3 == ["a"]
+
+
+def test_the_encrypted_train_wave_refuses_by_name_what_the_protocol_does_not_allow():
+    names = ("a", "b", "c", "d")
+    job = _job(4, 1)
+    public, _ = _kits(names, job)
+    early = start_round(RoundSpec(run_id="run", round=1, layout=LAYOUT, job=job, sites=names, he_public=public))
+    with pytest.raises(UpdateRejected) as info:
+        early.accept(Reply(site="a", weight=1.0, config={HE_UPDATE: b"x"}))
+    assert (info.value.check, str(info.value)) == ("protocol", "encrypted input before the key stages completed")
+    with pytest.raises(
+        SecAggAbandoned, match=r"^secure aggregation: the key stages did not complete; round abandoned$"
+    ):
+        early.finish()
+
+    _, agg, sites = _started(silent=("d",))
+    blob = sites["a"].sealed(agg.train_extra("a")[SECAGG], _values(0), 3, seed=0)
+    with pytest.raises(CryptoError) as cut:
+        envelope.decode(blob[:-1], kind=envelope.KIND_UPDATE)
+    forged = blob[:-1] + bytes([blob[-1] ^ 1])  # the header reads, the signature does not verify
+    with pytest.raises(CryptoError) as unsigned:
+        agg._sum.add(forged)
+    blob_b = sites["b"].sealed(agg.train_extra("b")[SECAGG], _values(1), 4, seed=1)
+    refusals = [
+        (Reply(site="a", weight=1.0, config={}), "missing", "reply carries no encrypted masked update"),
+        (
+            Reply(site="a", weight=1.0, config={HE_UPDATE: blob_b}),
+            "protocol",
+            "the encrypted update names another site than the sender",
+        ),
+        (Reply(site="a", weight=1.0, config={HE_UPDATE: forged}), "ciphertext", str(unsigned.value)),
+        (
+            Reply(site="a", weight=1.0, config={HE_UPDATE: "text"}),
+            "missing",
+            "reply carries no encrypted masked update",
+        ),
+        (
+            Reply(site="d", weight=1.0, config={HE_UPDATE: blob}),
+            "protocol",
+            "site 'd' did not share keys or already sent its input",
+        ),
+        (Reply(site="a", weight=1.0, config={HE_UPDATE: blob[:-1]}), "ciphertext", str(cut.value)),
+    ]
+    for reply, check, message in refusals:
+        with pytest.raises(UpdateRejected) as info:
+            agg._accept(reply)
+        assert (info.value.check, str(info.value)) == (check, message)
+    assert len(agg._sum) == 0
+    folded = agg.accept(Reply(site="a", weight=1.0, config={HE_UPDATE: blob}))
+    assert folded.subject[0] == "update.ciphertext"
+    with pytest.raises(UpdateRejected) as info:
+        agg._accept(Reply(site="a", weight=1.0, config={HE_UPDATE: blob}))  # past the base class's replay check
+    assert (info.value.check, str(info.value)) == ("protocol", "site 'a' did not share keys or already sent its input")
+
+
+def test_an_encrypted_round_cannot_finish_between_the_key_stages():
+    names = ("a", "b", "c", "d")
+    job = _job(4, 1)
+    public, keys = _kits(names, job)
+    ids = identities(list(names))
+    agg = start_round(RoundSpec(run_id="run", round=1, layout=LAYOUT, job=job, sites=names, he_public=public))
+    sites = {n: _Site(n, job, keys[n], ids) for n in names}
+    advertise = next(agg.stages_before())
+    for name, doc in advertise.payloads.items():
+        advertise.collect(name, sites[name].answer(doc))
+    advertise.close()  # a plan and a roster, no shares yet
+
+    assert agg.plan is not None
+    assert agg.roster is not None
+    with pytest.raises(SecAggAbandoned, match=r"^secure aggregation: the key stages did not complete; round abandoned"):
+        agg.finish()

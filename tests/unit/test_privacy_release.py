@@ -116,3 +116,23 @@ def test_a_spend_without_every_figure_has_no_amplified_figure() -> None:
 
     assert amplified_at_close(spend, rounds=10, delta=1e-5, accountant="rdp") is None
     assert amplified_at_close({**_spend(2, 2), "releases": True}, rounds=10, delta=1e-5, accountant="rdp") is None
+
+
+def test_the_release_table_auditors_read_changes_only_on_purpose() -> None:
+    """Every row of the report's release table, per mode, as reviewed (tests/golden/README.md).
+
+    A reworded row changes what the compliance report tells an auditor (what leaves a site
+    and what covers it); the golden file makes that a reviewed diff, never a side effect.
+    """
+    import json
+    from pathlib import Path
+
+    from fedinfra.privacy.release import RELEASES, releases
+
+    golden = json.loads((Path(__file__).parents[1] / "golden" / "site_releases.json").read_text())
+    assert set(golden) == {"none", "bfv", "ckks", "secagg", "secagg+he"}
+    for mode, rows in golden.items():
+        assert [list(r) for r in releases(mode)] == rows, mode
+    assert [list(r) for r in RELEASES] == golden["none"]
+    assert [list(r) for r in releases()] == golden["none"]  # the default: a job without secure aggregation
+    assert releases("unknown-mode") == releases("bfv")  # any other mode is described as HE without SecAgg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pytest
 
@@ -18,9 +19,12 @@ from fedinfra.policy import (
     evaluate,
     load_packs,
     parse_pack,
+    preflight,
     register_check,
     registered_checks,
 )
+from fedinfra.policy._engine import GATES, SECTOR_PACKS, site_packs
+from fedinfra.policy._packs import Pack
 from fedinfra.policy._registry import NoParams
 
 TODAY = dt.date(2026, 1, 15)
@@ -191,3 +195,275 @@ def test_audit_payload_is_json_with_every_pack_hash() -> None:
 def test_unknown_gate_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown gate"):
         evaluate([], "lunch", _facts())  # type: ignore[arg-type]
+
+
+# -- findings, verdicts and messages exactly as the audit log keeps them (issue 20: mutation survivors) ----
+
+_HEAD = """
+name = "{name}"
+title = "T"
+version = "1"
+regulation = "r"
+source = "s"
+"""
+
+
+def _rule(rid: str, check: str, *, gate: str = "job", severity: str = "block", extra: str = "") -> str:
+    return f"""
+[[rules]]
+id = "{rid}"
+title = "title of {rid}"
+citation = "Art. {rid}"
+gate = "{gate}"
+severity = "{severity}"
+check = "{check}"
+{extra}
+"""
+
+
+def _multi(name: str, *rules: str) -> Pack:
+    return parse_pack((_HEAD.format(name=name) + "".join(rules)).encode(), f"{name}.toml")
+
+
+def _manual(q: str = "Is it filed?") -> str:
+    return f'params = {{ question = "{q}" }}'
+
+
+def test_each_outcome_becomes_its_status_and_only_a_blocking_failure_blocks() -> None:
+    pack = _multi(
+        "p",
+        _rule("p.pass", "min-sites", extra='params = { min = 2 }\nevidence = ["job.sites.count"]'),
+        _rule("p.fail", "min-sites", extra="params = { min = 3 }"),
+        _rule("p.warn", "min-sites", severity="warn", extra="params = { min = 3 }"),
+        _rule("p.manual", "manual", extra=_manual()),
+    )
+
+    ev = evaluate([pack], "job", _facts())
+
+    got = [(f.rule_id, f.status, f.blocking) for f in ev.findings]
+    assert got == [
+        ("p.pass", "pass", False),
+        ("p.fail", "fail", True),
+        ("p.warn", "warn", False),
+        ("p.manual", "manual", False),
+    ]
+    assert [f.rule_id for f in ev.blocking] == ["p.fail"]
+    assert ev.passed is False
+    assert ev.counts() == {"pass": 1, "fail": 1, "warn": 1, "manual": 1}
+    first = ev.findings[0]
+    assert first.to_dict() == {
+        "rule_id": "p.pass",
+        "pack": "p",
+        "title": "title of p.pass",
+        "citation": "Art. p.pass",
+        "gate": "job",
+        "severity": "block",
+        "status": "pass",
+        "blocking": False,
+        "message": "sites.min_sites = 2 >= 2",
+        "evidence": {"job.sites.count": 4, "required": 2},  # the rule's named facts plus the check's own
+    }
+    assert ev.findings[2].severity == "warn"
+
+
+def test_a_passing_evaluation_counts_every_status_from_zero() -> None:
+    ev = evaluate([_multi("p", _rule("p.pass", "min-sites", extra="params = { min = 1 }"))], "job", _facts())
+
+    assert ev.counts() == {"pass": 1, "fail": 0, "warn": 0, "manual": 0}
+    assert ev.passed is True
+    assert ev.blocking == []
+    assert ev.reason() == ""
+    ev.raise_if_blocked()  # nothing blocks: no exception
+
+
+def test_the_reason_names_each_blocking_rule_with_its_citation_and_message() -> None:
+    pack = _multi(
+        "p",
+        _rule("p.a", "min-sites", extra="params = { min = 3 }"),
+        _rule("p.b", "min-sites", extra="params = { min = 4 }"),
+        _rule("p.c", "min-sites", severity="warn", extra="params = { min = 5 }"),
+    )
+    ev = evaluate([pack], "job", _facts())
+
+    assert ev.reason() == "p.a (Art. p.a): sites.min_sites = 2 < 3; p.b (Art. p.b): sites.min_sites = 2 < 4"
+    with pytest.raises(PolicyViolation) as info:
+        ev.merge(evaluate([pack], "round", _facts())).raise_if_blocked()
+    assert str(info.value) == f"policy gate job/round denied: {ev.reason()}"
+
+
+def test_the_failure_messages_say_why_the_check_did_not_run() -> None:
+    pack = _multi("p", _rule("p.tls", "tls-enabled", extra='evidence = ["job.tls"]'))
+    raising = _multi("q", _rule("q.raises", "test-raises", severity="warn"))
+    unknown = Facts(job=JobFacts(spec=_job()), today=TODAY)
+
+    [online] = evaluate([pack], "job", unknown).findings
+    [offline] = evaluate([pack], "job", Facts(job=JobFacts(spec=_job()), today=TODAY, offline=True)).findings
+    [raised] = evaluate([raising], "job", _facts()).findings
+
+    assert (online.status, online.blocking, online.message) == (
+        "fail",
+        True,
+        "evidence missing: whether TLS is on is not known",
+    )
+    assert online.evidence == {"job.tls": None}
+    assert (offline.status, offline.blocking, offline.message) == (
+        "manual",
+        False,
+        "not checkable offline (whether TLS is on is not known); checked again at admission",
+    )
+    assert (raised.status, raised.blocking, raised.severity) == ("fail", True, "warn")
+    assert raised.message == "check 'test-raises' raised ZeroDivisionError: division by zero in the check"
+
+
+def test_audit_payload_keeps_gates_sorted_pack_hashes_counts_and_not_applicable_rules() -> None:
+    b = _multi("b", _rule("b.x", "min-sites", extra='params = { min = 1 }\nsectors = ["finance"]'))
+    a = _multi("a", _rule("a.x", "min-sites", extra="params = { min = 3 }"))
+    ev = evaluate([b, a], "job", _facts())
+
+    payload = ev.to_dict()
+
+    assert payload == {
+        "gates": ["job"],
+        "packs": {"a": a.sha256, "b": b.sha256},
+        "passed": False,
+        "counts": {"pass": 0, "fail": 1, "warn": 0, "manual": 0},
+        "findings": [ev.findings[0].to_dict()],
+        "not_applicable": ["b.x"],
+    }
+    assert list(payload["packs"]) == ["a", "b"]
+
+
+def test_merge_keeps_each_gate_once_in_order_and_every_finding_hash_and_skip() -> None:
+    a = _multi("a", _rule("a.x", "min-sites", extra='params = { min = 1 }\nsectors = ["finance"]'))
+    b = _multi("b", _rule("b.x", "min-sites", extra="params = { min = 1 }"))
+    first, second = evaluate([a], "job", _facts()), evaluate([b], "job", _facts())
+
+    merged = first.merge(second).merge(evaluate([b], "close", _facts()))
+
+    assert merged.gates == ("job", "close")
+    assert [f.rule_id for f in merged.findings] == ["b.x"]
+    assert merged.pack_hashes == {"a": a.sha256, "b": b.sha256}
+    assert merged.not_applicable == ("a.x",)
+
+
+def test_a_pack_is_hashed_even_when_none_of_its_rules_belong_to_the_gate() -> None:
+    pack = _multi("p", _rule("p.site", "dpo-contact", gate="site"))
+
+    ev = evaluate([pack], "job", _facts())
+
+    assert ev.findings == ()
+    assert ev.pack_hashes == {"p": pack.sha256}
+    assert ev.gates == ("job",)
+
+
+def test_the_site_gate_applies_the_sites_sector_and_the_other_gates_the_jobs() -> None:
+    only_finance = _multi(
+        "p", *(_rule(f"p.{g}", "manual", gate=g, extra=_manual() + '\nsectors = ["finance"]') for g in ("job", "site"))
+    )
+    bank_site = SiteManifest(name="s", organisation="o", jurisdiction="DE", sector="finance")
+    health_job = _facts(site=bank_site)  # a hospital job: health
+
+    assert [f.rule_id for f in evaluate([only_finance], "site", health_job).findings] == ["p.site"]
+    assert evaluate([only_finance], "job", health_job).not_applicable == ("p.job",)
+    no_site = _facts(_job(scenario="bank", privacy={"mechanism": "dp-sgd", "epsilon": 1.0}))
+    assert [f.rule_id for f in evaluate([only_finance], "site", no_site).findings] == ["p.site"]
+
+
+def test_an_unknown_gate_names_the_four_gates() -> None:
+    with pytest.raises(ValueError, match=r"^unknown gate 'lunch'; one of \('job', 'site', 'round', 'close'\)$"):
+        evaluate([], "lunch", _facts())  # type: ignore[arg-type]
+
+
+def test_a_site_applies_its_own_packs_or_its_sectors_then_the_jobs_once_each() -> None:
+    hospital = SiteManifest(name="s", organisation="o", jurisdiction="DE")
+    bank = SiteManifest(name="s", organisation="o", jurisdiction="DE", sector="finance")
+    device = SiteManifest(name="s", organisation="o", jurisdiction="DE", sector="device")
+    own = SiteManifest(name="s", organisation="o", jurisdiction="DE", policy_packs=["eu-ai-act", "gdpr"])
+
+    assert site_packs(hospital, _job()) == ["gdpr", "hipaa"]
+    assert site_packs(bank, _job(policy_packs=["eu-ai-act", "gdpr"])) == ["gdpr", "pci-dss", "glba", "eu-ai-act"]
+    assert site_packs(device, _job()) == ["gdpr"]
+    assert site_packs(own, _job(policy_packs=["hipaa"])) == ["eu-ai-act", "gdpr", "hipaa"]
+
+
+def test_a_preflight_checks_job_and_site_gates_offline_with_the_facts_it_is_given() -> None:
+    site = SiteManifest(name="s", organisation="o", jurisdiction="DE", lawful_basis="public-task")
+    pack = _multi(
+        "p",
+        _rule("p.tls", "tls-enabled"),
+        _rule("p.audit", "audit-enabled"),
+        _rule("p.retention", "audit-retention", extra="params = { min_days = 30 }"),
+        _rule("p.spent", "site-lifetime-budget", gate="site"),
+        _rule("p.basis", "lawful-basis", gate="site"),
+        _rule("p.dpia", "dpia", gate="site"),
+        _rule("p.scan", "k-anonymity", gate="site", extra="params = { min_k = 2 }"),
+    )
+    dpia = {"reference": "D", "sha256": "0" * 64, "date": dt.date(2026, 1, 16)}
+    tomorrow = SiteManifest.model_validate({**site.model_dump(), "dpia": dpia})
+
+    known = preflight(
+        tomorrow,
+        _job(),
+        packs=[pack],
+        tls=True,
+        audit_enabled=True,
+        audit_retention_days=30,
+        site_epsilon_spent=1.0,
+        today=TODAY,
+    )
+    unknown = preflight(site, _job(), packs=[pack])
+
+    assert known.gates == ("job", "site")
+    assert {f.rule_id: f.status for f in known.findings} == {
+        "p.tls": "pass",
+        "p.audit": "pass",
+        "p.retention": "pass",
+        "p.spent": "pass",
+        "p.basis": "pass",
+        "p.dpia": "fail",  # dated 2026-01-16, one day after the preflight's today
+        "p.scan": "manual",  # no data path and no dataset: no scan, checked at admission
+    }
+    assert {f.rule_id: f.status for f in unknown.findings if f.gate == "job"} == dict.fromkeys(
+        ["p.tls", "p.audit", "p.retention"], "manual"
+    )
+    assert [f.status for f in unknown.findings if f.rule_id == "p.spent"] == ["manual"]
+    assert [f.status for f in unknown.findings if f.rule_id == "p.dpia"] == ["fail"]  # no DPIA at all
+
+
+def test_a_preflight_dates_the_check_today_by_default() -> None:
+    dpia = {"reference": "D", "sha256": "0" * 64, "date": dt.datetime.now(dt.UTC).date()}
+    site = SiteManifest.model_validate({"name": "s", "organisation": "o", "jurisdiction": "DE", "dpia": dpia})
+    pack = _multi("p", _rule("p.dpia", "dpia", gate="site", extra="params = { max_age_days = 1 }"))
+
+    [finding] = preflight(site, _job(), packs=[pack]).findings
+
+    assert finding.status == "pass"
+
+
+def test_a_preflight_loads_the_sites_packs_when_none_are_given() -> None:
+    site = SiteManifest(name="s", organisation="o", jurisdiction="DE", sector="device")
+
+    ev = preflight(site, _job(scenario="edge", policy_packs=["eu-ai-act"]), tls=True)
+
+    assert set(ev.pack_hashes) == {"gdpr", "eu-ai-act"}
+
+
+def test_a_preflight_scans_the_manifests_dataset(tmp_path: Path) -> None:
+    data = tmp_path / "d.csv"
+    data.write_text("email,a,y\n" + "".join(f"p{i}@example.org,{i},{i % 2}\n" for i in range(30)))
+    dataset = {"path": str(data), "label_column": "y", "columns": {"email": "string", "a": "int", "y": "int"}}
+    site = SiteManifest.model_validate({"name": "s", "organisation": "o", "jurisdiction": "DE", "dataset": dataset})
+    pack = _multi("p", _rule("p.ids", "no-identifiers-in-training", gate="site"))
+
+    by_manifest = preflight(site, _job(), packs=[pack])
+    by_path = preflight(site.model_copy(update={"dataset": None}), _job(), data_path=data, packs=[pack])
+
+    for ev in (by_manifest, by_path):
+        [finding] = ev.findings
+        assert finding.status == "fail"
+        assert finding.evidence["identifier_columns"] == ["email:email"]
+
+
+def test_sector_packs_and_gates_are_the_documented_ones() -> None:
+    assert SECTOR_PACKS == {"health": ("gdpr", "hipaa"), "finance": ("gdpr", "pci-dss", "glba"), "device": ("gdpr",)}
+    assert GATES == ("job", "site", "round", "close")

@@ -467,3 +467,59 @@ def test_a_preflight_scans_the_manifests_dataset(tmp_path: Path) -> None:
 def test_sector_packs_and_gates_are_the_documented_ones() -> None:
     assert SECTOR_PACKS == {"health": ("gdpr", "hipaa"), "finance": ("gdpr", "pci-dss", "glba"), "device": ("gdpr",)}
     assert GATES == ("job", "site", "round", "close")
+
+
+def test_counts_add_up_findings_of_the_same_status() -> None:
+    pack = _multi(
+        "p",
+        _rule("p.a", "min-sites", extra="params = { min = 1 }"),
+        _rule("p.b", "min-sites", extra="params = { min = 2 }"),
+        _rule("p.c", "manual", extra=_manual()),
+    )
+
+    assert evaluate([pack], "job", _facts()).counts() == {"pass": 2, "fail": 0, "warn": 0, "manual": 1}
+
+
+def test_a_rule_of_another_sector_skips_only_itself_not_the_rest_of_the_pack() -> None:
+    pack = _multi(
+        "p",
+        _rule("p.finance", "min-sites", extra='params = { min = 1 }\nsectors = ["finance"]'),
+        _rule("p.all", "min-sites", extra="params = { min = 1 }"),
+    )
+
+    ev = evaluate([pack], "job", _facts())  # a hospital job
+
+    assert ev.not_applicable == ("p.finance",)
+    assert [f.rule_id for f in ev.findings] == ["p.all"]
+
+
+@pytest.mark.parametrize("zone", ["Etc/GMT-14", "Etc/GMT+12"])
+def test_a_preflight_dates_its_checks_in_utc_whatever_the_local_time_zone(
+    zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    # At any instant the local date in UTC+14 or in UTC-12 differs from the UTC date: a DPIA dated
+    # today (UTC) or one day ago, with a one-day limit, passes only when the check dates itself in UTC.
+    today = dt.datetime.now(dt.UTC).date()
+    packs = [_multi("p", _rule("p.dpia", "dpia", gate="site", extra="params = { max_age_days = 1 }"))]
+    sites = [
+        SiteManifest.model_validate(
+            {
+                "name": "s",
+                "organisation": "o",
+                "jurisdiction": "DE",
+                "dpia": {"reference": "D", "sha256": "0" * 64, "date": day},
+            }
+        )
+        for day in (today, today - dt.timedelta(days=1))
+    ]
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        statuses = [f.status for site in sites for f in preflight(site, _job(), packs=packs).findings]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+    assert statuses == ["pass", "pass"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import numpy as np
@@ -383,3 +384,35 @@ def test_expand_into_adds_unless_told_to_subtract():
     prg.expand_into(acc, seed, "pair", 24)
 
     assert np.array_equal(acc, mask)
+
+
+@pytest.mark.parametrize(("n", "k"), [(6, 2), (6, 4), (7, 4), (8, 6), (9, 6), (10, 3), (10, 5), (12, 7)])
+def test_every_harary_neighbour_set_has_exactly_k_members_and_the_graph_is_symmetric(n: int, k: int) -> None:
+    from fedinfra.crypto.secagg.plan import SecAggPlan
+
+    p = SecAggPlan(n=n, k=k, t=k // 2 + 1, max_dropouts=0, max_colluders=0, min_contributors=1)
+
+    graph = neighbours(p, hashlib.sha256(f"{n}/{k}".encode()).digest())
+
+    assert [len(nb) for nb in graph] == [k] * n  # k = n - 2 too: not the full graph
+    assert all(i not in nb for i, nb in enumerate(graph))
+    assert all(i in graph[j] for i, nb in enumerate(graph) for j in nb)
+
+
+def test_the_graph_seed_binds_run_round_and_roster_under_its_own_label() -> None:
+    from fedinfra.crypto.secagg.plan import graph_seed
+
+    seed = graph_seed("run-1", 3, b"roster")
+
+    assert seed == hashlib.sha256(b"fedinfra/secagg/v1/graph\x00run-1\x003\x00roster").digest()
+    assert (
+        len(
+            {
+                seed,
+                graph_seed("run-2", 3, b"roster"),
+                graph_seed("run-1", 4, b"roster"),
+                graph_seed("run-1", 3, b"other"),
+            }
+        )
+        == 4
+    )

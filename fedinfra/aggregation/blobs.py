@@ -137,18 +137,12 @@ def take_list(records: Mapping[str, Any], key: str, *, limit: int, most: int) ->
     return out
 
 
-def keys_of(records: Mapping[str, Any]) -> list[str]:
-    """The payload keys present in ``records`` (list items as ``key#i``)."""
-    return [name.removeprefix(PREFIX) for name in records if name.startswith(PREFIX)]
-
-
 __all__ = [
     "MAX_SEGMENTS",
     "PREFIX",
     "SEGMENT_BYTES",
     "STYPE",
     "BlobError",
-    "keys_of",
     "put",
     "put_list",
     "record_name",

@@ -187,14 +187,6 @@ def test_a_list_item_of_several_segments_reads_back_whole() -> None:
     assert blobs.take_list(records, "he.aggregates", limit=2 * S + 3, most=3) == items
 
 
-def test_keys_of_names_the_payloads_and_list_items_and_nothing_else() -> None:
-    records: dict[str, object] = {CONFIG: ConfigRecord({DOC: "{}"}), "model": ArrayRecord({})}
-    blobs.put(records, HE_UPDATE, b"x")
-    blobs.put_list(records, "he.aggregates", [b"a", b"b"])
-    assert blobs.keys_of(records) == [HE_UPDATE, "he.aggregates#0", "he.aggregates#1"]
-    assert blobs.keys_of({CONFIG: ConfigRecord({})}) == []
-
-
 @pytest.mark.parametrize("shape", [(1,), (8,), (213,), (72, 3)])
 def test_compressed_update_bound_is_reached_by_a_sparse_update_naming_every_position(shape: tuple[int, ...]) -> None:
     """The longest a decodable encoding gets: 16-bit values at every position, sent with a bitmap."""

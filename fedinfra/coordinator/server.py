@@ -942,7 +942,7 @@ class Coordinator:
                 try:
                     config = intake.reply_config(reply, self._payload_bounds(agg.spec))
                     agg.accept(Reply(site=site.hello.site, weight=1.0, config=config))
-                except UpdateRejected as exc:
+                except (UpdateRejected, intake.Rejected) as exc:  # one site's reply never ends the run
                     trail.event(
                         "update.rejected",
                         round=rnd,

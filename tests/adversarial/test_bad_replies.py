@@ -343,3 +343,30 @@ def test_a_masked_update_longer_than_the_model_allows_is_rejected_before_it_is_r
     assert rejected == ["reply.secagg.update:too_long"] * 2
     assert honest_sizes == [limit] * 2  # the bound is the honest size, exactly
     assert [e.type for e in out.entries].count("aggregation.completed") == 2
+
+
+def test_a_malformed_close_wave_sum_is_audited_and_the_run_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under secagg+he the final model's evaluation travels in the close wave's secure sum; a site
+    whose close reply carries a malformed payload record is refused by name and audited, and the
+    run still completes (the payload check at intake raised past the close wave's handler)."""
+    from fedinfra.config.wire import SECAGG_UPDATE
+
+    # secagg+he: the sites decrypt and evaluate each model; the close wave sums their figures securely.
+    secure = {"mode": "secagg+he", "max_sites": 4, "max_dropouts": 1, "max_colluders": 1}
+    job = adversarial_job(secure_aggregation=secure)
+    bad_record = ArrayRecord({"000000": Array(np.zeros(4, np.float32))})
+
+    def malformed(msg: Message, reply: Message) -> Message:
+        if "blob:" + SECAGG_UPDATE not in reply.content.array_records:
+            return reply  # not the close wave's secure sum
+        return with_payload(reply, SECAGG_UPDATE, bad_record)
+
+    bad = Malicious(malformed, phases=("evaluate",))
+    out = run_job(tmp_path, job, [honest, honest, honest, bad], monkeypatch=monkeypatch)
+
+    assert out.error is None, repr(out.error)
+    rejected = [d for site, d in rejections(out) if site == "edge-3"]
+    assert [(d["check"], d["code"]) for d in rejected] == [("reply.secagg.update:malformed", "evaluation")]
+    assert [e.type for e in out.entries][-2:] == ["run.completed", "checkpoint.published"]

@@ -108,21 +108,16 @@ def _segments(record: Any, name: str, limit: int) -> list[bytes]:
     return parts
 
 
-def size(records: Mapping[str, Any], key: str, *, limit: int) -> int | None:
-    """Bytes of payload ``key`` (``None`` if absent), checked as :func:`take` checks it, without joining."""
-    name = record_name(key)
-    if name not in records:
-        return None
-    return sum(len(p) for p in _segments(records[name], name, limit))
+def _joined(record: Any, name: str, limit: int) -> bytes:
+    """The segments of ``record`` joined, after :func:`_segments`' checks (one segment: no copy)."""
+    parts = _segments(record, name, limit)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def take(records: Mapping[str, Any], key: str, *, limit: int) -> bytes | None:
     """Payload ``key`` joined (``None`` if absent); :class:`BlobError` unless well formed and <= ``limit`` bytes."""
     name = record_name(key)
-    if name not in records:
-        return None
-    parts = _segments(records[name], name, limit)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return _joined(records[name], name, limit) if name in records else None
 
 
 def take_list(records: Mapping[str, Any], key: str, *, limit: int, most: int) -> list[bytes]:
@@ -132,8 +127,7 @@ def take_list(records: Mapping[str, Any], key: str, *, limit: int, most: int) ->
         if len(out) >= most:
             raise BlobError(f"reply.{key}:too_many")
         name = record_name(key, len(out))
-        parts = _segments(records[name], name, limit)
-        out.append(parts[0] if len(parts) == 1 else b"".join(parts))
+        out.append(_joined(records[name], name, limit))
     return out
 
 
@@ -146,7 +140,6 @@ __all__ = [
     "put",
     "put_list",
     "record_name",
-    "size",
     "take",
     "take_list",
     "to_record",

@@ -41,7 +41,6 @@ def test_a_payload_round_trips_in_segments_of_at_most_the_segment_size(n: int) -
     assert all(0 < s <= S for s in sizes)
     assert sum(sizes) == n
     assert blobs.take(records, HE_UPDATE, limit=n) == data
-    assert blobs.size(records, HE_UPDATE, limit=n) == n
 
 
 def test_through_flower_objects_no_object_grows_with_the_payload() -> None:
@@ -65,13 +64,10 @@ def test_one_byte_over_the_bound_is_refused_before_the_join_and_the_bound_itself
     with pytest.raises(BlobError) as err:
         blobs.take(records, HE_UPDATE, limit=len(data) - 1)
     assert err.value.check == "reply.he.update:too_long"
-    with pytest.raises(BlobError, match="too_long"):
-        blobs.size(records, HE_UPDATE, limit=len(data) - 1)
 
 
 def test_an_absent_payload_is_none_and_an_empty_one_is_never_sent() -> None:
     assert blobs.take({}, HE_UPDATE, limit=10) is None
-    assert blobs.size({}, HE_UPDATE, limit=10) is None
     with pytest.raises(ValueError, match="empty payload"):
         blobs.to_record(b"")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
@@ -13,6 +13,9 @@ from fedinfra.config.aggregation import ROBUST_RULES, AggregationSpec
 from fedinfra.config.privacy import PrivacySpec
 from fedinfra.config.secagg import SecureAggSpec
 from fedinfra.config.site import DatasetDecl
+
+if TYPE_CHECKING:
+    from packaging.requirements import Requirement
 
 #: Secure-aggregation modes under which the coordinator only ever sees a sum (or nothing), so
 #: user-level DP may split its noise across sites (see :mod:`fedinfra.privacy.distributed`).
@@ -87,8 +90,8 @@ class DataSpec(StrictModel):
         return self
 
 
-def _requirement(text: str) -> str:
-    """A PEP 508 requirement naming a package by name and version only (no URL, no path)."""
+def parse_requirement(text: str) -> Requirement:
+    """A PEP 508 requirement naming a package by name and version only (no URL, no path), or ValueError."""
     from packaging.requirements import InvalidRequirement, Requirement
 
     if len(text) > 200:
@@ -99,7 +102,11 @@ def _requirement(text: str) -> str:
         raise ValueError(f"not a PEP 508 requirement ({exc}); write it as 'name>=version'") from None
     if req.url is not None:
         raise ValueError("a direct URL reference is refused: name a package and a version range")
-    return str(req)
+    return req
+
+
+def _requirement(text: str) -> str:
+    return str(parse_requirement(text))
 
 
 class TaskSpec(StrictModel):

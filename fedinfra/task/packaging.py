@@ -232,17 +232,14 @@ def unmet_requirements(requires: list[str]) -> list[str]:
     """Each requirement of ``requires`` this Python environment does not satisfy, with why."""
     from importlib import metadata
 
-    from packaging.requirements import InvalidRequirement, Requirement
+    from fedinfra.config.job import parse_requirement
 
     unmet: list[str] = []
     for text in requires:
         try:
-            req = Requirement(text)
-        except InvalidRequirement:
-            unmet.append(f"{text!r} (not a PEP 508 requirement)")
-            continue
-        if req.url is not None:
-            unmet.append(f"{text!r} (direct URL references are refused)")
+            req = parse_requirement(text)  # the job's own check: the manifest may not have come from a job
+        except ValueError as exc:
+            unmet.append(f"{text!r} ({exc})")
             continue
         if req.marker is not None and not req.marker.evaluate():
             continue  # not meant for this platform or Python

@@ -511,39 +511,50 @@ def test_audit_verified_at_round_and_close() -> None:
 # -- the registry names and summaries --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("name", "fn", "params"),
-    [
-        ("tls-enabled", c.tls_enabled, NoParams),
-        ("update-protection", c.update_protection, c.ProtectionParams),
-        ("epsilon-cap", c.epsilon_cap, c.EpsilonCapParams),
-        ("min-sites", c.min_sites, c.MinSitesParams),
-        ("audit-enabled", c.audit_enabled, NoParams),
-        ("audit-retention", c.audit_retention, c.RetentionParams),
-        ("lawful-basis", c.lawful_basis, c.LawfulBasisParams),
-        ("art9-condition", c.art9_condition, NoParams),
-        ("purpose-limitation", c.purpose_limitation, NoParams),
-        ("consent-valid", c.consent_valid, NoParams),
-        ("transfer-allowed", c.transfer_allowed, NoParams),
-        ("no-identifiers-in-training", c.no_identifiers, c.IdentifierParams),
-        ("k-anonymity", c.k_anonymity, c.KAnonParams),
-        ("dpia", c.dpia, c.DpiaParams),
-        ("agreement", c.agreement, c.AgreementParams),
-        ("site-run-budget", c.site_run_budget, NoParams),
-        ("site-lifetime-budget", c.site_lifetime_budget, NoParams),
-        ("data-retention", c.data_retention, c.SiteRetentionParams),
-        ("dpo-contact", c.dpo_contact, NoParams),
-        ("dataset-declared", c.dataset_declared, NoParams),
-        ("manual", c.manual, c.ManualParams),
-        ("round-participants", c.round_participants, c.ParticipantsParams),
-        ("epsilon-spent", c.epsilon_spent, NoParams),
-        ("audit-verified", c.audit_verified, NoParams),
-    ],
-)
+#: Every built-in check in its definition order: (pack name, function, parameter model).
+CHECKS: list[tuple[str, Any, type]] = [
+    ("tls-enabled", c.tls_enabled, NoParams),
+    ("update-protection", c.update_protection, c.ProtectionParams),
+    ("epsilon-cap", c.epsilon_cap, c.EpsilonCapParams),
+    ("min-sites", c.min_sites, c.MinSitesParams),
+    ("audit-enabled", c.audit_enabled, NoParams),
+    ("audit-retention", c.audit_retention, c.RetentionParams),
+    ("lawful-basis", c.lawful_basis, c.LawfulBasisParams),
+    ("art9-condition", c.art9_condition, NoParams),
+    ("purpose-limitation", c.purpose_limitation, NoParams),
+    ("consent-valid", c.consent_valid, NoParams),
+    ("transfer-allowed", c.transfer_allowed, NoParams),
+    ("no-identifiers-in-training", c.no_identifiers, c.IdentifierParams),
+    ("k-anonymity", c.k_anonymity, c.KAnonParams),
+    ("dpia", c.dpia, c.DpiaParams),
+    ("agreement", c.agreement, c.AgreementParams),
+    ("site-run-budget", c.site_run_budget, NoParams),
+    ("site-lifetime-budget", c.site_lifetime_budget, NoParams),
+    ("data-retention", c.data_retention, c.SiteRetentionParams),
+    ("dpo-contact", c.dpo_contact, NoParams),
+    ("dataset-declared", c.dataset_declared, NoParams),
+    ("manual", c.manual, c.ManualParams),
+    ("round-participants", c.round_participants, c.ParticipantsParams),
+    ("epsilon-spent", c.epsilon_spent, NoParams),
+    ("audit-verified", c.audit_verified, NoParams),
+]
+
+
+@pytest.mark.parametrize(("name", "fn", "params"), CHECKS)
 def test_each_check_is_registered_under_its_pack_name_with_its_parameters(name: str, fn: Any, params: type) -> None:
+    """Protects the pack names and parameter models, and the summary (the docstring's first line)."""
     check = get_check(name)
     assert check.params is params
-    assert check.fn.__name__ == fn.__name__
+    assert check.fn is fn
+    assert check.summary == fn.__doc__.strip().splitlines()[0]
+
+
+def test_the_built_in_checks_are_registered_in_their_definition_order() -> None:
+    """Protects the registry's insertion order: the checks are registered by explicit calls at the end of
+    _checks.py (mutmut does not mutate decorated functions), in the order they were once decorated."""
+    from fedinfra.policy._registry import _REGISTRY
+
+    assert list(_REGISTRY)[: len(CHECKS)] == [name for name, _, _ in CHECKS]
 
 
 @pytest.mark.parametrize(

@@ -236,13 +236,14 @@ class KAnonParams(Params):
 def k_anonymity(p: KAnonParams, f: Facts) -> Outcome:
     """The training data is k-anonymous over its quasi-identifiers (Sweeney 2002)."""
     scan = f.need_scan()
-    if scan.k_anonymity is None:
+    if scan.k_anonymity is None and not scan.quasi_identifiers:
         return Outcome(True, "no quasi-identifier columns found")
-    ok = scan.k_anonymity >= p.min_k
+    # quasi-identifiers without k (a summary a site sent without it) is an unknown fact, never a pass
+    k: int = need(scan.k_anonymity, f"k-anonymity over {', '.join(scan.quasi_identifiers)}")
+    ok = k >= p.min_k
     return Outcome(
         ok,
-        f"k = {scan.k_anonymity} over {len(scan.quasi_identifiers)} quasi-identifier(s) "
-        f"{'>=' if ok else '<'} {p.min_k}",
+        f"k = {k} over {len(scan.quasi_identifiers)} quasi-identifier(s) {'>=' if ok else '<'} {p.min_k}",
         {"rows_in_small_groups": scan.rows_in_small_groups},
     )
 

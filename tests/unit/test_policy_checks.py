@@ -8,6 +8,7 @@ mutation run found most site-gate checks without a unit test.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 import pytest
@@ -341,6 +342,23 @@ def test_k_anonymity_at_below_and_without_quasi_identifiers() -> None:
     )
 
 
+def test_k_anonymity_is_unavailable_evidence_when_quasi_identifiers_are_named_without_k() -> None:
+    """Protects fail-closed k-anonymity: a scan summary (e.g. the one a site sends at admission, where
+    k_anonymity defaults to None) that names quasi-identifiers but carries no k is an unknown fact, not
+    the vacuous 'no quasi-identifier columns found' pass it used to be."""
+    scan = _scan(qi=["zip", "age"], k=None)
+    with pytest.raises(EvidenceUnavailable, match=r"^k-anonymity over zip, age is not known$"):
+        c.k_anonymity(c.KAnonParams(min_k=5), _facts(scan=scan))
+
+
+def test_a_k_without_named_quasi_identifiers_is_still_held_to_the_minimum() -> None:
+    """Protects the other half of that rule: only a summary with neither quasi-identifiers nor k passes as
+    having none; a k below the minimum fails even when the summary names no quasi-identifier."""
+    assert c.k_anonymity(c.KAnonParams(min_k=5), _facts(scan=_scan(k=4, small=4))) == Outcome(
+        False, "k = 4 over 0 quasi-identifier(s) < 5", {"rows_in_small_groups": 4}
+    )
+
+
 def test_a_scan_check_without_a_scan_is_unavailable_evidence() -> None:
     with pytest.raises(EvidenceUnavailable, match="no PHI/PII scan summary"):
         c.k_anonymity(c.KAnonParams(min_k=2), _facts())
@@ -497,6 +515,20 @@ def test_epsilon_spent_allows_only_float_rounding_over_the_target() -> None:
     planned = _job(privacy={"mechanism": "user-dp", "noise_multiplier": 1.0})
     with pytest.raises(EvidenceUnavailable, match=r"^the job's target epsilon is not known$"):
         c.epsilon_spent(NONE, _facts(planned, round=RoundFacts(round=1, participants=4, epsilon_spent=1.0)))
+
+
+def test_epsilon_spent_exactly_at_the_rounding_allowance_still_passes() -> None:
+    """Protects the edge of the float allowance: a spend equal to target * (1 + 1e-9) (computed the same
+    way) is within the target, at the round and at the close; the next float above it is not."""
+    edge = 4.0 * (1 + 1e-9)
+    assert c.epsilon_spent(NONE, _facts(round=RoundFacts(round=1, participants=4, epsilon_spent=edge))) == Outcome(
+        True, "epsilon spent 4 <= target 4"
+    )
+    assert c.epsilon_spent(NONE, _facts(close=CloseFacts(rounds_completed=2, epsilon_spent=edge))).ok is True
+    above = math.nextafter(edge, math.inf)
+    assert c.epsilon_spent(NONE, _facts(close=CloseFacts(rounds_completed=2, epsilon_spent=above))) == Outcome(
+        False, "epsilon spent 4 > target 4"
+    )
 
 
 def test_audit_verified_at_round_and_close() -> None:

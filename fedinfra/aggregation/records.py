@@ -51,6 +51,14 @@ class ArrayLike(Protocol):
     data: bytes
 
 
+class _BadHeader(ValueError):
+    """A ``.npy`` header field this module refuses.
+
+    Its text (fixed by this module, never the sender's bytes) is quoted in the refusal so the
+    sender can see which field is wrong.
+    """
+
+
 @functools.lru_cache(maxsize=256)
 def _dtype_name(dtype: np.dtype[Any]) -> str:
     """``str(dtype)``, as ``flwr.app.Array.dtype`` holds it (cached: ``str`` costs ~7 µs)."""
@@ -67,18 +75,20 @@ def _parse_npy_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any]
     and data offset.
     """
     if data[:6] != _MAGIC or len(data) < 10 or data[7] != 0:  # minor version 0, as numpy (tests/fuzz)
-        raise ValueError("not a .npy payload")
+        raise _BadHeader("not a .npy payload")
     major = data[6]
     if major == 1:
         (hlen,) = struct.unpack_from("<H", data, 8)
         start = 10
     elif major in (2, 3):
+        if len(data) < 12:  # the 4-byte header length is cut short
+            raise _BadHeader("not a .npy payload")
         (hlen,) = struct.unpack_from("<I", data, 8)
         start = 12
     else:
-        raise ValueError(f"unsupported .npy version {major}")
+        raise _BadHeader(f"unsupported .npy version {major}")
     if hlen > _MAX_HEADER or start + hlen > len(data):
-        raise ValueError("bad .npy header length")
+        raise _BadHeader("bad .npy header length")
     text = bytes(data[start : start + hlen]).decode("utf-8" if major == 3 else "latin1")
     simple = _SIMPLE_HEADER.fullmatch(text)
     if simple is not None:
@@ -87,12 +97,12 @@ def _parse_npy_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any]
         return shape, order == "True", np.dtype(descr), start + hlen
     header = ast.literal_eval(text)
     if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
-        raise ValueError("bad .npy header keys")
+        raise _BadHeader("bad .npy header keys")
     shape, fortran_order, descr = header["shape"], header["fortran_order"], header["descr"]
     if not (isinstance(shape, tuple) and all(isinstance(d, int) and d >= 0 for d in shape)):
-        raise ValueError("bad .npy shape")
+        raise _BadHeader("bad .npy shape")
     if not isinstance(fortran_order, bool):
-        raise ValueError("bad .npy fortran_order")
+        raise _BadHeader("bad .npy fortran_order")
     dtype = npy_format.descr_to_dtype(descr)
     return shape, fortran_order, dtype, start + hlen
 
@@ -111,8 +121,11 @@ def array_view(name: str, array: ArrayLike) -> np.ndarray[Any, np.dtype[Any]]:
     data = array.data
     try:
         shape, fortran_order, dtype, offset = _parse_npy_header(data)
+    except _BadHeader as exc:
+        raise ConfigError(f"tensor {name!r}: malformed .npy payload ({exc}); resend the update") from exc
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
-        raise ConfigError(f"tensor {name!r}: malformed .npy payload; resend the update") from exc
+        # numpy's and ast's texts may quote the sender's header: not echoed
+        raise ConfigError(f"tensor {name!r}: malformed .npy payload (unreadable header); resend the update") from exc
     if dtype.hasobject:
         raise ConfigError(f"tensor {name!r}: object arrays are refused; send numeric arrays")
     if tuple(shape) != tuple(array.shape) or _dtype_name(dtype) != array.dtype:

@@ -12,8 +12,9 @@ counts - a count is the site's own claim, and a hostile site would claim a large
   "Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent" (NeurIPS): the
   score of an update is the sum of squared distances to its ``n - f - 2`` nearest
   neighbours; Krum needs ``n >= 2f + 3``.
-* :func:`clip_rows`: norm bounding (Sun, Kairouz, Suresh & McMahan 2019, "Can You Really
-  Backdoor Federated Learning?"): no row longer than ``clip`` in L2.
+* :func:`clip_factor`: norm bounding (Sun, Kairouz, Suresh & McMahan 2019, "Can You Really
+  Backdoor Federated Learning?"): no update longer than ``clip`` in L2 (applied update by
+  update in :class:`fedinfra.aggregation.robust_rules.NormBoundedAggregator`).
 
 The coordinate-wise rules work on column blocks of :data:`BLOCK` columns: each block of
 ``n`` rows is copied to a small contiguous buffer and sorted along the short axis while it
@@ -148,17 +149,9 @@ def clip_factor(norm: float, clip: float) -> float:
     return 1.0 if norm <= clip else clip / norm
 
 
-def clip_rows(updates: F32, clip: float) -> F32:
-    """Every row scaled to L2 norm at most ``clip`` (a new matrix)."""
-    norms = np.sqrt(np.einsum("ij,ij->i", updates, updates, dtype=np.float64))
-    scale = np.array([clip_factor(float(v), clip) for v in norms], dtype=np.float32)
-    return np.asarray(updates * scale[:, None], dtype=np.float32)
-
-
 __all__ = [
     "BLOCK",
     "clip_factor",
-    "clip_rows",
     "coordinate_median",
     "krum_scores",
     "krum_select",

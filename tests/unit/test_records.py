@@ -50,7 +50,10 @@ def _refused(data: bytes, dtype: str = "float32", shape: tuple[int, ...] = (2,))
     return str(info.value)
 
 
-MALFORMED = "tensor 'w': malformed .npy payload; resend the update"
+def _malformed(reason: str) -> str:
+    return f"tensor 'w': malformed .npy payload ({reason}); resend the update"
+
+
 BODY = np.array([1.5, -2.0], dtype=np.float32).tobytes()
 
 
@@ -89,8 +92,27 @@ def test_one_byte_tensors_are_read() -> None:
     ],
     ids=["magic", "short", "minor", "version", "header-too-long", "truncated", "keys", "list", "negative", "order"],
 )
-def test_a_malformed_header_is_refused_naming_the_tensor(data: bytes) -> None:
-    assert _refused(data) == MALFORMED
+def test_a_malformed_header_is_refused_naming_the_tensor(data: bytes, request: pytest.FixtureRequest) -> None:
+    reason = {
+        "magic": "not a .npy payload",
+        "short": "not a .npy payload",
+        "minor": "not a .npy payload",
+        "version": "unsupported .npy version 4",
+        "header-too-long": "bad .npy header length",
+        "truncated": "bad .npy header length",
+        "keys": "bad .npy header keys",
+        "list": "bad .npy shape",
+        "negative": "bad .npy shape",
+        "order": "bad .npy fortran_order",
+    }[request.node.callspec.id]
+    assert _refused(data) == _malformed(reason)
+
+
+def test_a_header_that_is_not_a_literal_is_refused_without_echoing_it() -> None:
+    assert _refused(_raw("{'descr': __import__('os')}", BODY)) == _malformed("unreadable header")
+    assert _refused(_raw("{'descr': '<zz9', 'fortran_order': False, 'shape': (2,)}", BODY)) == _malformed(
+        "unreadable header"
+    )
 
 
 def test_a_header_of_the_largest_allowed_length_is_read() -> None:
@@ -131,4 +153,36 @@ def test_a_version_1_or_2_header_is_latin1() -> None:
 def test_a_header_claiming_more_bytes_than_the_payload_holds_is_malformed() -> None:
     header = "{'descr': '<f4', 'fortran_order': False, 'shape': (0,), }\n"
     data = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header) + 100) + header.encode("latin1")
-    assert _refused(data, shape=(0,)) == MALFORMED
+    assert _refused(data, shape=(0,)) == _malformed("bad .npy header length")
+
+
+@pytest.mark.parametrize("major", [1, 2])
+def test_a_header_length_field_is_unsigned_so_its_top_bit_means_a_long_header(major: int) -> None:
+    """The header length is an unsigned little-endian integer (numpy's format: ``<H``, ``<I``): a field
+    with the top bit set is a header longer than the 10,000-byte limit, refused as malformed. Read as
+    signed it would be negative, and the header would be sliced from the end of the payload: here the
+    bytes before the 88 bytes of padding form a valid header, which a signed reader accepts."""
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (0,), }\n".encode("latin1")
+    start = 10 if major == 1 else 12
+    negative = -100  # the field's value read as signed
+    field = struct.pack("<H", 2**16 + negative) if major == 1 else struct.pack("<I", 2**32 + negative)
+    data = b"\x93NUMPY" + bytes([major, 0]) + field + header + b" " * (-negative - start)
+    assert data[start : start + negative] == header  # what a signed reader would parse
+    assert _refused(data, shape=(0,)) == _malformed("bad .npy header length")
+
+
+def test_a_payload_of_exactly_the_ten_byte_prefix_is_read_as_an_empty_header() -> None:
+    """Ten bytes hold magic, version and a zero header length: a complete prefix whose empty header
+    is then refused as unreadable (nine bytes are not a .npy payload at all)."""
+    assert _refused(b"\x93NUMPY\x01\x00\x00\x00") == _malformed("unreadable header")
+    assert _refused(b"\x93NUMPY\x01\x00\x00") == _malformed("not a .npy payload")
+    assert _refused(b"\x93NUMPY\x02\x00\x00\x00\x00\x00") == _malformed("unreadable header")  # version 2: 12 bytes
+
+
+@pytest.mark.parametrize("size", [10, 11])
+@pytest.mark.parametrize("major", [2, 3])
+def test_a_version_2_or_3_payload_cut_inside_its_header_length_is_malformed(major: int, size: int) -> None:
+    """Versions 2 and 3 keep a 4-byte header length at bytes 8-11: a payload that ends inside it is refused
+    as malformed (it used to escape as a struct.error, which no caller of array_view catches)."""
+    data = (b"\x93NUMPY" + bytes([major, 0]) + b"\x00" * 4)[:size]
+    assert _refused(data) == _malformed("not a .npy payload")

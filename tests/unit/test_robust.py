@@ -72,12 +72,6 @@ def test_krum_refuses_too_few_updates_for_its_f() -> None:
         robust.krum_scores(np.zeros((4, 3), dtype=np.float32), 1)
 
 
-def test_clip_rows_bounds_each_norm_and_keeps_short_rows() -> None:
-    x = _rows([3, 4], [0.3, 0.4])
-    out = robust.clip_rows(x, 1.0)
-    assert np.allclose(out, [[0.6, 0.8], [0.3, 0.4]])
-
-
 def _job(rule: str, **extra: object) -> JobSpec:
     return JobSpec.model_validate({"aggregation": {"rule": rule, **extra}, "sites": {"count": 5}})
 

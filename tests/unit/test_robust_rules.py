@@ -248,3 +248,22 @@ def test_norm_bounding_without_a_clip_is_refused_when_the_job_skipped_validation
 
     with pytest.raises(ConfigError, match=r"^aggregation.rule = 'norm-bounded' needs aggregation.clip$"):
         NormBoundedAggregator(_spec(unchecked, 3))
+
+
+def test_the_stacked_rules_hold_each_sampled_update_as_float32():
+    """The median, trimmed mean and Krum stack one row per sampled site: n * d * 4 bytes at the
+    coordinator (bench/big_model.py budgets it), not float64's 8."""
+    import tracemalloc
+
+    job = _job("median")
+    layout = (("w", (1000, 500)),)
+    spec = RoundSpec(run_id="r", round=1, layout=layout, job=job, sites=tuple(f"s{i}" for i in range(8)))
+    tracemalloc.start()
+    try:
+        agg = start_round(spec)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    rows = 8 * 1000 * 500 * 4
+    assert rows <= peak < 1.25 * rows
+    del agg

@@ -416,3 +416,49 @@ def test_the_graph_seed_binds_run_round_and_roster_under_its_own_label() -> None
         )
         == 4
     )
+
+
+def _reference_harary(n: int, k: int, seed: bytes) -> list[frozenset[int]]:
+    """Bell et al. (CCS 2020) section 3.1 written out: order the sites by their 32-bit draw under
+    the label "graph" (ties to the lower index), join each to the floor(k/2) nearest on either side
+    of that cycle and, for odd k, to the one opposite."""
+    draws = [int(v) for v in prg.expand(seed, "graph", n, 32)]
+    order = sorted(range(n), key=lambda i: (draws[i], i))
+    pos = {site: idx for idx, site in enumerate(order)}
+    graph = []
+    for i in range(n):
+        at = pos[i]
+        nb = {order[(at + s) % n] for s in range(1, k // 2 + 1)} | {order[(at - s) % n] for s in range(1, k // 2 + 1)}
+        if k % 2:
+            nb.add(order[(at + n // 2) % n])
+        graph.append(frozenset(nb))
+    return graph
+
+
+@pytest.mark.parametrize(("n", "k"), [(33, 12), (40, 13), (64, 13), (100, 16)])
+def test_every_site_derives_the_same_graph_from_the_public_seed(n: int, k: int) -> None:
+    """The graph is part of the protocol: every site computes it alone from the public seed, so the
+    label, the draw width and the order must be exactly those specified, or sites disagree on who
+    holds whose shares."""
+    from fedinfra.crypto.secagg.plan import SecAggPlan
+
+    seed = hashlib.sha256(f"graph/{n}/{k}".encode()).digest()
+    p = SecAggPlan(n=n, k=k, t=k // 2 + 1, max_dropouts=0, max_colluders=0, min_contributors=2)
+
+    assert neighbours(p, seed) == _reference_harary(n, k, seed)
+
+
+def test_sites_with_equal_draws_are_ordered_by_index_on_every_platform() -> None:
+    """Two equal 32-bit draws (seed found by search: sites 1/2^32 apart happen at n = 5000) must be
+    ordered the same way at every site: a stable sort, not numpy's default (introsort, or a SIMD sort
+    whose order of equal keys depends on the CPU)."""
+    from fedinfra.crypto.secagg.plan import SecAggPlan
+
+    n, k = 5000, 27
+    seed = hashlib.sha256(b"tie252").digest()
+    draws = prg.expand(seed, "graph", n, 32)
+    _, counts = np.unique(draws, return_counts=True)
+    assert counts.max() == 2  # the tie this test is about
+    p = SecAggPlan(n=n, k=k, t=14, max_dropouts=0, max_colluders=0, min_contributors=2)
+
+    assert neighbours(p, seed) == _reference_harary(n, k, seed)

@@ -7,6 +7,8 @@ for exactness, compared slot by slot with the plaintext integer sum of the same 
 
 from __future__ import annotations
 
+import json
+import struct
 from dataclasses import replace
 
 import numpy as np
@@ -20,8 +22,8 @@ from fedinfra.config.wire import HE_UPDATE, SECAGG
 from fedinfra.config.wire_secagg import StageReply, StageRequest
 from fedinfra.crypto import envelope, generate_consortium
 from fedinfra.crypto.codec import CODECS, _secret_key, context_for, open_sum
-from fedinfra.crypto.secagg import Roster, SecAggAbandoned, SiteSession
-from fedinfra.crypto.secagg.he import bundle, open_masked, seal_masked, unbundle, unmask_rows
+from fedinfra.crypto.secagg import Roster, SecAggAbandoned, SiteSession, he
+from fedinfra.crypto.secagg.he import MAGIC, bundle, open_masked, seal_masked, unbundle, unmask_rows
 from fedinfra.crypto.secagg.local import identities
 from fedinfra.errors import CryptoError
 
@@ -225,8 +227,15 @@ def test_a_colluding_he_key_holder_sees_only_uniform_slots():
         boxes = {n: s.share(p, roster, ids.public)[0] for n, s in sessions.items()}
         zero = np.zeros(N_VALUES)
         blob = seal_masked(
-            _update(zero), 5, keys["a"], sessions["a"], p, u2=list(names),
-            shares_for_me={m: b["a"] for m, b in boxes.items()}, run_id="chi", round_id=rnd,
+            _update(zero),
+            5,
+            keys["a"],
+            sessions["a"],
+            p,
+            u2=list(names),
+            shares_for_me={m: b["a"] for m, b in boxes.items()},
+            run_id="chi",
+            round_id=rnd,
         )
         _, cts, _, _ = envelope.decode(blob, kind=envelope.KIND_UPDATE)
         rows = ctx.decrypt(_secret_key(keys["d"]), ctx.load_ciphertexts(cts)).reshape(-1)
@@ -303,7 +312,9 @@ def test_sites_refuse_when_the_contributors_are_not_the_signed_survivors():
     def shrink(m, ids):
         return replace(m, u3=m.u3[:3])
 
-    with pytest.raises(CryptoError, match="not the survivor list"):
+    with pytest.raises(
+        CryptoError, match=r"^aggregate rejected: its contributors are not the survivor list the sites signed$"
+    ):
         _material_attack(shrink)()
 
 
@@ -509,3 +520,112 @@ def test_an_encrypted_round_cannot_finish_between_the_key_stages():
     assert agg.roster is not None
     with pytest.raises(SecAggAbandoned, match=r"^secure aggregation: the key stages did not complete; round abandoned"):
         agg.finish()
+
+
+# -- the aggregate bundle: framing and canonical material, on a real BFV aggregate ------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_round():
+    """A finished four-site round: its real (TenSEAL BFV) aggregate and unmasking material."""
+    _, _, _, agg, _ = _round(("a", "b", "c", "d"))
+    return unbundle(agg.finish().ciphertext)
+
+
+NOT_OURS = r"^aggregate rejected: not a secagg\+he aggregate \(unmasking material missing\)$"
+TRUNCATED = r"^aggregate rejected: unmasking material truncated or too large$"
+MALFORMED = r"^aggregate rejected: malformed unmasking material$"
+
+
+def test_the_unmasking_material_is_canonical_json_whatever_the_insertion_order(finished_round):
+    """Protects the material's one byte form (sorted keys, no spaces): the same material, the same bytes."""
+    _, material = finished_round
+    doc = material.to_json()
+    shuffled = replace(
+        material,
+        commitments=dict(reversed(list(material.commitments.items()))),
+        signatures=dict(reversed(list(material.signatures.items()))),
+        responses={h: dict(reversed(list(s.items()))) for h, s in reversed(list(material.responses.items()))},
+    )
+
+    assert doc == json.dumps(json.loads(doc), sort_keys=True, separators=(",", ":")).encode()
+    assert doc.startswith(b'{"commitments":{"a":"')
+    assert shuffled.to_json() == doc
+    assert type(material).from_json(doc) == material
+
+
+def test_the_bundle_is_magic_length_material_aggregate(finished_round):
+    """Protects the framing: magic, the material's length as 8 big-endian bytes, the material, the ciphertext."""
+    aggregate, material = finished_round
+    doc = material.to_json()
+
+    data = bundle(aggregate, material)
+
+    assert data == b"fedinfra-secagg-he/1\n" + len(doc).to_bytes(8, "big") + doc + aggregate
+    assert unbundle(data) == (aggregate, material)
+    assert unbundle(bundle(b"", material)) == (b"", material)  # material that ends the data is whole
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", MAGIC + bytes(7), b"fedinfra-secagg-he/2\n" + bytes(64), bytes(200)],
+    ids=["empty", "short", "other-version", "no-magic"],
+)
+def test_data_that_is_not_a_bundle_is_refused_by_name(data):
+    """Protects the first check: short data, or data of any length without the magic, is not an aggregate."""
+    with pytest.raises(CryptoError, match=NOT_OURS):
+        unbundle(data)
+
+
+def test_a_truncated_or_oversized_material_is_refused_before_it_is_parsed(finished_round):
+    """Protects the length field: a material cut short, or declared above the bound (64 MiB) or 2^63, is refused."""
+    aggregate, material = finished_round
+    whole = bundle(b"", material)
+    big = he.MAX_MATERIAL_BYTES + 1
+
+    with pytest.raises(CryptoError, match=TRUNCATED):
+        unbundle(whole[:-1])
+    with pytest.raises(CryptoError, match=TRUNCATED):
+        unbundle(MAGIC + struct.pack(">Q", 2**63 + 5) + whole[len(MAGIC) + 8 :] + aggregate)
+    with pytest.raises(CryptoError, match=TRUNCATED):
+        unbundle(MAGIC + struct.pack(">Q", big) + bytes(big))
+
+
+def test_a_material_of_exactly_the_bound_is_read(finished_round):
+    """Protects the bound's edge: material of exactly MAX_MATERIAL_BYTES (JSON padded with spaces) is accepted."""
+    aggregate, material = finished_round
+    doc = material.to_json()
+    padded = doc + b" " * (he.MAX_MATERIAL_BYTES - len(doc))
+
+    got = unbundle(MAGIC + struct.pack(">Q", len(padded)) + padded + aggregate)
+
+    assert got == (aggregate, material)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        b"",
+        b"not json",
+        b"{}",
+        b'{"responses": {"a": {"b": ["x", "00"]}}}',
+        b'{"responses": {"a": {"b": ["b", "zz"]}}}',
+    ],
+    ids=["empty", "not-json", "no-keys", "share-kind", "share-hex"],
+)
+def test_malformed_unmasking_material_is_refused_by_name(doc):
+    """Protects the parser: empty, non-JSON or incomplete material, an unknown share kind, a non-hex share."""
+    with pytest.raises(CryptoError, match=MALFORMED):
+        unbundle(MAGIC + struct.pack(">Q", len(doc)) + doc)
+
+
+def test_a_share_of_an_unknown_kind_is_refused_even_in_otherwise_whole_material(finished_round):
+    """Protects the share kinds: only self-mask seeds ("b") and pair keys ("s") are material."""
+    _, material = finished_round
+    doc = json.loads(material.to_json())
+    holder = next(iter(doc["responses"]))
+    owner = next(iter(doc["responses"][holder]))
+    doc["responses"][holder][owner][0] = "c"
+
+    with pytest.raises(CryptoError, match=MALFORMED):
+        type(material).from_json(json.dumps(doc).encode())

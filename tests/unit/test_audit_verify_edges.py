@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import base64
 import json
+import multiprocessing.spawn
+import shlex
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from multiprocessing import resource_tracker
 from pathlib import Path
 
 import pytest
 
 from fedinfra.audit import Actor, AuditLog, Checkpoint, EventType, Signer, Verifier, verify_store
 from fedinfra.audit.cosign import Cosigner, Witness
+from fedinfra.audit.sources import StoreSource
 from fedinfra.audit.verify import VerifyResult, load_held_checkpoint, load_public_key
 from fedinfra.errors import ConfigError, VerificationError
 
@@ -704,3 +709,127 @@ def test_an_access_log_that_lost_a_sealed_read_fails_and_is_counted(tmp_path: Pa
     assert "removed or edited" in (result.problem or "")
     assert (result.access_log, result.sealed_reads, result.entries, result.checkpoints) == (str(access), 3, 7, 2)
     assert result.access_records == 2
+
+
+# --- the parallel scan: how many workers, how they start, a range that ends early, the retry ---------------
+# The result never depends on the split (test_audit_tamper.py); these see the split itself from
+# outside, through the interpreter the pool's workers are started with.
+
+SITE_P = Cosigner.generate("site-p")
+
+
+def _delete_entries_from(path: Path, seq: int) -> None:
+    """Delete the entries from ``seq`` on, past the append-only triggers (an attacker holding the file)."""
+    with sqlite3.connect(path) as conn:
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.execute("DELETE FROM audit_entries WHERE seq >= ?", (seq,))
+
+
+@contextmanager
+def _interpreter(tmp_path: Path, body: str) -> Iterator[None]:
+    """Start spawned processes through a shell script ``body`` (``$PYTHON`` is the real interpreter)."""
+    python = multiprocessing.spawn.get_executable()
+    script = tmp_path / "python"
+    script.write_text(f"#!/bin/sh\nPYTHON={shlex.quote(str(python))}\n{body}\n")
+    script.chmod(0o755)
+    resource_tracker.ensure_running()  # started by the real interpreter: only the pool's workers use the script
+    multiprocessing.spawn.set_executable(str(script))
+    try:
+        yield
+    finally:
+        multiprocessing.spawn.set_executable(python)
+
+
+def _started(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_a_store_from_the_threshold_on_is_scanned_by_exactly_the_requested_spawned_workers(
+    tmp_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``workers=2`` on a store of ``PARALLEL_MIN_ENTRIES`` entries starts two spawned workers.
+
+    Protects the threshold (``<``, not ``<=``), the ``workers < 2`` cut-off, the spawn context and
+    the pool size: the machine is made to look like one CPU, so a pool sized by default would start
+    one worker, and a forked pool would not run the interpreter at all.
+    """
+    from fedinfra.audit import export_log
+
+    path = tmp_path / "audit.db"
+    _store(path, signer, rounds=3, tail=[("run-2", "run.created")])  # 10 entries: five ranges of two
+    export_log(path, tmp_path / "export")
+    started = tmp_path / "started.log"
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    monkeypatch.setattr("fedinfra.audit.verify.PARALLEL_MIN_ENTRIES", 10)
+    log = shlex.quote(str(started))
+    # Each worker waits (up to 5 s) until two have started: no task can finish and free a worker
+    # before the pool has started the second, however the machine schedules the verifier.
+    barrier = f'echo started >> {log}\nfor _ in $(seq 50); do [ "$(wc -l < {log})" -ge 2 ] && break; sleep 0.1; done'
+    with _interpreter(tmp_path, f'{barrier}\nexec "$PYTHON" "$@"'):
+        parallel = verify_store(path, workers=2)
+        assert _started(started) == 2
+        assert parallel.ok, parallel.problem
+        assert (parallel.entries, parallel.checkpoints, parallel.unsigned_tail) == (10, 3, 1)
+
+        monkeypatch.setattr("fedinfra.audit.verify.PARALLEL_MIN_ENTRIES", 11)  # one entry short of the threshold
+        assert verify_store(path, workers=2) == parallel
+        monkeypatch.setattr("fedinfra.audit.verify.PARALLEL_MIN_ENTRIES", 0)
+        assert verify_store(path, workers=1) == parallel
+        exported = verify_store(tmp_path / "export", workers=2)  # an export is one file: read in one process
+        assert (exported.ok, exported.entries, exported.checkpoints) == (True, 10, 3)
+        assert _started(started) == 2  # none of these started a worker
+
+
+def test_a_log_cut_short_while_its_ranges_are_scanned_still_fails_at_its_end(
+    tmp_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries deleted after the verifier counted them: a range finds fewer rows than it was given.
+
+    The ranges after it start past the end of what was replayed and are skipped, but the
+    end-of-log checks still run on what was replayed: the checkpoint read before the scan covers
+    entries that are gone (tail truncated), as one process finds on what is left.
+    """
+    path = tmp_path / "audit.db"
+    _store(path, signer, rounds=3, tail=[("run-2", "run.created")] * 4)  # 13 entries, checkpoints at 3, 6 and 9
+    count = StoreSource.count
+
+    def count_then_cut(source: StoreSource) -> int:
+        counted = count(source)
+        _delete_entries_from(path, 7)  # after the count, before the workers open the store
+        return counted
+
+    monkeypatch.setattr(StoreSource, "count", count_then_cut)
+    monkeypatch.setattr("fedinfra.audit.verify.PARALLEL_MIN_ENTRIES", 0)
+    result = verify_store(path, workers=2)  # ranges of two: [6, 8) ends at 7, [8, 10) starts past it
+    assert (result.ok, result.position, result.problem) == (
+        False,
+        "checkpoint 3 (tree size 9)",
+        "covers 9 entries but the log holds only 7 (tail truncated)",
+    )
+    assert (result.entries, result.checkpoints, result.head_size) == (7, 2, 6)
+    one = verify_store(path, workers=1)
+    assert (one.position, one.problem, one.entries) == (result.position, result.problem, result.entries)
+
+
+def test_the_one_process_retry_checks_the_pinned_key_held_checkpoints_and_witnesses(
+    tmp_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the workers die as they start, the retry in one process gives the whole one-process result.
+
+    Every argument reaches the retry: the pinned key, the held checkpoints, the witnesses and
+    their quorum, and the result records each of them.
+    """
+    path = tmp_path / "audit.db"
+    checkpoints = _store(path, signer, rounds=3)
+    with AuditLog.open(path) as log:
+        assert log.add_cosignature(checkpoints[-1].size, SITE_P.cosign(checkpoints[-1], timestamp=5000), SITE_P.witness)
+    held, witnesses = [checkpoints[1].note], [SITE_P.witness]
+    expected = verify_store(path, public_key=signer.vkey, held_checkpoints=held, witnesses=witnesses, workers=1)
+    assert expected.ok, expected.problem
+    assert (expected.key_pinned, expected.held, expected.quorum, expected.witnessed_size) == (True, 1, 1, 9)
+    assert expected.head_cosigners == ("site-p",)
+    monkeypatch.setattr("fedinfra.audit.verify.PARALLEL_MIN_ENTRIES", 0)
+    with _interpreter(tmp_path, "sleep 1\nexit 1"):  # dies before it reads its work
+        retried = verify_store(path, public_key=signer.vkey, held_checkpoints=held, witnesses=witnesses, workers=2)
+    assert retried == expected

@@ -267,11 +267,16 @@ def _index_dtype(dim: int) -> np.dtype[Any]:
     return np.dtype("<u2") if dim <= 1 << 16 else np.dtype("<u4")
 
 
-def encode(update: CompressedUpdate) -> bytes:
-    """Serialise ``update``: a 28-byte header, the positions (if sparse), the integers.
+def _bitmap_is_smaller(dim: int, nnz: int) -> bool:
+    """Whether ``nnz`` positions among ``dim`` take a bitmap (strictly smaller) or an index list."""
+    return (dim + 7) // 8 < nnz * _index_dtype(dim).itemsize
 
-    Positions are a bitmap or a list of 16/32-bit indices, whichever is smaller; values are
-    int8 up to 8 bits, int16 above.
+
+def encode(update: CompressedUpdate) -> bytes:
+    """Serialise ``update``: a 30-byte header, the positions (if sparse), the integers.
+
+    Positions are a bitmap or a list of 16/32-bit indices, whichever is smaller (the list on
+    a tie; :func:`decode` refuses the other form); values are int8 up to 8 bits, int16 above.
     """
     flags = 0
     body = b""
@@ -279,8 +284,7 @@ def encode(update: CompressedUpdate) -> bytes:
     if update.indices is not None:
         nnz = int(update.indices.size)
         flags |= _FLAG_SPARSE
-        index_bytes = nnz * _index_dtype(update.dim).itemsize
-        if (update.dim + 7) // 8 < index_bytes:
+        if _bitmap_is_smaller(update.dim, nnz):
             flags |= _FLAG_BITMAP
             mask = np.zeros(update.dim, dtype=bool)
             mask[update.indices] = True
@@ -315,6 +319,9 @@ def decode(data: bytes, *, max_dim: int = MAX_DIM) -> CompressedUpdate:
     at = HEADER_BYTES
     indices: npt.NDArray[np.uint32] | None = None
     if sparse:
+        # One update, one encoding: the positions in the form encode() writes, never the other.
+        if bool(flags & _FLAG_BITMAP) != _bitmap_is_smaller(dim, nnz):
+            raise ConfigError(bad)
         if flags & _FLAG_BITMAP:
             nbytes = (dim + 7) // 8
             if len(data) < at + nbytes:

@@ -471,13 +471,6 @@ class SiteSession:
         )
 
 
-def _reduce_inplace(acc: npt.NDArray[Any], bits: int) -> npt.NDArray[Any]:
-    """Reduce a running sum modulo ``2^bits`` in its own dtype (uint32 up to 32 bits, else uint64)."""
-    if bits < 8 * acc.dtype.itemsize:
-        np.bitwise_and(acc, acc.dtype.type((1 << bits) - 1), out=acc)
-    return acc
-
-
 def commitment(b_seed: bytes) -> bytes:
     """SHA-256 commitment to a self-mask seed (checked after reconstruction)."""
     return hashlib.sha256(b"fedinfra/secagg/v1/b\x00" + b_seed).digest()
@@ -504,7 +497,7 @@ class Unmasker:
         self.bits = list(bits)
         self.sizes = list(sizes)
         # Segments of at most 32 bits are summed in uint32 (wrap-around is arithmetic modulo
-        # 2^32, a multiple of 2^bits) and reduced once in finish(); wider ones in uint64.
+        # 2^32, a multiple of 2^bits) and reduced once, by the unmasking in finish(); wider ones in uint64.
         self.sum: list[npt.NDArray[Any]] = [
             np.zeros(n, dtype=np.uint32 if b <= 32 else np.uint64) for n, b in zip(sizes, bits, strict=True)
         ]
@@ -538,7 +531,8 @@ class Unmasker:
     def finish(self, responses: Mapping[str, Mapping[str, tuple[str, bytes]]]) -> list[npt.NDArray[Any]]:
         """Remove every mask using the survivors' ``responses``; :class:`SecAggAbandoned` if short.
 
-        The running sums themselves are reduced, unmasked in place and handed over, in the
+        The running sums themselves are unmasked in place (:func:`add_masks` reduces them
+        modulo ``2^bits`` as it removes the masks) and handed over, in the
         dtype they were summed in (uint32 for segments of up to 32 bits, else uint64; every
         value below ``2^bits``): the old uint64 copy of a 10M-value sum was 80 MB at the
         coordinator's peak (issue 17). An :class:`Unmasker` therefore finishes once; if the
@@ -557,9 +551,8 @@ class Unmasker:
             responses=responses,
         )
         self._finished = True
-        out = [_reduce_inplace(s, b) for s, b in zip(self.sum, self.bits, strict=True)]
-        self.sum = []  # the caller owns them now
-        add_masks(out, self.bits, seeds=corrections)
+        out, self.sum = self.sum, []  # the caller owns them now
+        add_masks(out, self.bits, seeds=corrections)  # also reduces every sum modulo 2^bits
         return out
 
 

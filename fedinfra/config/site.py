@@ -202,7 +202,13 @@ class SiteManifest(StrictModel):
     art9_condition: Art9Condition | None = None
     purposes: list[str] = Field(default_factory=list)
     consent: ConsentDecl | None = None
-    data_categories: list[str] = Field(default_factory=list, description="e.g. health, demographic, financial")
+    data_categories: list[str] = Field(
+        default_factory=list,
+        description=(
+            "e.g. health, demographic, financial; GDPR Art. 9(1) special categories "
+            "(health, genetic, biometric, ...) need art9_condition"
+        ),
+    )
     data_subjects: list[str] = Field(default_factory=list, description="e.g. patients, customers")
     retention_days: int | None = Field(default=None, gt=0, description="how long the site keeps the data")
     dpia: DpiaDecl | None = None

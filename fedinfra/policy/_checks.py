@@ -132,14 +132,46 @@ def lawful_basis(p: LawfulBasisParams, f: Facts) -> Outcome:
     return Outcome(True, f"lawful basis {LAWFUL_BASIS_POINT[basis]} ({basis})", {"point": LAWFUL_BASIS_POINT[basis]})
 
 
+#: The special categories of personal data of GDPR Art. 9(1), by the words a site may use for them in
+#: ``data_categories`` (compared in lower case, with "_" and " " read as "-").
+SPECIAL_CATEGORIES: dict[str, str] = {
+    "health": "health",
+    "medical": "health",
+    "genetic": "genetic",
+    "biometric": "biometric",
+    "racial-origin": "racial or ethnic origin",
+    "ethnic-origin": "racial or ethnic origin",
+    "racial-or-ethnic-origin": "racial or ethnic origin",
+    "political-opinions": "political opinions",
+    "religious-beliefs": "religious or philosophical beliefs",
+    "philosophical-beliefs": "religious or philosophical beliefs",
+    "religious-or-philosophical-beliefs": "religious or philosophical beliefs",
+    "trade-union-membership": "trade union membership",
+    "sex-life": "sex life or sexual orientation",
+    "sexual-orientation": "sex life or sexual orientation",
+}
+
+
+def special_categories(sector: str | None, data_categories: list[str]) -> list[str]:
+    """The Art. 9(1) categories a site declares, in the Regulation's words (sector ``health`` is health data)."""
+    found = ["health"] if sector == "health" else []
+    for declared in data_categories:
+        name = SPECIAL_CATEGORIES.get(declared.strip().lower().replace("_", "-").replace(" ", "-"))
+        if name is not None and name not in found:
+            found.append(name)
+    return found
+
+
 def art9_condition(_: NoParams, f: Facts) -> Outcome:
-    """Health data has an Art. 9(2) condition for processing special categories."""
+    """Special-category data (health, genetic, biometric, ...) has an Art. 9(2) condition for processing."""
     site = f.need_site()
-    special = site.sector == "health" or "health" in site.data_categories
+    special = special_categories(site.sector, site.data_categories)
     if not special:
         return Outcome(True, "no special-category data declared")
     if site.art9_condition is None:
-        return Outcome(False, "health data without an Art. 9(2) condition; set art9_condition in site.toml")
+        return Outcome(
+            False, f"{', '.join(special)} data without an Art. 9(2) condition; set art9_condition in site.toml"
+        )
     return Outcome(
         True, f"{ART9_POINT[site.art9_condition]} ({site.art9_condition})", {"point": ART9_POINT[site.art9_condition]}
     )

@@ -192,6 +192,38 @@ def test_art9_condition_for_health_data_by_sector_or_category() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("declared", "named"),
+    [
+        (["Health"], "health"),
+        (["medical"], "health"),
+        (["genetic"], "genetic"),
+        (["Biometric"], "biometric"),
+        (["ethnic origin"], "racial or ethnic origin"),
+        (["political_opinions"], "political opinions"),
+        (["religious-beliefs"], "religious or philosophical beliefs"),
+        (["trade union membership"], "trade union membership"),
+        (["sexual-orientation"], "sex life or sexual orientation"),
+        (["financial", " GENETIC ", "health", "medical"], "genetic, health"),
+    ],
+)
+def test_every_art9_special_category_needs_a_condition_whatever_its_spelling(declared: list[str], named: str) -> None:
+    """GDPR Art. 9(1) lists more than health data: genetic, biometric, racial or ethnic origin, political
+    opinions, beliefs, trade union membership, sex life. A site declaring any of them, in any case or
+    separator, needs an Art. 9(2) condition (it used to pass as "no special-category data")."""
+    facts = _site_facts(sector="finance", data_categories=declared)
+    assert c.art9_condition(NONE, facts) == Outcome(
+        False, f"{named} data without an Art. 9(2) condition; set art9_condition in site.toml"
+    )
+    with_condition = _site_facts(sector="finance", data_categories=declared, art9_condition="explicit-consent")
+    assert c.art9_condition(NONE, with_condition).ok is True
+
+
+def test_categories_outside_art9_need_no_condition() -> None:
+    facts = _site_facts(sector="finance", data_categories=["financial", "demographic", "usage", "healthy-eating"])
+    assert c.art9_condition(NONE, facts) == Outcome(True, "no special-category data declared")
+
+
 def test_purpose_limitation_is_and_is_not_among_the_declared_purposes() -> None:
     job = _job(purpose="medical-research")
     assert c.purpose_limitation(NONE, _facts(job, site=_site(purposes=["medical-research"]))) == Outcome(

@@ -201,12 +201,15 @@ def test_the_mean_is_rescaled_from_the_cap_to_the_examples_that_took_part():
     assert mean.tolist() == pytest.approx([2.0])
 
 
-def test_a_sum_longer_than_a_decode_slice_decodes_every_value():
+@pytest.mark.parametrize("width", [4, 5])
+def test_a_sum_longer_than_a_decode_slice_decodes_every_value(width: int, monkeypatch: pytest.MonkeyPatch):
     # decode works DECODE_SLICE lanes at a time: the values on both sides of each cut and in the
-    # short last slice must come out as the whole-vector formula (same float operations per value).
+    # short last slice must come out as the whole-vector formula (same float operations per value),
+    # whatever the slice width (small widths make every cut cheap to reach).
+    monkeypatch.setattr(codec, "DECODE_SLICE", width)
     spec = _spec(clip=1.5, example_cap=100)
     m = quant_max(8)
-    n = 2 * codec.DECODE_SLICE + 3
+    n = 2 * width + 3
     lanes = (np.arange(n, dtype=np.uint64) * np.uint64(7919)) % np.uint64(3 * 2 * m + 1)
 
     mean, _, _ = codec.decode(_total(lanes.tolist(), 170, 3), spec)

@@ -365,3 +365,13 @@ def test_verify_lines_answers_a_bool() -> None:
 
     assert verifier.verify_lines("t\n", []) is False
     assert verifier.verify_lines(*split_note(KAT["signed_note"])) is True
+
+
+def test_a_signers_repr_names_it_without_its_private_key() -> None:
+    """A signer may end up in a log line or a traceback: its repr names the key, never the seed."""
+    signer = Signer.from_skey(KAT["signer_key"])
+    seed_b64 = KAT["signer_key"].rsplit("+", 1)[-1]
+
+    assert repr(signer) == f"Signer(name={signer.name!r}, key_id={signer.key_id!r})"
+    assert seed_b64 not in repr(signer)
+    assert repr(Verifier.from_vkey(signer.vkey)) == f"Verifier({signer.vkey!r})"

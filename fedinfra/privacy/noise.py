@@ -59,7 +59,7 @@ def gaussian(rng: np.random.Generator, std: float, shape: tuple[int, ...]) -> np
     """
     if not math.isfinite(std) or std < 0:
         raise ConfigError(f"noise std must be a finite number >= 0 (got {std})")
-    total = np.zeros(shape, dtype=np.float64)
+    total = np.zeros(shape)  # float64, numpy's default
     for _ in range(_SECURE_DRAWS):
         total += rng.normal(0.0, std, size=shape)
     total *= 1.0 / math.sqrt(_SECURE_DRAWS)
@@ -84,7 +84,7 @@ def discrete_gaussian(rng: np.random.Generator, sigma: float, shape: tuple[int, 
     """
     if not math.isfinite(sigma) or sigma <= 0:
         raise ConfigError(f"discrete Gaussian sigma must be a positive finite number (got {sigma})")
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
     out = np.empty(size, dtype=np.int64)
     t = math.floor(sigma) + 1
     p = 1.0 - math.exp(-1.0 / t)

@@ -52,6 +52,14 @@ def module_of(mutant: str) -> str:
     return mutant.split("__mutmut_")[0].rsplit(".", 1)[0]
 
 
+def _launch_prefix() -> list[str]:
+    """How this process was started, as a shell prefix: the thread limits and ``nice`` level
+    (``OMP_NUM_THREADS=1 ... nice -n 15``), so the recorded command can be run again as it was."""
+    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ]
+    level = os.nice(0)
+    return env + (["nice", "-n", str(level)] if level > 0 else [])
+
+
 def run(modules: list[str], jobs: int) -> float:
     """Run mutmut on ``modules``; return the wall time in seconds."""
     start = time.monotonic()
@@ -131,14 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"name": "mutation", "modules": {}}
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     run_info: dict[str, object] = {
-        "command": " ".join(["python bench/mutation.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            [*_launch_prefix(), "python bench/mutation.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "seconds": summary["seconds"],
         "jobs": args.jobs,
         "at": stamp,
         "test_selection": test_selection(),
     }
-    for module, entry in summary["modules"].items():  # type: ignore[attr-defined]
+    for module, entry in list(summary["modules"].items()):  # type: ignore[attr-defined]
         before = doc["modules"].get(module, {})
+        if args.report_only and entry["score"] is None:  # mutmut's cache holds no result for it: keep the record
+            print(f"{module}: no tested mutant in mutants/ (a stale or fresh cache); its entry is kept as it was")
+            del summary["modules"][module]  # type: ignore[attr-defined]
+            continue
         if args.report_only:  # re-summarised (e.g. new equivalence reasons): keep when and how it was run
             kept = {k: before[k] for k in ("measured_at", "run") if k in before}
             doc["modules"][module] = {**entry, "measured_at": stamp, **kept}

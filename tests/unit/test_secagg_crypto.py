@@ -419,19 +419,18 @@ def test_the_graph_seed_binds_run_round_and_roster_under_its_own_label() -> None
 
 
 def _reference_harary(n: int, k: int, seed: bytes) -> list[frozenset[int]]:
-    """Bell et al. (CCS 2020) section 3.1 written out: order the sites by their 32-bit draw under
-    the label "graph" (ties to the lower index), join each to the floor(k/2) nearest on either side
-    of that cycle and, for odd k, to the one opposite."""
+    """Bell et al. (CCS 2020) section 3.1 written as a distance rule: order the sites by their 32-bit
+    draw under the label "graph" (ties to the lower index); two sites are neighbours when their
+    distance around that cycle is at most floor(k/2), or, for odd k, exactly n // 2 (opposite)."""
     draws = [int(v) for v in prg.expand(seed, "graph", n, 32)]
-    order = sorted(range(n), key=lambda i: (draws[i], i))
-    pos = {site: idx for idx, site in enumerate(order)}
+    place = np.empty(n, dtype=np.int64)
+    place[sorted(range(n), key=lambda i: (draws[i], i))] = np.arange(n)
     graph = []
     for i in range(n):
-        at = pos[i]
-        nb = {order[(at + s) % n] for s in range(1, k // 2 + 1)} | {order[(at - s) % n] for s in range(1, k // 2 + 1)}
-        if k % 2:
-            nb.add(order[(at + n // 2) % n])
-        graph.append(frozenset(nb))
+        gap = np.abs(place - place[i])
+        distance = np.minimum(gap, n - gap)
+        joined = ((distance >= 1) & (distance <= k // 2)) | ((k % 2 == 1) & (gap == n // 2))
+        graph.append(frozenset(int(j) for j in np.flatnonzero(joined)))
     return graph
 
 

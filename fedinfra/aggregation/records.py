@@ -78,15 +78,14 @@ def _parse_npy_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any]
         raise _BadHeader("not a .npy payload")
     major = data[6]
     if major == 1:
-        (hlen,) = struct.unpack_from("<H", data, 8)
-        start = 10
+        length_format, start = "<H", 10
     elif major in (2, 3):
-        if len(data) < 12:  # the 4-byte header length is cut short
-            raise _BadHeader("not a .npy payload")
-        (hlen,) = struct.unpack_from("<I", data, 8)
-        start = 12
+        length_format, start = "<I", 12
     else:
         raise _BadHeader(f"unsupported .npy version {major}")
+    if len(data) < start:  # the header length itself is cut short
+        raise _BadHeader("not a .npy payload")
+    (hlen,) = struct.unpack_from(length_format, data, 8)
     if hlen > _MAX_HEADER or start + hlen > len(data):
         raise _BadHeader("bad .npy header length")
     text = bytes(data[start : start + hlen]).decode("utf-8" if major == 3 else "latin1")

@@ -91,7 +91,7 @@ def results() -> dict[str, str]:
 
 def summarise(statuses: dict[str, str], modules: list[str], seconds: float, jobs: int) -> dict[str, object]:
     """Per-module counts and survivors (with their equivalence reasons where known)."""
-    listed = tomllib.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
+    listed = tomllib.loads(EQUIVALENT.read_text(encoding="utf-8")) if EQUIVALENT.exists() else {}
     reasons, loop_reasons = listed.get("equivalent", {}), listed.get("loops", {})
     per: dict[str, object] = {}
     for module in modules:
@@ -136,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     modules = args.modules or modules_from_config()
     seconds = 0.0 if args.report_only else run(modules, args.jobs)
     summary = summarise(results(), modules, seconds, args.jobs)
-    doc: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"name": "mutation", "modules": {}}
+    doc: dict[str, Any] = {"name": "mutation", "modules": {}}
+    if RESULTS.exists():
+        doc = json.loads(RESULTS.read_text(encoding="utf-8"))
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     run_info: dict[str, object] = {
         "command": " ".join(
@@ -161,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         doc["last_run"] = {"modules": modules, **run_info}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    # mutant names hold "ǁ" (mutmut's class separator): written as it is, so a re-run changes only its own modules
+    RESULTS.write_text(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
     for module, entry in summary["modules"].items():  # type: ignore[attr-defined]
         print(
             f"{module}: {entry['mutants']} mutants, {entry['killed']} killed, {entry['survived']} survived, "

@@ -54,8 +54,8 @@ class ArrayLike(Protocol):
 class _BadHeader(ValueError):
     """A ``.npy`` header field this module refuses.
 
-    Its text (fixed by this module, never the sender's bytes) is quoted in the refusal so the
-    sender can see which field is wrong.
+    Its text is quoted in the refusal so the sender can see which field is wrong: a fixed text
+    of this module, at most with the version number as an integer - never the sender's header.
     """
 
 
